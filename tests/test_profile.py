@@ -1,0 +1,219 @@
+"""Tests for vitkd.profile (MACs: one multiply-add = 1)."""
+import math
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+
+from vitkd.profile import (
+    MacReport,
+    count_macs,
+    count_params,
+    format_report,
+    measure_throughput,
+    profile_model,
+    training_cost_per_image,
+)
+
+
+def _set_fused_attn(model: nn.Module, flag: bool) -> int:
+    n = 0
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = flag
+            n += 1
+    return n
+
+
+# --------------------------------------------------------------------------- #
+# hand-counted small models
+# --------------------------------------------------------------------------- #
+def test_linear_hand_count():
+    lin = nn.Linear(7, 5)
+    rep = count_macs(lin, (4, 7))  # batch 1 prepended -> [1, 4, 7]
+    assert isinstance(rep, MacReport)
+    assert rep.total_macs == 4 * 7 * 5
+    assert rep.params == 7 * 5 + 5
+    assert rep.norm_macs == 0
+    assert rep.agree and rep.flopcounter_macs == 4 * 7 * 5
+    # example input with its own batch dim
+    rep = count_macs(lin, torch.randn(3, 4, 7))
+    assert rep.total_macs == 3 * 4 * 7 * 5
+    assert rep.batch_size == 3 and rep.macs_per_image == 4 * 7 * 5
+
+
+def test_conv_grouped_strided_hand_count():
+    conv = nn.Conv2d(8, 16, kernel_size=3, stride=2, padding=1, groups=4)
+    rep = count_macs(conv, (8, 15, 15))
+    h_out = (15 + 2 * 1 - 3) // 2 + 1  # 8
+    expected = h_out * h_out * 16 * (8 // 4) * 3 * 3
+    assert rep.total_macs == expected
+    assert rep.agree and rep.flopcounter_macs == expected
+
+
+def _tiny_vit_hand_macs(img=32, patch=8, dim=64, depth=2, heads=2, classes=10, mlp_ratio=4, in_chans=3):
+    n_patch = (img // patch) ** 2
+    n = n_patch + 1  # + class token
+    hd = dim // heads
+    hidden = dim * mlp_ratio
+    patch_embed = n_patch * dim * in_chans * patch * patch
+    qkv = n * dim * 3 * dim
+    attn_qk = heads * n * n * hd
+    attn_av = heads * n * n * hd
+    proj = n * dim * dim
+    mlp = n * dim * hidden + n * hidden * dim
+    head = dim * classes  # class-token pooling
+    per_block = qkv + attn_qk + attn_av + proj + mlp
+    return {
+        "total": patch_embed + depth * per_block + head,
+        "attention": depth * (attn_qk + attn_av),
+        "conv": patch_embed,
+        "norm": (2 * depth + 1) * n * dim * 5,  # fvcore: 5 per element for affine LN
+    }
+
+
+def _tiny_vit():
+    return timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
+        embed_dim=64, depth=2, num_heads=2, num_classes=10,
+    )
+
+
+def test_tiny_vit_hand_count_fused_and_unfused():
+    torch.manual_seed(0)
+    model = _tiny_vit()
+    hand = _tiny_vit_hand_macs()
+
+    assert _set_fused_attn(model, True) == 2
+    fused = count_macs(model, (3, 32, 32))
+    assert fused.total_macs == hand["total"]
+    assert fused.by_op["scaled_dot_product_attention"] == hand["attention"]
+    assert fused.by_op["conv"] == hand["conv"]
+    assert fused.agree and fused.rel_diff == 0
+    assert fused.norm_macs == hand["norm"]
+
+    _set_fused_attn(model, False)
+    unfused = count_macs(model, (3, 32, 32))
+    assert unfused.total_macs == fused.total_macs == hand["total"]
+    assert unfused.by_op["matmul"] == hand["attention"]
+    assert "scaled_dot_product_attention" not in unfused.by_op
+    assert unfused.agree and unfused.flopcounter_macs == fused.flopcounter_macs
+
+
+def test_norm_reported_separately_for_vit():
+    rep = count_macs(_tiny_vit(), (3, 32, 32))
+    assert rep.norm_macs > 0
+    assert set(rep.norm_by_op) == {"layer_norm"}
+    assert not any("norm" in k for k in rep.by_op)
+    assert rep.total_macs == sum(rep.by_op.values())
+
+
+def test_count_params():
+    m = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    m[0].weight.requires_grad_(False)
+    pc = count_params(m)
+    assert pc == {"total": 4 * 3 + 3 + 3 * 2 + 2, "trainable": 3 + 3 * 2 + 2, "non_trainable": 12}
+
+
+def test_mode_restored_after_count():
+    model = _tiny_vit().train()
+    count_macs(model, (3, 32, 32))
+    assert model.training
+
+
+# --------------------------------------------------------------------------- #
+# published figures at 224 px (MACs)
+# --------------------------------------------------------------------------- #
+PUBLISHED_GMACS = {
+    "deit_tiny_patch16_224": 1.258,
+    "deit_small_patch16_224": 4.608,
+    "vit_base_patch16_224": 17.58,
+    "resnet50": 4.09,
+    "regnety_160": 15.9,
+}
+# what a counter that skips fused attention reports: must be avoided
+UNDERCOUNT_GMACS = {
+    "deit_tiny_patch16_224": 1.08,
+    "deit_small_patch16_224": 4.25,
+    "vit_base_patch16_224": 16.87,
+}
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED_GMACS))
+def test_published_figures(name):
+    r = profile_model(name, throughput=False)
+    g = r["macs"] / 1e9
+    assert r["input_size"] == (3, 224, 224)
+    assert g == pytest.approx(PUBLISHED_GMACS[name], rel=0.01), g
+    assert r["agree"], r["rel_diff"]
+    assert abs(r["rel_diff"]) < 0.01
+    assert r["norm_macs"] > 0
+    if name in UNDERCOUNT_GMACS:
+        assert r["by_op"]["scaled_dot_product_attention"] > 0
+        assert g > UNDERCOUNT_GMACS[name] * 1.03
+
+
+def test_fused_equals_unfused_deit_tiny():
+    m = timm.create_model("deit_tiny_patch16_224", pretrained=False)
+    fused = count_macs(m)
+    assert _set_fused_attn(m, False) == 12
+    unfused = count_macs(m)
+    assert fused.total_macs == unfused.total_macs
+    assert fused.agree and unfused.agree
+
+
+def test_profile_model_img_size_vit_and_cnn():
+    v = profile_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=64, depth=2,
+                      num_heads=2, num_classes=10, throughput=False)
+    assert v["input_size"] == (3, 32, 32)
+    assert v["macs"] == _tiny_vit_hand_macs()["total"]
+    c = profile_model("resnet18", img_size=64, num_classes=10, throughput=False)
+    assert c["input_size"] == (3, 64, 64)
+    full = profile_model("resnet18", num_classes=10, throughput=False)
+    # fully-convolutional: MACs scale ~ with pixel count
+    assert c["macs"] < full["macs"] / 8
+
+
+# --------------------------------------------------------------------------- #
+# throughput, training cost, formatting
+# --------------------------------------------------------------------------- #
+def test_throughput_positive():
+    model = _tiny_vit().train()
+    tp = measure_throughput(model, (3, 32, 32), batch_size=2, warmup=1, iters=2)
+    assert tp["img_per_s"] > 0 and math.isfinite(tp["img_per_s"])
+    assert tp["iters"] == 2 and tp["batch_size"] == 2
+    assert model.training  # mode restored
+    r = profile_model(model, img_size=32, batch_size=2, warmup=0, iters=1)
+    assert r["img_per_s"] > 0
+
+
+def test_training_cost_per_image():
+    student = _tiny_vit()
+    s_fwd = count_macs(student, (3, 32, 32)).total_macs
+    teacher = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 32 * 32, 10))
+    t_fwd = count_macs(teacher, (3, 32, 32)).total_macs
+    res = training_cost_per_image(student, {"cnn": teacher, "fixed": 1000}, connectors_macs=50,
+                                  input_size=(3, 32, 32))
+    assert res["student_forward_macs"] == s_fwd
+    assert res["student_backward_macs"] == 2 * s_fwd
+    assert res["teachers_forward_macs"] == {"cnn": t_fwd, "fixed": 1000}
+    assert res["connectors_macs"] == 150  # trained: fwd + 2x bwd
+    assert res["total_macs_per_image"] == 3 * s_fwd + t_fwd + 1000 + 150
+    res2 = training_cost_per_image(student, {}, connectors_macs=50, input_size=(3, 32, 32),
+                                   connectors_trained=False)
+    assert res2["total_macs_per_image"] == 3 * s_fwd + 50
+    txt = format_report(res)
+    assert "teacher cnn" in txt and "total per image" in txt
+
+
+def test_format_report():
+    r = {"name": "deit_tiny_patch16_224", "input_size": (3, 224, 224), "params": 5_717_416,
+         "macs": 1_253_683_200, "norm_macs": 4_728_000, "agree": True, "rel_diff": 0.0,
+         "img_per_s": 123.4}
+    txt = format_report(r)
+    assert "1.254" in txt and "5.72" in txt and "123.4" in txt and "3x224x224" in txt
+    txt2 = format_report([r, dict(r, name="other", img_per_s=None)])
+    assert "other" in txt2 and len(txt2.splitlines()) == 4
+    rep = count_macs(nn.Linear(7, 5), (4, 7))
+    assert "0.000" in format_report(rep)

@@ -1,0 +1,114 @@
+"""The ``vitkd`` command line. Usage and config errors: one line on stderr, exit code 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from .config import ConfigError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"vitkd: error: {message}\n")
+
+
+def _cmd_train(args) -> int:
+    from .config import load_config
+    from .engine import CHECKPOINT_NAME, train
+    out = Path(args.out) if args.out else None
+    if args.resume and out is None:
+        raise ConfigError("--resume needs --out DIR (the run folder to continue)")
+    cfg = load_config(args.config, args.set)
+    if out is None:
+        out = Path("runs") / (cfg.name or Path(args.config).stem)
+    if args.resume:
+        if not (out / CHECKPOINT_NAME).is_file():
+            raise ConfigError(f"--resume: no {CHECKPOINT_NAME} in {out}")
+    elif (out / CHECKPOINT_NAME).exists() and not args.overwrite:
+        raise ConfigError(f"--out {out}: already holds a run (use --resume to continue or --overwrite)")
+    final = train(cfg, out, resume=args.resume, log=lambda m: print(m, flush=True))
+    print(json.dumps({"out": str(out), **{k: final[k] for k in ("val_top1", "test_top1") if k in final}}))
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from .config import parse_config
+    from .engine import build_run, evaluate, load_checkpoint
+    ckpt = load_checkpoint(args.checkpoint)
+    cfg = parse_config(ckpt["config"])
+    if args.device:
+        cfg.train.device = args.device
+    run = build_run(cfg)
+    run.student.load_state_dict(ckpt["student"])
+    res = {"checkpoint": str(args.checkpoint), "epoch": int(ckpt["epoch"]) + 1}
+    for split in args.splits:
+        r = evaluate(run.student, run.datasets[split], cfg.data.eval_batch_size, run.device, cfg.data.num_workers)
+        res[f"{split}_top1"], res[f"{split}_loss"] = r["top1"], r["loss"]
+    print(json.dumps(res, indent=None if args.json else 2))
+    return 0
+
+
+def _cmd_profile(args) -> int:
+    from . import models as model_lib
+    from .profile import format_report, profile_model
+    model_lib._ensure_registered()
+    import timm
+    if not timm.is_model(args.model):
+        import difflib
+        hint = difflib.get_close_matches(args.model, timm.list_models(), n=1)
+        raise ConfigError(f"unknown model '{args.model}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+    report = profile_model(args.model, img_size=args.img_size, batch_size=args.batch_size,
+                           throughput=not args.no_throughput)
+    print(json.dumps(report, indent=2, default=str) if args.json else format_report(report))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="vitkd", description="Knowledge distillation for Vision Transformers on any timm backbone.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a model (optionally distilled) from a YAML config")
+    t.add_argument("config")
+    t.add_argument("--out", help="run folder (default runs/<config name>)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.epochs=5 (repeatable)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="start over in a folder that holds a run")
+    t.set_defaults(fn=_cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint (run folder or checkpoint.pt) on val and test")
+    e.add_argument("checkpoint")
+    e.add_argument("--splits", nargs="+", default=["val", "test"], choices=["train", "val", "test"])
+    e.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(fn=_cmd_eval)
+
+    pr = sub.add_parser("profile", help="params, MACs (attention counted) and img/s of a timm or vitkd model")
+    pr.add_argument("model")
+    pr.add_argument("--img-size", type=int)
+    pr.add_argument("--batch-size", type=int, default=32)
+    pr.add_argument("--no-throughput", action="store_true")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(fn=_cmd_profile)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as e:
+        print(f"vitkd: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("vitkd: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

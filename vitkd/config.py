@@ -1,0 +1,256 @@
+"""Typed experiment configs read from YAML and checked before any work starts.
+
+Every error is a :class:`ConfigError` with one line naming the offending key, value or file;
+the CLI turns it into exit code 2. Unknown keys get a close-match suggestion.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import yaml
+
+__all__ = ["ConfigError", "ModelCfg", "DataCfg", "TrainCfg", "TeacherCfg", "DistillCfg", "RunCfg",
+           "load_config", "parse_config", "apply_overrides", "to_dict"]
+
+
+class ConfigError(ValueError):
+    """A bad config: the message is one line naming the key, value or file."""
+
+
+def _path_field(default=None, **kw):
+    return field(default=default, metadata={"path": True, **kw})
+
+
+@dataclass
+class ModelCfg:
+    name: str = "vit_tiny_patch16_224"
+    args: Dict[str, Any] = field(default_factory=dict)   # keyword arguments for timm.create_model
+    checkpoint: Optional[str] = _path_field()             # initial weights: run folder or weights file
+
+
+@dataclass
+class DataCfg:
+    name: str = "digits"                 # digits | cifar10 | cifar100 | imagefolder
+    root: Optional[str] = _path_field()  # local folder for cifar / imagefolder (never downloaded)
+    img_size: Optional[int] = None       # default: the model's own input size
+    train_subset: Optional[int] = None   # use only the first N of a seeded permutation of the train split
+    val_size: int = 200                  # held out from train for cifar / imagefolder (digits: fixed split)
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    num_workers: int = 0
+    augment: str = "light"               # none | light (seeded affine jitter) | timm (timm create_transform)
+    auto_augment: Optional[str] = None   # timm policy string, e.g. rand-m9-mstd0.5-inc1 (augment: timm)
+    re_prob: float = 0.0                 # random erasing (augment: timm)
+    hflip: float = 0.0                   # horizontal flip probability (augment: timm)
+    repeated_aug: int = 1                # repeated augmentation: each image appears this many times per epoch
+
+    def __post_init__(self):
+        _choice("data.name", self.name, ("digits", "cifar10", "cifar100", "imagefolder"))
+        _choice("data.augment", self.augment, ("none", "light", "timm"))
+        if self.name != "digits" and self.root is None:
+            raise ConfigError(f"data.root: dataset '{self.name}' is read from a local folder; set data.root")
+        _positive("data.batch_size", self.batch_size)
+        _positive("data.eval_batch_size", self.eval_batch_size)
+        _positive("data.repeated_aug", self.repeated_aug)
+        if self.img_size is not None:
+            _positive("data.img_size", self.img_size)
+        if self.train_subset is not None:
+            _positive("data.train_subset", self.train_subset)
+
+
+@dataclass
+class TrainCfg:
+    epochs: int = 30
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 2.0
+    min_lr: float = 1e-5
+    label_smoothing: float = 0.1
+    mixup: float = 0.0                   # mixup alpha (0 = off)
+    cutmix: float = 0.0                  # cutmix alpha (0 = off)
+    mixup_prob: float = 1.0
+    ema_decay: Optional[float] = None    # model EMA (timm ModelEmaV3) when set
+    clip_grad: Optional[float] = None
+    device: str = "auto"                 # auto | cpu | cuda
+    amp: bool = True                     # bf16 autocast on CUDA (CPU runs fp32)
+    threads: Optional[int] = None        # torch CPU threads
+    progress: bool = True
+
+    def __post_init__(self):
+        _positive("train.epochs", self.epochs)
+        _positive("train.lr", self.lr)
+        _choice("train.device", self.device, ("auto", "cpu", "cuda"))
+        for k in ("weight_decay", "warmup_epochs", "min_lr", "label_smoothing", "mixup", "cutmix"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"train.{k}: must be >= 0, got {getattr(self, k)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"train.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError(f"train.ema_decay: must be in (0, 1), got {self.ema_decay}")
+
+
+@dataclass
+class TeacherCfg:
+    model: Optional[str] = None                # timm name; default: the model of the checkpoint's run
+    checkpoint: Optional[str] = _path_field()  # run folder (vitkd train output) or weights file
+    args: Dict[str, Any] = field(default_factory=dict)
+    bf16: bool = False                         # run the frozen teacher under bf16 autocast (CPU and CUDA)
+
+
+@dataclass
+class DistillCfg:
+    teachers: Dict[str, TeacherCfg] = field(default_factory=dict)
+    terms: List[Dict[str, Any]] = field(default_factory=list)   # checked against the loss registry at build
+
+
+@dataclass
+class RunCfg:
+    seed: int = 0
+    model: ModelCfg = field(default_factory=ModelCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    distill: Optional[DistillCfg] = None
+    name: Optional[str] = None
+
+
+def _choice(key, value, choices):
+    if value not in choices:
+        hint = difflib.get_close_matches(str(value), choices, n=1)
+        extra = f" (did you mean '{hint[0]}'?)" if hint else ""
+        raise ConfigError(f"{key}: '{value}' is not one of {', '.join(choices)}{extra}")
+
+
+def _positive(key, value):
+    if value <= 0:
+        raise ConfigError(f"{key}: must be > 0, got {value}")
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value, tp, key: str, base: Path, meta: dict):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Union:   # Optional[X]
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key, base, meta)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return _build(tp, value, key, base)
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        vt = args[1] if args else Any
+        return {k: _coerce(v, vt, f"{key}.{k}", base, {}) for k, v in value.items()}
+    if origin in (list, List):
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        vt = args[0] if args else Any
+        return [_coerce(v, vt, f"{key}[{i}]", base, {}) for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {type(value).__name__} {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
+        if meta.get("path"):
+            p = Path(os.path.expanduser(value))
+            if not p.is_absolute():
+                p = (base / p) if (base / p).exists() else p
+            if not p.exists():
+                raise ConfigError(f"{key}: file or folder not found: {value}")
+            return str(p)
+        return value
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def _build(cls, data: dict, prefix: str, base: Path):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in fields:
+            hint = difflib.get_close_matches(str(k), list(fields), n=1)
+            extra = f" (did you mean '{hint[0]}'?)" if hint else ""
+            valid = "" if extra else f" (valid keys: {', '.join(fields)})"
+            raise ConfigError(f"unknown config key '{key}'{extra}{valid}")
+        kwargs[k] = _coerce(v, hints[k], key, base, dict(fields[k].metadata))
+    return cls(**kwargs)
+
+
+def parse_config(data: Optional[dict], base: Union[str, Path] = ".") -> RunCfg:
+    """Validate a raw mapping into a :class:`RunCfg`. Relative paths resolve against ``base`` first."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: expected a mapping at the top level, got {type(data).__name__}")
+    return _build(RunCfg, data, "", Path(base))
+
+
+def apply_overrides(data: dict, overrides: List[str]) -> dict:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a raw mapping."""
+    data = dict(data or {})
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item}: expected key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            child = node.get(p)
+            if child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: '{p}' is not a mapping")
+            node[p] = child = dict(child)
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def read_yaml(path: Union[str, Path]) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(e, 'problem', None) or e})") from None
+    return data or {}
+
+
+def load_config(path: Union[str, Path], overrides: Optional[List[str]] = None) -> RunCfg:
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    return parse_config(raw, base=Path(path).parent)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,273 @@
+"""Datasets with replayable per-sample augmentation.
+
+Every random draw of a sample's augmentation comes from a seed derived from (run seed, epoch,
+index), so any epoch's inputs can be replayed exactly (stored teacher logits, bit-exact resume).
+The data order of an epoch is a permutation drawn from (run seed, epoch).
+
+* ``digits``: scikit-learn's handwritten digits (1797 real 8x8 images shipped inside the package,
+  no download), split once with a fixed seed into train 1197 / val 200 / test 400.
+* ``cifar10`` / ``cifar100``: torchvision's on-disk python format under ``data.root``.
+* ``imagefolder``: ImageNet layout, ``root/train/<class>/*`` and ``root/val/<class>/*``.
+For cifar and imagefolder a seeded ``val_size`` subset of the train split is held out as val and the
+official test/val split is the test split.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+from .config import ConfigError, DataCfg
+
+__all__ = ["DIGITS_SPLIT", "sample_seed", "seeded", "SplitDataset", "EpochSampler", "build_datasets",
+           "DataSpec", "load_digits_arrays"]
+
+DIGITS_SPLIT = {"train": 1197, "val": 200, "test": 400}
+DIGITS_SPLIT_SEED = 20240601   # the split is made once, independent of the run seed
+
+
+def sample_seed(*parts: int) -> int:
+    """A 32-bit seed derived from integers (run seed, epoch, index, ...) by numpy's SeedSequence."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Seed python, numpy and torch (CPU) RNGs for a block, restoring the previous states after."""
+    py, npst, th = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npst)
+        torch.random.set_rng_state(th)
+
+
+@dataclass
+class DataSpec:
+    """What the model expects as input."""
+    img_size: Tuple[int, int]
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875
+
+
+# ---------------------------------------------------------------------- sources
+def load_digits_arrays() -> Tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    return d.images.astype(np.float32) / 16.0, d.target.astype(np.int64)
+
+
+def _digits_splits() -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    images, targets = load_digits_arrays()
+    perm = np.random.RandomState(DIGITS_SPLIT_SEED).permutation(len(images))
+    a, b = DIGITS_SPLIT["train"], DIGITS_SPLIT["train"] + DIGITS_SPLIT["val"]
+    idx = {"train": perm[:a], "val": perm[a:b], "test": perm[b:b + DIGITS_SPLIT["test"]]}
+    return {k: (images[v], targets[v]) for k, v in idx.items()}
+
+
+def _cifar(cfg: DataCfg):
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    base = CIFAR10 if cfg.name == "cifar10" else CIFAR100
+
+    class LocalCIFAR(base):
+        """torchvision's CIFAR reader on a local copy: presence checked, never downloaded.
+        (torchvision's own integrity check compares md5 sums of the official archives.)"""
+
+        def _check_integrity(self) -> bool:
+            folder = Path(self.root) / self.base_folder
+            return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
+
+    root = Path(cfg.root)
+    try:
+        train = LocalCIFAR(str(root), train=True, download=False)
+        test = LocalCIFAR(str(root), train=False, download=False)
+    except RuntimeError:
+        raise ConfigError(f"data.root: no {cfg.name} found under {root} (expected {root}/{base.base_folder}/ "
+                          f"with {', '.join(n for n, _ in base.train_list + base.test_list)})") from None
+    except Exception as e:  # a malformed file
+        raise ConfigError(f"data.root: cannot read {cfg.name} under {root}: {e}") from None
+    return (train.data, np.asarray(train.targets)), (test.data, np.asarray(test.targets)), len(train.classes)
+
+
+def _imagefolder(cfg: DataCfg):
+    from torchvision.datasets import ImageFolder
+    root = Path(cfg.root)
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise ConfigError(f"data.root: {root / split} not found (ImageNet layout: root/train/<class>/*, "
+                              f"root/val/<class>/*)")
+    train, val = ImageFolder(str(root / "train")), ImageFolder(str(root / "val"))
+    if train.classes != val.classes:
+        raise ConfigError(f"data.root: class folders of {root}/train and {root}/val differ")
+    return train.samples, val.samples, len(train.classes)
+
+
+# ---------------------------------------------------------------------- transforms
+def _to_pil(item) -> Image.Image:
+    if isinstance(item, tuple):   # (path, target) from ImageFolder
+        with open(item[0], "rb") as f:
+            return Image.open(f).convert("RGB")
+    arr = np.asarray(item)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
+    img = Image.fromarray(arr)
+    return img.convert("RGB")
+
+
+class LightAugment:
+    """Seeded affine jitter on small tensors: shift up to 1/8 of the side, rotate +-10 deg, scale 0.9-1.1."""
+
+    def __init__(self, spec: DataSpec, train: bool):
+        self.spec, self.train = spec, train
+        self.mean = torch.tensor(spec.mean).view(-1, 1, 1)
+        self.std = torch.tensor(spec.std).view(-1, 1, 1)
+
+    def __call__(self, img: np.ndarray, seed: int) -> torch.Tensor:
+        x = torch.as_tensor(np.asarray(img, dtype=np.float32))
+        if x.ndim == 2:
+            x = x[None].expand(3, -1, -1)
+        elif x.shape[-1] == 3:
+            x = x.permute(2, 0, 1) / (255.0 if x.max() > 1.5 else 1.0)
+        x = F.interpolate(x[None], size=self.spec.img_size, mode="bilinear", align_corners=False,
+                          antialias=True)
+        if self.train:
+            g = torch.Generator().manual_seed(seed)
+            u = torch.rand(4, generator=g) * 2 - 1
+            angle, scale = u[0] * math.radians(10), 1 + 0.1 * u[1]
+            tx, ty = u[2] * 0.25, u[3] * 0.25   # grid units: 2 = the whole side, so 0.25 = 1/8 side
+            cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+            theta = torch.tensor([[cos, -sin, tx], [sin, cos, ty]], dtype=torch.float32)[None]
+            grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        x = x[0].clamp(0, 1)
+        return (x - self.mean) / self.std
+
+
+class TimmAugment:
+    """timm's create_transform on PIL images (RandAugment, random erasing, ...), seeded per sample."""
+
+    def __init__(self, spec: DataSpec, train: bool, cfg: DataCfg):
+        from timm.data import create_transform
+        kw = dict(input_size=(3, *spec.img_size), is_training=train, mean=spec.mean, std=spec.std,
+                  interpolation=spec.interpolation, crop_pct=spec.crop_pct)
+        if train:
+            kw.update(auto_augment=cfg.auto_augment, re_prob=cfg.re_prob, hflip=cfg.hflip)
+        self.tf = create_transform(**kw)
+
+    def __call__(self, img, seed: int) -> torch.Tensor:
+        with seeded(seed):
+            return self.tf(_to_pil(img))
+
+
+# ---------------------------------------------------------------------- datasets
+class SplitDataset(Dataset):
+    """One split; ``__getitem__`` returns (image, target, index) with augmentation seeded by
+    (run seed, epoch, index). Call :meth:`set_epoch` before each epoch."""
+
+    def __init__(self, items: Sequence, targets: Sequence[int], transform: Callable, seed: int,
+                 num_classes: int, name: str):
+        self.items, self.targets = items, np.asarray(targets, dtype=np.int64)
+        self.transform, self.seed, self.num_classes, self.name = transform, seed, num_classes, name
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        img = self.transform(self.items[index], sample_seed(self.seed, self.epoch, index))
+        return img, int(self.targets[index]), index
+
+
+class EpochSampler(Sampler):
+    """Epoch order = a permutation drawn from (seed, epoch); sharded by rank for multi-process runs.
+    ``repeats`` > 1 gives repeated augmentation (each index appears ``repeats`` times, spread over ranks)."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1,
+                 repeats: int = 1):
+        self.n, self.seed, self.shuffle, self.rank, self.world, self.repeats = n, seed, shuffle, rank, world, repeats
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = int(epoch)
+
+    def order(self) -> List[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, 0x5A17))
+            idx = torch.randperm(self.n, generator=g).tolist()
+        else:
+            idx = list(range(self.n))
+        idx = [i for i in idx for _ in range(self.repeats)]
+        idx += idx[: math.ceil(len(idx) / self.world) * self.world - len(idx)]   # same count on every rank
+        return idx[self.rank::self.world][: len(self)]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order())
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.world)   # an epoch stays n images in total, repeated or not
+
+
+def _subset(n: int, k: Optional[int], seed: int) -> np.ndarray:
+    idx = np.random.RandomState(seed).permutation(n)
+    return np.sort(idx[:k]) if k is not None else np.arange(n)
+
+
+def build_datasets(cfg: DataCfg, spec: DataSpec, seed: int) -> Tuple[Dict[str, SplitDataset], int]:
+    """Returns ({'train','val','test'} datasets, num_classes)."""
+    def make(split, items, targets, n_cls):
+        train = split == "train"
+        if cfg.augment == "timm" or cfg.name == "imagefolder":   # imagefolder items are files: PIL path
+            tf = TimmAugment(spec, train and cfg.augment != "none", cfg)
+        else:
+            tf = LightAugment(spec, train and cfg.augment == "light")
+        return SplitDataset(items, targets, tf, seed, n_cls, f"{cfg.name}/{split}")
+
+    if cfg.name == "digits":
+        n_cls = 10
+        parts = _digits_splits()
+    elif cfg.name in ("cifar10", "cifar100"):
+        (xtr, ytr), (xte, yte), n_cls = _cifar(cfg)
+        parts = _holdout(xtr, ytr, cfg.val_size)
+        parts["test"] = (xte, yte)
+    else:
+        train_s, val_s, n_cls = _imagefolder(cfg)
+        items = np.empty(len(train_s), dtype=object)
+        items[:] = train_s
+        parts = _holdout(items, np.array([t for _, t in train_s]), cfg.val_size)
+        test_items = np.empty(len(val_s), dtype=object)
+        test_items[:] = val_s
+        parts["test"] = (test_items, np.array([t for _, t in val_s]))
+    xtr, ytr = parts["train"]
+    if cfg.train_subset is not None:
+        if cfg.train_subset > len(ytr):
+            raise ConfigError(f"data.train_subset: {cfg.train_subset} exceeds the {len(ytr)} train images")
+        keep = _subset(len(ytr), cfg.train_subset, DIGITS_SPLIT_SEED + 1)
+        parts["train"] = (xtr[keep], ytr[keep])
+    return {k: make(k, x, y, n_cls) for k, (x, y) in parts.items()}, n_cls
+
+
+def _holdout(items, targets, val_size: int):
+    if val_size >= len(targets):
+        raise ConfigError(f"data.val_size: {val_size} leaves no train images (train split has {len(targets)})")
+    perm = np.random.RandomState(DIGITS_SPLIT_SEED).permutation(len(targets))
+    val, train = np.sort(perm[:val_size]), np.sort(perm[val_size:])
+    return {"train": (items[train], targets[train]), "val": (items[val], targets[val])}

@@ -1,0 +1,63 @@
+"""Atomic file writes: a temp file in the same folder, fsync, then rename. Existing files are never
+half-overwritten, and a crash leaves either the old file or the new one."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Union
+
+__all__ = ["atomic_writer", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save",
+           "atomic_save_safetensors", "atomic_write_json"]
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Union[str, Path], mode: str = "wb"):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path, data: bytes):
+    with atomic_writer(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path, text: str):
+    with atomic_writer(path, "w") as f:
+        f.write(text)
+
+
+def atomic_write_json(path, obj: Any):
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def atomic_torch_save(obj: Any, path):
+    import torch
+    with atomic_writer(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def atomic_save_safetensors(tensors: dict, path, metadata: dict = None):
+    from safetensors.torch import save
+    seen, out = set(), {}
+    for k, v in tensors.items():   # tensors shared between keys (tied / multiplexed weights) are stored per key
+        v = v.detach().cpu()
+        key = v.untyped_storage().data_ptr()
+        out[k] = v.clone() if key in seen else v.contiguous()
+        seen.add(key)
+    data = save(out,
+                metadata={k: str(v) for k, v in (metadata or {}).items()})
+    atomic_write_bytes(path, data)

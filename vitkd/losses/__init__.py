@@ -1,0 +1,3 @@
+"""Loss terms: pure functions in :mod:`vitkd.losses.functional`, registered modules per family."""
+from .base import LOSSES, Batch, LossTerm, ModelInfo, build_term, register_loss  # noqa: F401
+from . import label  # noqa: F401  (registers the terms)

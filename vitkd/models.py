@@ -1,0 +1,96 @@
+"""Creating students and teachers through timm (vitkd's own architectures are registered in timm)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import timm
+import torch
+import yaml
+from torch import nn
+
+from .config import ConfigError
+from .data import DataSpec
+
+__all__ = ["create", "resolve_weights", "run_model_spec", "data_spec", "freeze", "WEIGHTS_NAME"]
+
+WEIGHTS_NAME = "model.safetensors"   # the exported student of a run folder
+
+
+def _ensure_registered():
+    from . import archs  # noqa: F401  (registers vitkd's models in timm)
+
+
+def resolve_weights(path: str) -> Path:
+    """A run folder (its exported ``model.safetensors``) or a weights file."""
+    p = Path(path)
+    if p.is_dir():
+        w = p / WEIGHTS_NAME
+        if not w.is_file():
+            raise ConfigError(f"checkpoint: run folder {p} has no {WEIGHTS_NAME} (did its training finish?)")
+        return w
+    if not p.is_file():
+        raise ConfigError(f"checkpoint: file or folder not found: {path}")
+    return p
+
+
+def run_model_spec(path: str) -> Optional[Tuple[str, Dict[str, Any], int]]:
+    """(model name, args, num_classes) recorded in a run folder's config, if ``path`` is a run folder."""
+    p = Path(path)
+    p = p if p.is_dir() else p.parent
+    cfg = p / "config.yaml"
+    if not cfg.is_file():
+        return None
+    data = yaml.safe_load(cfg.read_text()) or {}
+    meta = yaml.safe_load((p / "run.yaml").read_text()) if (p / "run.yaml").is_file() else {}
+    m = data.get("model", {})
+    return m.get("name"), dict(m.get("args") or {}), int(meta.get("num_classes", 0)) or None
+
+
+def create(name: str, num_classes: Optional[int] = None, args: Optional[Dict[str, Any]] = None,
+           checkpoint: Optional[str] = None, where: str = "model") -> nn.Module:
+    """``timm.create_model`` with optional weights loaded through timm's pretrained-config mechanism
+    (``pretrained_cfg_overlay=dict(file=...)``), so timm's own filters and checks apply."""
+    _ensure_registered()
+    kwargs = dict(args or {})
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if not timm.is_model(name):
+        import difflib
+        hint = difflib.get_close_matches(name, timm.list_models(), n=1)
+        extra = f" (did you mean '{hint[0]}'?)" if hint else ""
+        raise ConfigError(f"{where}.name: unknown timm model '{name}'{extra}")
+    try:
+        if checkpoint is not None:
+            weights = resolve_weights(checkpoint)
+            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)),
+                                     **kwargs)
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except ConfigError:
+        raise
+    except TypeError as e:
+        raise ConfigError(f"{where}.args: {name} rejects its arguments: {e}") from None
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ConfigError(f"{where}.checkpoint: weights do not fit {name}: {first}") from None
+
+
+def data_spec(model: nn.Module, img_size: Optional[int] = None) -> DataSpec:
+    """The input a model expects, from its pretrained config (img_size overrides the size)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = cfg.get("input_size", (3, 224, 224))[-2:]
+    fixed = getattr(getattr(model, "patch_embed", None), "img_size", None)   # a ViT built for another size
+    if fixed is not None:
+        size = fixed
+    if img_size is not None:
+        size = (img_size, img_size)
+    return DataSpec(img_size=tuple(int(s) for s in size), mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+                    std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+                    interpolation=cfg.get("interpolation", "bicubic"), crop_pct=cfg.get("crop_pct", 0.875))
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
