@@ -80,29 +80,38 @@ def _digits_splits() -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
     return {k: (images[v], targets[v]) for k, v in idx.items()}
 
 
+CIFAR_LAYOUT = {   # torchvision's on-disk python format (the official archives, unpacked)
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "batches.meta",
+                "labels", "label_names"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "meta", "fine_labels", "fine_label_names"),
+}
+
+
 def _cifar(cfg: DataCfg):
-    from torchvision.datasets import CIFAR10, CIFAR100
+    """Read CIFAR-10/100 from torchvision's on-disk format (the pickled batches, read as torchvision does:
+    latin1 pickles, data [N, 3072] -> HWC uint8). Never downloads; checks presence, not md5 sums."""
+    import pickle
+    folder_name, train_files, test_files, meta_file, label_key, names_key = CIFAR_LAYOUT[cfg.name]
+    folder = Path(cfg.root) / folder_name
+    missing = [f for f in train_files + test_files + [meta_file] if not (folder / f).is_file()]
+    if missing:
+        raise ConfigError(f"data.root: no {cfg.name} found under {cfg.root} (missing {folder / missing[0]})")
 
-    base = CIFAR10 if cfg.name == "cifar10" else CIFAR100
+    def read(files):
+        xs, ys = [], []
+        for fname in files:
+            try:
+                with open(folder / fname, "rb") as f:
+                    entry = pickle.load(f, encoding="latin1")
+                xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                ys.extend(entry[label_key])
+            except Exception as e:
+                raise ConfigError(f"data.root: cannot read {folder / fname}: {type(e).__name__}: {e}") from None
+        return np.concatenate(xs).transpose(0, 2, 3, 1), np.asarray(ys, dtype=np.int64)
 
-    class LocalCIFAR(base):
-        """torchvision's CIFAR reader on a local copy: presence checked, never downloaded.
-        (torchvision's own integrity check compares md5 sums of the official archives.)"""
-
-        def _check_integrity(self) -> bool:
-            folder = Path(self.root) / self.base_folder
-            return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
-
-    root = Path(cfg.root)
-    try:
-        train = LocalCIFAR(str(root), train=True, download=False)
-        test = LocalCIFAR(str(root), train=False, download=False)
-    except RuntimeError:
-        raise ConfigError(f"data.root: no {cfg.name} found under {root} (expected {root}/{base.base_folder}/ "
-                          f"with {', '.join(n for n, _ in base.train_list + base.test_list)})") from None
-    except Exception as e:  # a malformed file
-        raise ConfigError(f"data.root: cannot read {cfg.name} under {root}: {e}") from None
-    return (train.data, np.asarray(train.targets)), (test.data, np.asarray(test.targets)), len(train.classes)
+    with open(folder / meta_file, "rb") as f:
+        classes = pickle.load(f, encoding="latin1")[names_key]
+    return read(train_files), read(test_files), len(classes)
 
 
 def _imagefolder(cfg: DataCfg):
