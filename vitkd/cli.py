@@ -68,6 +68,14 @@ def _cmd_profile(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from .compare import run_suite
+    out = run_suite(args.suite, out=args.out, quick=args.quick, cache=args.cache, jobs=args.jobs,
+                    log=lambda m: print(m, flush=True))
+    print(json.dumps({"out": str(out)}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vitkd", description="Knowledge distillation for Vision Transformers on any timm backbone.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -95,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-throughput", action="store_true")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(fn=_cmd_profile)
+    c = sub.add_parser("compare", help="run a comparison suite: teachers, tuned recipe, every method x seeds -> "
+                                       "results/compare/<suite>/ (table, pareto.png, curves.png)")
+    c.add_argument("suite", nargs="?", default="configs/compare/digits.yaml")
+    c.add_argument("--out", help="results folder (default results/compare/<suite>[-quick])")
+    c.add_argument("--quick", action="store_true", help="every family, one seed, shorter schedule")
+    c.add_argument("--cache", help="run folders, reused when a run's config is unchanged "
+                                   "(default runs/compare/<suite>)")
+    c.add_argument("--jobs", type=int, help="runs in parallel (default: the suite's jobs)")
+    c.set_defaults(fn=_cmd_compare)
     return p
 
 

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Union
 import yaml
 
 __all__ = ["ConfigError", "ModelCfg", "DataCfg", "TrainCfg", "TeacherCfg", "DistillCfg", "RunCfg",
-           "load_config", "parse_config", "apply_overrides", "to_dict"]
+           "load_config", "parse_config", "apply_overrides", "to_dict", "build_dataclass", "read_yaml"]
 
 
 class ConfigError(ValueError):
@@ -198,6 +198,13 @@ def _build(cls, data: dict, prefix: str, base: Path):
             raise ConfigError(f"unknown config key '{key}'{extra}{valid}")
         kwargs[k] = _coerce(v, hints[k], key, base, dict(fields[k].metadata))
     return cls(**kwargs)
+
+
+def build_dataclass(cls, data: Optional[dict], prefix: str = "", base: Union[str, Path] = "."):
+    """Validate a raw mapping into any config dataclass (one-line ConfigErrors naming ``prefix.key``)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    return _build(cls, data, prefix, Path(base))
 
 
 def parse_config(data: Optional[dict], base: Union[str, Path] = ".") -> RunCfg:

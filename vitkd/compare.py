@@ -1,0 +1,572 @@
+"""The comparison suite: many runs of one frozen recipe -> a table and plots in ``results/``.
+
+Protocol (see ``configs/compare/digits.yaml``):
+1. teachers are trained once and cached (a run is reused when its config is unchanged);
+2. the recipe is tuned for the no-KD student on the validation split (one knob, one seed), then frozen;
+3. every row (method) runs with that recipe for every seed; top-1 is read on the held-out test split
+   at the last epoch (nothing is selected on test); mean, std and a two-standard-error significance
+   mark against no-KD at the same student size;
+4. params, MACs, training cost per image and img/s are measured for every student and teacher.
+
+Runs go to ``<cache>/<suite>/...`` as ordinary ``vitkd train`` run folders, executed as separate
+processes, ``jobs`` at a time (one thread each), so both cores are used.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import copy
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import yaml
+
+from .config import ConfigError, apply_overrides, build_dataclass, parse_config, read_yaml, to_dict
+from .io import atomic_write_json, atomic_write_text
+
+__all__ = ["SuiteCfg", "load_suite", "run_suite", "summarize"]
+
+
+@dataclass
+class TeacherSpec:
+    config: str                                         # a vitkd train config (relative to the suite file)
+    set: Dict[str, Any] = field(default_factory=dict)   # overrides, dotted keys
+    distill_from: Dict[str, str] = field(default_factory=dict)  # teacher-assistant: {teacher key in config: suite teacher}
+    label: Optional[str] = None
+    family: str = "teacher"
+
+
+@dataclass
+class RowSpec:
+    name: str
+    family: str                                         # none | logit | token | patch | feature | minivit | hetero
+    group: str = "homomorphic"                          # baseline | homomorphic | heteromorphic | capacity
+    config: Optional[str] = None                        # defaults to the suite's student config
+    set: Dict[str, Any] = field(default_factory=dict)
+    teachers: Dict[str, str] = field(default_factory=dict)   # {teacher key in config: suite teacher}
+    size: Optional[str] = None                          # student size label (for the MACs sweep)
+    baseline: Optional[str] = None                      # row compared against (default: no-KD of the same size)
+
+
+@dataclass
+class TuneSpec:
+    key: str = "train.lr"
+    values: List[Any] = field(default_factory=list)
+    seed: int = 0
+
+
+@dataclass
+class QuickSpec:
+    seeds: List[int] = field(default_factory=lambda: [0])
+    set: Dict[str, Any] = field(default_factory=dict)
+    tune: bool = False
+
+
+@dataclass
+class SuiteCfg:
+    name: str
+    student: str                                        # the no-KD student config (the recipe)
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
+    set: Dict[str, Any] = field(default_factory=dict)   # the recipe, applied to every run (teachers too)
+    teacher_set: Dict[str, Any] = field(default_factory=dict)   # applied to teachers only
+    tune: Optional[TuneSpec] = None
+    quick: QuickSpec = field(default_factory=QuickSpec)
+    teachers: Dict[str, TeacherSpec] = field(default_factory=dict)
+    rows: List[RowSpec] = field(default_factory=list)
+    jobs: int = 2
+
+
+def load_suite(path) -> Tuple[SuiteCfg, Path]:
+    path = Path(path)
+    raw = read_yaml(path)
+    suite = build_dataclass(SuiteCfg, raw, "suite")
+    names = [r.name for r in suite.rows]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ConfigError(f"suite.rows: duplicate row name '{sorted(dup)[0]}'")
+    for r in suite.rows:
+        for key, t in r.teachers.items():
+            if t not in suite.teachers:
+                raise ConfigError(f"suite.rows.{r.name}.teachers.{key}: unknown suite teacher '{t}' "
+                                  f"(defined: {', '.join(suite.teachers)})")
+    for name, t in suite.teachers.items():
+        for key, src in t.distill_from.items():
+            if src not in suite.teachers or src == name:
+                raise ConfigError(f"suite.teachers.{name}.distill_from.{key}: unknown suite teacher '{src}'")
+    return suite, path.parent
+
+
+# ---------------------------------------------------------------------- planning
+@dataclass
+class Job:
+    key: str                       # unique id: teachers/<name>, tune/<value>, rows/<row>/s<seed>
+    raw: dict                      # the resolved config mapping
+    out: Path
+    deps: List[str] = field(default_factory=list)
+    kind: str = "row"
+    row: Optional[str] = None
+    seed: Optional[int] = None
+
+
+def _flatten_set(d: Dict[str, Any]) -> List[str]:
+    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in d.items()]
+
+
+def _resolve(config: str, base: Path, *sets: Dict[str, Any]) -> dict:
+    p = (base / config) if not Path(config).is_absolute() else Path(config)
+    raw = read_yaml(p)
+    for s in sets:
+        raw = apply_overrides(raw, _flatten_set(s))
+    return raw
+
+
+def _digest(raw: dict) -> str:
+    return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def recipe_of(suite: SuiteCfg, quick: bool) -> Tuple[dict, List[int]]:
+    recipe = dict(suite.set)
+    if quick:
+        recipe.update(suite.quick.set)
+        return recipe, list(suite.quick.seeds)
+    return recipe, list(suite.seeds)
+
+
+def _tag(quick: bool) -> str:
+    return "-quick" if quick else ""
+
+
+def plan_teachers(suite: SuiteCfg, base: Path, cache: Path, quick: bool) -> List[Job]:
+    recipe, _ = recipe_of(suite, quick)
+    out = {name: cache / f"teachers{_tag(quick)}" / name for name in suite.teachers}
+    jobs = []
+    for name, t in suite.teachers.items():
+        raw = _resolve(t.config, base, recipe, suite.teacher_set, t.set)
+        raw["seed"] = 0
+        deps = []
+        for key, src in t.distill_from.items():   # a teacher assistant distilled from a bigger teacher
+            raw.setdefault("distill", {}).setdefault("teachers", {}).setdefault(key, {})["checkpoint"] = str(out[src])
+            deps.append(f"teachers/{src}")
+        jobs.append(Job(f"teachers/{name}", raw, out[name], deps, kind="teacher", row=name))
+    return jobs
+
+
+def plan_tune(suite: SuiteCfg, base: Path, cache: Path, quick: bool) -> List[Job]:
+    if not suite.tune or not suite.tune.values or (quick and not suite.quick.tune):
+        return []
+    recipe, _ = recipe_of(suite, quick)
+    jobs = []
+    for v in suite.tune.values:
+        raw = _resolve(suite.student, base, recipe, {suite.tune.key: v})
+        raw["seed"] = suite.tune.seed
+        jobs.append(Job(f"tune/{v}", raw, cache / f"tune{_tag(quick)}" / _safe(str(v)), kind="tune", row=str(v)))
+    return jobs
+
+
+def plan_rows(suite: SuiteCfg, base: Path, cache: Path, quick: bool, tuned: Dict[str, Any]) -> List[Job]:
+    recipe, seeds = recipe_of(suite, quick)
+    recipe = {**recipe, **tuned}
+    tdir = cache / f"teachers{_tag(quick)}"
+    jobs = []
+    for r in suite.rows:
+        for seed in seeds:
+            raw = _resolve(r.config or suite.student, base, recipe, r.set)
+            raw["seed"] = seed
+            deps = []
+            for key, t in r.teachers.items():
+                raw.setdefault("distill", {}).setdefault("teachers", {}).setdefault(key, {})["checkpoint"] = \
+                    str(tdir / t)
+                deps.append(f"teachers/{t}")
+            jobs.append(Job(f"rows/{r.name}/s{seed}", raw, cache / f"rows{_tag(quick)}" / r.name / f"s{seed}",
+                            deps, kind="row", row=r.name, seed=seed))
+    return jobs
+
+
+def _safe(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
+
+
+# ---------------------------------------------------------------------- execution
+def _is_done(job: Job) -> bool:
+    """A finished run whose config equals the job's (teachers and rows are cached across invocations)."""
+    done = job.out / "model.safetensors"
+    stamp = job.out / "suite_job.json"
+    if not done.is_file() or not stamp.is_file():
+        return False
+    try:
+        return json.loads(stamp.read_text()).get("digest") == _digest(job.raw)
+    except (OSError, ValueError):
+        return False
+
+
+def _run_job(job: Job, threads: int) -> Tuple[str, float, Optional[str]]:
+    t0 = time.perf_counter()
+    job.out.mkdir(parents=True, exist_ok=True)
+    cfg_path = job.out.parent / f".{job.out.name}.input.yaml"
+    atomic_write_text(cfg_path, yaml.safe_dump(job.raw, sort_keys=False))
+    cmd = [sys.executable, "-m", "vitkd", "train", str(cfg_path), "--out", str(job.out), "--overwrite",
+           "--set", f"train.threads={threads}", "--set", "train.progress=false"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        return job.key, time.perf_counter() - t0, tail[0]
+    atomic_write_json(job.out / "suite_job.json", {"digest": _digest(job.raw), "key": job.key})
+    return job.key, time.perf_counter() - t0, None
+
+
+def execute(jobs: List[Job], n_jobs: int, progress: bool = True, log=print, done_before=()) -> Dict[str, float]:
+    """Run jobs respecting dependencies, ``n_jobs`` processes at a time. Returns wall seconds per job."""
+    from tqdm import tqdm
+    todo = {j.key: j for j in jobs}
+    walls: Dict[str, float] = {}
+    done = set(done_before)
+    for j in jobs:
+        if _is_done(j):
+            done.add(j.key)
+            walls[j.key] = 0.0
+    pending = [j for j in jobs if j.key not in done]
+    threads = max(1, (os.cpu_count() or 2) // max(1, n_jobs))
+    bar = tqdm(total=len(jobs), initial=len(done), desc="runs", disable=None if progress else True,
+               file=sys.stderr)
+    failures = []
+    with cf.ThreadPoolExecutor(max_workers=n_jobs) as pool:
+        running: Dict[cf.Future, Job] = {}
+        while pending or running:
+            ready = [j for j in pending if all(d in done for d in j.deps)]
+            for j in ready[: max(0, n_jobs - len(running))]:
+                pending.remove(j)
+                running[pool.submit(_run_job, j, threads)] = j
+            if not running:
+                blocked = ", ".join(j.key for j in pending[:3])
+                raise RuntimeError(f"suite: jobs blocked by failed dependencies: {blocked}")
+            fin, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)
+            for f in fin:
+                j = running.pop(f)
+                key, wall, err = f.result()
+                walls[key] = wall
+                bar.update(1)
+                if err:
+                    failures.append(f"{key}: {err}")
+                    log(f"run failed: {key}: {err}")
+                    # drop everything that depends on it
+                    pending = [p for p in pending if key not in p.deps]
+                else:
+                    done.add(key)
+    bar.close()
+    if failures:
+        raise RuntimeError(f"suite: {len(failures)} run(s) failed, first: {failures[0]}")
+    return walls
+
+
+# ---------------------------------------------------------------------- measuring
+def _metrics(out: Path) -> dict:
+    return json.loads((out / "metrics.json").read_text())
+
+
+def _pick_tuned(suite: SuiteCfg, tune_jobs: List[Job]) -> Tuple[Dict[str, Any], List[dict]]:
+    rows = []
+    for j in tune_jobs:
+        m = _metrics(j.out)["final"]
+        rows.append({"key": suite.tune.key, "value": j.raw and _get(j.raw, suite.tune.key),
+                     "val_top1": m["val_top1"]})
+    if not rows:
+        return {}, []
+    best = max(rows, key=lambda r: r["val_top1"])   # chosen on val, never on test
+    for r in rows:
+        r["chosen"] = r is best
+    return {suite.tune.key: best["value"]}, rows
+
+
+def _get(raw: dict, dotted: str):
+    node = raw
+    for p in dotted.split("."):
+        node = node[p]
+    return node
+
+
+def _mean_std(xs: List[float]) -> Tuple[float, float]:
+    n = len(xs)
+    m = sum(xs) / n
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1)) if n > 1 else 0.0
+    return m, sd
+
+
+def measure_costs(raw: dict, run_dir: Path, throughput: bool = True) -> dict:
+    """Params, MACs and img/s of the student; each teacher's forward MACs; the distillation overhead
+    (connectors and loss-side matrix products) measured with torch's flop counter on one step."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from .engine import build_run
+    from .losses import Batch
+    from .profile import count_macs, measure_throughput
+    cfg = parse_config(raw)
+    cfg.train.device = "cpu"
+    run = build_run(cfg)
+    d = run.distiller
+    size = (3, *run.spec.img_size)
+    student = count_macs(run.student, size, batch_size=1, cross_check=False)
+    teachers = {k: count_macs(t, size, batch_size=1, cross_check=False).total_macs for k, t in d.teachers.items()}
+    x = torch.randn(2, *size)
+    y = torch.zeros(2, dtype=torch.long)
+
+    def flops(fn):
+        with FlopCounterMode(display=False) as fc:
+            fn()
+        return fc.get_total_flops() / 2 / 2   # MACs per image (2 images)
+    d.train()
+    whole = flops(lambda: d(Batch(images=x, target=y)))
+    alone = flops(lambda: run.student(x)) + sum(flops(lambda t=t: t(x)) for t in d.teachers.values())
+    overhead = max(0.0, whole - alone)
+    out = {"params": student.params, "macs": student.total_macs,
+           "teacher_macs": teachers, "overhead_macs": overhead,
+           # backward = 2 x forward: the student and connectors are trained, teachers only run forward
+           "train_macs_per_image": 3 * student.total_macs + sum(teachers.values()) + 3 * overhead}
+    if throughput:
+        out["img_per_s"] = measure_throughput(run.student, size, batch_size=32, warmup=1, iters=5)["img_per_s"]
+    d.close()
+    return out
+
+
+def summarize(suite: SuiteCfg, teacher_jobs: List[Job], row_jobs: List[Job], walls: Dict[str, float],
+              tuning: List[dict], meta: dict, out_dir: Path, log=print) -> List[dict]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rowspec = {r.name: r for r in suite.rows}
+    teachers = []
+    for j in teacher_jobs:
+        m = _metrics(j.out)
+        c = measure_costs(j.raw, j.out)
+        ts = suite.teachers[j.row]
+        teachers.append({"teacher": j.row, "label": ts.label or j.row, "model": j.raw["model"]["name"],
+                         "test_top1": m["final"]["test_top1"], "val_top1": m["final"]["val_top1"],
+                         "params_m": c["params"] / 1e6, "macs_m": c["macs"] / 1e6, "img_per_s": c["img_per_s"],
+                         "distilled_from": ",".join(ts.distill_from.values()),
+                         "wall_s": sum(e["epoch_time_s"] for e in m["epochs"])})
+    by_row: Dict[str, List[Job]] = {}
+    for j in row_jobs:
+        by_row.setdefault(j.row, []).append(j)
+    results = []
+    curves = {}
+    for name, jobs in by_row.items():
+        spec = rowspec[name]
+        ms = [_metrics(j.out) for j in jobs]
+        tests = [m["final"]["test_top1"] for m in ms]
+        vals = [m["final"]["val_top1"] for m in ms]
+        mean, sd = _mean_std(tests)
+        vmean, _ = _mean_std(vals)
+        c = measure_costs(jobs[0].raw, jobs[0].out)
+        ep = len(ms[0]["epochs"])
+        curves[name] = {"family": spec.family,
+                        "val": [sum(m["epochs"][e]["val_top1"] for m in ms) / len(ms) for e in range(ep)],
+                        "test": [sum(m["epochs"][e]["test_top1"] for m in ms) / len(ms) for e in range(ep)]}
+        results.append({
+            "row": name, "group": spec.group, "family": spec.family, "size": spec.size or "",
+            "student": jobs[0].raw["model"]["name"],
+            "teachers": ",".join(f"{suite.teachers[t].label or t}" for t in spec.teachers.values()),
+            "seeds": len(tests), "test_top1_mean": mean, "test_top1_std": sd,
+            "test_top1_all": " ".join(f"{t:.2f}" for t in tests), "val_top1_mean": vmean,
+            "params_m": c["params"] / 1e6, "macs_m": c["macs"] / 1e6,
+            "train_mmacs_per_image": c["train_macs_per_image"] / 1e6,
+            "img_per_s": c["img_per_s"],
+            "wall_s_per_run": sum(sum(e["epoch_time_s"] for e in m["epochs"]) for m in ms) / len(ms),
+            "baseline": spec.baseline or "",
+        })
+    # significance against the no-KD row of the same student size (or the row's named baseline)
+    index = {r["row"]: r for r in results}
+    for r in results:
+        base = r["baseline"] or next((x["row"] for x in results if x["family"] == "none" and x["size"] == r["size"]),
+                                     "")
+        r["baseline"] = base
+        if not base or base == r["row"] or base not in index:
+            r["delta"], r["significant"] = None, ""
+            continue
+        b = index[base]
+        r["delta"] = r["test_top1_mean"] - b["test_top1_mean"]
+        if r["seeds"] < 2 or b["seeds"] < 2:
+            r["significant"] = "n/a (1 seed)"
+        else:
+            se = math.sqrt(r["test_top1_std"] ** 2 / r["seeds"] + b["test_top1_std"] ** 2 / b["seeds"])
+            r["significant"] = "yes" if abs(r["delta"]) >= 2 * se and se > 0 else (
+                "yes" if se == 0 and r["delta"] != 0 else "no")
+    _write_outputs(suite, teachers, results, curves, tuning, meta, out_dir)
+    return results
+
+
+GROUP_ORDER = ["baseline", "homomorphic", "heteromorphic", "capacity", "size"]
+
+
+def _write_outputs(suite, teachers, results, curves, tuning, meta, out_dir: Path):
+    from .engine import versions
+    # CSV
+    keys = list(results[0].keys()) if results else []
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    for r in results:
+        w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+    atomic_write_text(out_dir / "results.csv", buf.getvalue())
+    buf = io.StringIO()
+    if teachers:
+        w = csv.DictWriter(buf, fieldnames=list(teachers[0].keys()))
+        w.writeheader()
+        for t in teachers:
+            w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in t.items()})
+        atomic_write_text(out_dir / "teachers.csv", buf.getvalue())
+    atomic_write_text(out_dir / "results.md", _markdown(suite, teachers, results, tuning, meta))
+    atomic_write_json(out_dir / "environment.json", {"versions": versions(), "cpu_count": os.cpu_count(),
+                                                     "jobs": suite.jobs, **meta})
+    atomic_write_json(out_dir / "curves.json", curves)
+    _plots(teachers, results, curves, out_dir)
+
+
+def _fmt_delta(r) -> str:
+    if r.get("delta") is None:
+        return ""
+    mark = "" if r["significant"] == "yes" else (" (n.s.)" if r["significant"] == "no" else " (1 seed)")
+    return f"{r['delta']:+.2f}{mark}"
+
+
+def _markdown(suite, teachers, results, tuning, meta) -> str:
+    L = [f"# Comparison suite `{suite.name}`{' (quick)' if meta.get('quick') else ''}", ""]
+    L.append(f"Test top-1 (%) on the held-out digits test split (400 images: one image = 0.25 points) at the "
+             f"last epoch, mean ± std over {len(meta['seeds'])} seed(s) {meta['seeds']}. Δ is against no-KD at "
+             f"the same student size; a Δ smaller than two standard errors is marked n.s. Recipe (frozen for "
+             f"every row): `{json.dumps(meta['recipe'])}`" + (f", tuned on val: `{json.dumps(meta['tuned'])}`"
+                                                               if meta.get("tuned") else "") + ".")
+    L.append(f"MACs: one multiply-add = 1, per image, attention counted. Train cost = 3 x student forward + "
+             f"teachers' forward + 3 x distillation overhead (connectors, relation products). img/s: student "
+             f"inference, batch 32, CPU, measured after the runs. Wall: mean seconds of training per run "
+             f"({suite.jobs} runs in parallel, 1 thread each).")
+    L.append("")
+    L.append("| group | row | family | student | teacher | test top-1 | Δ vs no-KD | val top-1 | params (M) | "
+             "MACs (M) | train MMACs/img | img/s | wall s |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for g in GROUP_ORDER + sorted({r["group"] for r in results} - set(GROUP_ORDER)):
+        for r in [x for x in results if x["group"] == g]:
+            L.append(f"| {g} | {r['row']} | {r['family']} | {r['student']} | {r['teachers'] or '-'} | "
+                     f"{r['test_top1_mean']:.2f} ± {r['test_top1_std']:.2f} | {_fmt_delta(r)} | "
+                     f"{r['val_top1_mean']:.2f} | {r['params_m']:.3f} | {r['macs_m']:.2f} | "
+                     f"{r['train_mmacs_per_image']:.2f} | {r['img_per_s']:.0f} | {r['wall_s_per_run']:.1f} |")
+    L += ["", "## Teachers", "", "| teacher | model | test top-1 | val top-1 | params (M) | MACs (M) | img/s | "
+                                   "distilled from |", "|---|---|---|---|---|---|---|---|"]
+    for t in teachers:
+        L.append(f"| {t['label']} | {t['model']} | {t['test_top1']:.2f} | {t['val_top1']:.2f} | {t['params_m']:.3f} "
+                 f"| {t['macs_m']:.2f} | {t['img_per_s']:.0f} | {t['distilled_from'] or '-'} |")
+    if tuning:
+        L += ["", "## Recipe tuning (no-KD student, validation split, one seed)", "", "| knob | value | val top-1 | "
+              "chosen |", "|---|---|---|---|"]
+        for t in tuning:
+            L.append(f"| {t['key']} | {t['value']} | {t['val_top1']:.2f} | {'yes' if t['chosen'] else ''} |")
+    L += ["", "![pareto](pareto.png)", "", "![curves](curves.png)", ""]
+    return "\n".join(L)
+
+
+FAMILY_COLORS = {"none": "black", "logit": "tab:blue", "token": "tab:orange", "patch": "tab:green",
+                 "feature": "tab:red", "minivit": "tab:purple", "hetero": "tab:brown", "capacity": "tab:pink"}
+
+
+def _plots(teachers, results, curves, out_dir: Path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(9, 6))
+    seen = set()
+    for r in results:
+        c = FAMILY_COLORS.get(r["family"], "gray")
+        lab = r["family"] if r["family"] not in seen else None
+        seen.add(r["family"])
+        ax.errorbar(r["macs_m"], r["test_top1_mean"], yerr=r["test_top1_std"], fmt="o", color=c, label=lab,
+                    capsize=3, alpha=0.85)
+        ax.annotate(r["row"], (r["macs_m"], r["test_top1_mean"]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    for t in teachers:
+        ax.scatter(t["macs_m"], t["test_top1"], marker="*", s=160, color="gold", edgecolor="k", zorder=5,
+                   label="teacher" if t is teachers[0] else None)
+        ax.annotate(t["label"], (t["macs_m"], t["test_top1"]), fontsize=7, xytext=(3, -9), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("MACs per image (M, log scale)")
+    ax.set_ylabel("test top-1 (%)  mean ± std over seeds")
+    ax.set_title("Accuracy vs compute: students by distillation family, teachers as stars")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    from .io import atomic_write_bytes
+    atomic_write_bytes(out_dir / "pareto.png", buf.getvalue())
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    for name, cv in curves.items():
+        c = FAMILY_COLORS.get(cv["family"], "gray")
+        for ax, split in zip(axes, ("val", "test")):
+            ax.plot(range(1, len(cv[split]) + 1), cv[split], color=c, alpha=0.7, lw=1.2)
+    for ax, split in zip(axes, ("val", "test")):
+        ax.set_title(f"{split} top-1 per epoch (mean over seeds), coloured by family")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("top-1 (%)")
+    handles = [plt.Line2D([], [], color=c, label=f) for f, c in FAMILY_COLORS.items()
+               if any(cv["family"] == f for cv in curves.values())]
+    axes[1].legend(handles=handles, fontsize=8, loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(out_dir / "curves.png", buf.getvalue())
+
+
+# ---------------------------------------------------------------------- entry point
+def run_suite(path, out: Optional[str] = None, quick: bool = False, cache: Optional[str] = None,
+              jobs: Optional[int] = None, progress: bool = True, log=print) -> Path:
+    suite, base = load_suite(path)
+    n_jobs = jobs or suite.jobs
+    name = suite.name + ("-quick" if quick else "")
+    out_dir = Path(out) if out else Path("results") / "compare" / name
+    cache_dir = Path(cache) if cache else Path("runs") / "compare" / suite.name
+    # check every config before any work starts
+    teacher_jobs = plan_teachers(suite, base, cache_dir, quick)
+    tune_jobs = plan_tune(suite, base, cache_dir, quick)
+    row_jobs = plan_rows(suite, base, cache_dir, quick, {})
+    for j in teacher_jobs + tune_jobs + row_jobs:
+        try:
+            parse_config(_strip_checkpoints(j.raw))
+        except ConfigError as e:
+            raise ConfigError(f"suite {j.key}: {e}") from None
+    t0 = time.perf_counter()
+    walls = execute(teacher_jobs + tune_jobs, n_jobs, progress, log)
+    tuned, tuning = _pick_tuned(suite, tune_jobs) if tune_jobs else ({}, [])
+    if tuned:
+        log(f"tuned on val: {tuned}")
+    row_jobs = plan_rows(suite, base, cache_dir, quick, tuned)
+    walls.update(execute(row_jobs, n_jobs, progress, log, done_before=[j.key for j in teacher_jobs]))
+    recipe, seeds = recipe_of(suite, quick)
+    meta = {"recipe": recipe, "seeds": seeds, "tuned": tuned, "quick": quick,
+            "suite_file": str(path), "wall_s_total": time.perf_counter() - t0}
+    results = summarize(suite, teacher_jobs, row_jobs, walls, tuning, meta, out_dir, log)
+    atomic_write_text(out_dir / "suite.yaml", Path(path).read_text())
+    atomic_write_text(out_dir / "resolved_configs.yaml",
+                      yaml.safe_dump({j.key: j.raw for j in teacher_jobs + tune_jobs + row_jobs}, sort_keys=False))
+    meta["wall_s_total"] = time.perf_counter() - t0
+    atomic_write_json(out_dir / "timing.json", {"wall_s_total": meta["wall_s_total"],
+                                                "per_run_s": walls})
+    log(f"wrote {out_dir} ({len(results)} rows, {meta['wall_s_total']:.0f}s)")
+    return out_dir
+
+
+def _strip_checkpoints(raw: dict) -> dict:
+    """Teacher checkpoints do not exist before the teachers are trained: validate everything else."""
+    raw = copy.deepcopy(raw)
+    for t in ((raw.get("distill") or {}).get("teachers") or {}).values():
+        if isinstance(t, dict):
+            t.pop("checkpoint", None)
+    return raw
