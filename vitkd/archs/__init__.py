@@ -1,0 +1,20 @@
+"""vitkd's own architectures, registered in timm on import (``timm.create_model(name)`` afterwards).
+
+* :mod:`.digits`     small ViT / DeiT-distilled students, ViT and ResNet teachers for the digits dataset
+* :mod:`.minivit`    MiniViT weight multiplexing (``minivit_convert``) and registered Mini-DeiTs
+* :mod:`.involution` involution, RedNet (``rednet_digits`` teacher, ``rednet26``)
+* :mod:`.civt`       Co-advise / CiT student with cls + conv + inv tokens and three heads
+"""
+from . import digits, minivit, involution, civt  # noqa: F401  (order: civt/minivit import digits)
+from .civt import CoAdviseViT
+from .digits import DIGITS_VIT_ARGS, DigitsResNet
+from .involution import Involution2d, RedNet
+from .minivit import MiniAttention, MiniBlock, MiniVisionTransformer, minivit_convert, minivit_groups, shared_linears
+
+__all__ = ['MODEL_NAMES', 'CoAdviseViT', 'DIGITS_VIT_ARGS', 'DigitsResNet', 'Involution2d', 'RedNet',
+           'MiniAttention', 'MiniBlock', 'MiniVisionTransformer', 'minivit_convert', 'minivit_groups',
+           'shared_linears']
+
+# every model name this package registers in timm (register_model appends to each module's __all__)
+MODEL_NAMES = [n for m in (digits, minivit, involution, civt) for n in m.__all__ if n.islower()
+               and callable(getattr(m, n, None)) and n in m.default_cfgs]
