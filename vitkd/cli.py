@@ -23,6 +23,13 @@ def _cmd_train(args) -> int:
     out = Path(args.out) if args.out else None
     if args.resume and out is None:
         raise ConfigError("--resume needs --out DIR (the run folder to continue)")
+    from .chain import is_chain, run_chain
+    if is_chain(args.config):
+        out = out or Path("runs") / Path(args.config).stem
+        finals = run_chain(args.config, out, args.set, log=lambda m: print(m, flush=True))
+        print(json.dumps({"out": str(out), "stages": [{k: f.get(k) for k in ("val_top1", "test_top1")}
+                                                      for f in finals]}))
+        return 0
     cfg = load_config(args.config, args.set)
     if out is None:
         out = Path("runs") / (cfg.name or Path(args.config).stem)

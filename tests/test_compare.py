@@ -1,0 +1,127 @@
+"""The comparison suite end to end on a tiny suite: cached teachers, tuning on val, rows x seeds,
+table, plots; plus the teacher-assistant chain."""
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vitkd.cli import main
+from vitkd.compare import _mean_std, load_suite
+
+STUDENT = {
+    "model": {"name": "vit_digits_tiny"},
+    "data": {"name": "digits", "train_subset": 64, "batch_size": 32},
+    "train": {"epochs": 1, "warmup_epochs": 0, "progress": False},
+}
+TEACHER = {
+    "model": {"name": "resnet_digits_s"},
+    "data": {"name": "digits", "train_subset": 64, "batch_size": 32},
+    "train": {"epochs": 1, "warmup_epochs": 0, "progress": False},
+}
+
+
+@pytest.fixture()
+def suite_file(tmp_path):
+    (tmp_path / "student.yaml").write_text(yaml.safe_dump(STUDENT))
+    (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(TEACHER))
+    suite = {
+        "name": "tiny",
+        "student": "student.yaml",
+        "seeds": [0, 1],
+        "set": {"data.train_subset": 64},
+        "tune": {"key": "train.lr", "values": [0.001, 0.003]},
+        "quick": {"seeds": [0], "set": {"train.epochs": 1}},
+        "teachers": {"cnn": {"config": "teacher.yaml", "label": "CNN-S"}},
+        "rows": [
+            {"name": "no_kd", "family": "none", "group": "baseline"},
+            {"name": "kd", "family": "logit", "teachers": {"t": "cnn"},
+             "set": {"distill.terms": [{"type": "ce", "weight": 0.5}, {"type": "kd", "weight": 0.5, "T": 4.0}]}},
+        ],
+        "jobs": 2,
+    }
+    p = tmp_path / "suite.yaml"
+    p.write_text(yaml.safe_dump(suite, sort_keys=False))
+    return p
+
+
+def test_suite_end_to_end_and_cache(tmp_path, suite_file, capsys):
+    out, cache = tmp_path / "results", tmp_path / "cache"
+    assert main(["compare", str(suite_file), "--out", str(out), "--cache", str(cache)]) == 0
+    for f in ("results.csv", "results.md", "teachers.csv", "pareto.png", "curves.png", "suite.yaml",
+              "resolved_configs.yaml", "environment.json", "timing.json"):
+        assert (out / f).is_file(), f
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["row"] for r in rows] == ["no_kd", "kd"]
+    for r in rows:
+        assert int(r["seeds"]) == 2
+        tests = [float(x) for x in r["test_top1_all"].split()]
+        m, sd = _mean_std(tests)
+        assert abs(float(r["test_top1_mean"]) - m) < 1e-3 and abs(float(r["test_top1_std"]) - sd) < 1e-3
+        assert float(r["macs_m"]) > 0 and float(r["img_per_s"]) > 0
+    kd = rows[1]
+    assert kd["baseline"] == "no_kd" and kd["significant"] in ("yes", "no")
+    # the KD row pays for the teacher's forward
+    assert float(kd["train_mmacs_per_image"]) > float(rows[0]["train_mmacs_per_image"])
+    # each reported number is the run's own last-epoch test accuracy
+    run = json.loads((cache / "rows" / "kd" / "s1" / "metrics.json").read_text())
+    assert f"{run['final']['test_top1']:.2f}" in kd["test_top1_all"].split()
+    md = (out / "results.md").read_text()
+    assert "| baseline | no_kd |" in md and "CNN-S" in md and "Recipe tuning" in md
+    env = json.loads((out / "environment.json").read_text())
+    assert env["tuned"]["train.lr"] in (0.001, 0.003) and "timm" in env["versions"]
+    # a second invocation reuses every finished run (nothing retrained)
+    stamp = (cache / "teachers" / "cnn" / "model.safetensors").stat().st_mtime_ns
+    row_stamp = (cache / "rows" / "kd" / "s0" / "model.safetensors").stat().st_mtime_ns
+    assert main(["compare", str(suite_file), "--out", str(out), "--cache", str(cache)]) == 0
+    assert (cache / "teachers" / "cnn" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert (cache / "rows" / "kd" / "s0" / "model.safetensors").stat().st_mtime_ns == row_stamp
+
+
+def test_suite_errors(tmp_path, suite_file, capsys):
+    raw = yaml.safe_load(suite_file.read_text())
+    raw["rows"][1]["teachers"] = {"t": "nope"}
+    suite_file.write_text(yaml.safe_dump(raw))
+    assert main(["compare", str(suite_file), "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c")]) == 2
+    assert "unknown suite teacher 'nope'" in capsys.readouterr().err
+    raw["rows"][1]["teachers"] = {"t": "cnn"}
+    raw["rows"][1]["set"]["train.lrr"] = 1
+    suite_file.write_text(yaml.safe_dump(raw))
+    assert main(["compare", str(suite_file), "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "rows/kd/s0" in err and "train.lrr" in err
+    assert not (tmp_path / "c").exists() and not (tmp_path / "o").exists()
+
+
+def test_default_suite_parses():
+    suite, base = load_suite(Path(__file__).parents[1] / "configs" / "compare" / "digits.yaml")
+    assert len(suite.seeds) >= 3
+    fams = {r.family for r in suite.rows}
+    assert {"none", "logit", "token", "patch", "feature", "minivit", "hetero"} <= fams
+
+
+def test_teacher_assistant_chain(tmp_path, capsys):
+    (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(TEACHER))
+    kd = dict(STUDENT)
+    kd["distill"] = {"teachers": {"t": {"checkpoint": "@teacher"}},
+                     "terms": [{"type": "ce", "weight": 0.5}, {"type": "kd", "weight": 0.5}]}
+    (tmp_path / "kd.yaml").write_text(yaml.safe_dump(kd))
+    chain = {"chain": [{"name": "teacher", "config": "teacher.yaml"},
+                       {"name": "assistant", "config": "kd.yaml", "set": {"model.name": "vit_digits_small"}},
+                       {"name": "student", "config": "kd.yaml", "set": {"distill.teachers.t.checkpoint": "@assistant"}}]}
+    (tmp_path / "chain.yaml").write_text(yaml.safe_dump(chain, sort_keys=False))
+    out = tmp_path / "run"
+    assert main(["train", str(tmp_path / "chain.yaml"), "--out", str(out)]) == 0
+    for s in ("teacher", "assistant", "student"):
+        assert (out / s / "model.safetensors").is_file()
+    cfg = yaml.safe_load((out / "student" / "config.yaml").read_text())
+    assert cfg["distill"]["teachers"]["t"]["checkpoint"] == str(out / "assistant")
+    stamp = (out / "assistant" / "model.safetensors").stat().st_mtime_ns
+    assert main(["train", str(tmp_path / "chain.yaml"), "--out", str(out)]) == 0   # reuses finished stages
+    assert (out / "assistant" / "model.safetensors").stat().st_mtime_ns == stamp
+    bad = {"chain": [{"name": "student", "config": "kd.yaml",
+                      "set": {"distill.teachers.t.checkpoint": "@teacher"}}]}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    assert main(["train", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "bad")]) == 2
+    assert "refers to '@teacher'" in capsys.readouterr().err

@@ -1,0 +1,93 @@
+"""Teacher-assistant chains: T -> TA -> S as consecutive distillations.
+
+A chain file has a top-level ``chain:`` list; each stage is ``{name, config, set}`` (a vitkd train config,
+relative to the chain file, plus dotted overrides). A teacher checkpoint written ``@<stage>`` means the
+run folder of that earlier stage. Stages run in order into ``<out>/<stage>/``; a finished stage whose
+config is unchanged is reused, so an interrupted chain continues where it stopped.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List
+
+import yaml
+
+from .config import ConfigError, apply_overrides, build_dataclass, parse_config, read_yaml, to_dict
+
+__all__ = ["is_chain", "run_chain", "ChainStage"]
+
+
+@dataclass
+class ChainStage:
+    name: str
+    config: str
+    set: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ChainCfg:
+    chain: List[ChainStage] = field(default_factory=list)
+    name: str = "chain"
+
+
+def is_chain(path) -> bool:
+    raw = read_yaml(path)
+    return isinstance(raw, dict) and "chain" in raw
+
+
+def _stage_raw(stage: ChainStage, base: Path, outs: Dict[str, Path], overrides: List[str]) -> dict:
+    raw = read_yaml(base / stage.config)
+    raw = apply_overrides(raw, [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in stage.set.items()])
+    raw = apply_overrides(raw, overrides)
+    for tname, t in ((raw.get("distill") or {}).get("teachers") or {}).items():
+        ck = t.get("checkpoint") if isinstance(t, dict) else None
+        if isinstance(ck, str) and ck.startswith("@"):
+            ref = ck[1:]
+            if ref not in outs:
+                raise ConfigError(f"chain stage '{stage.name}': teacher '{tname}' refers to '@{ref}', which is not "
+                                  f"an earlier stage ({', '.join(outs) or 'none before it'})")
+            t["checkpoint"] = str(outs[ref])
+    return raw
+
+
+def run_chain(path, out, overrides: List[str] = (), log=print) -> List[dict]:
+    from .engine import train
+    path = Path(path)
+    chain = build_dataclass(ChainCfg, read_yaml(path), "", path.parent)
+    if not chain.chain:
+        raise ConfigError("chain: no stages")
+    names = [s.name for s in chain.chain]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"chain: duplicate stage names in {names}")
+    out = Path(out)
+    outs: Dict[str, Path] = {}
+    plans = []
+    for stage in chain.chain:   # check every stage's config before training anything
+        raw = _stage_raw(stage, path.parent, outs, list(overrides))
+        stripped = yaml.safe_load(yaml.safe_dump(raw))
+        for t in ((stripped.get("distill") or {}).get("teachers") or {}).values():
+            if isinstance(t, dict) and str(t.get("checkpoint", "")).startswith(str(out)):
+                t.pop("checkpoint")
+        try:
+            parse_config(stripped, base=path.parent)
+        except ConfigError as e:
+            raise ConfigError(f"chain stage '{stage.name}': {e}") from None
+        outs[stage.name] = out / stage.name
+        plans.append((stage, raw))
+    finals = []
+    for stage, raw in plans:
+        folder = out / stage.name
+        cfg = parse_config(raw, base=path.parent)
+        done = folder / "model.safetensors"
+        if done.is_file() and (folder / "config.yaml").is_file() and \
+                yaml.safe_load((folder / "config.yaml").read_text()) == to_dict(cfg):
+            log(f"chain stage '{stage.name}': reusing {folder}")
+            finals.append(json.loads((folder / "metrics.json").read_text())["final"])
+            continue
+        log(f"chain stage '{stage.name}' -> {folder}")
+        resume = (folder / "checkpoint.pt").is_file() and (folder / "config.yaml").is_file() and \
+            yaml.safe_load((folder / "config.yaml").read_text()) == to_dict(cfg)
+        finals.append(train(cfg, folder, resume=resume, log=log))
+    return finals
