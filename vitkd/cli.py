@@ -63,6 +63,8 @@ def _cmd_eval(args) -> int:
 def _cmd_profile(args) -> int:
     from . import models as model_lib
     from .profile import format_report, profile_model
+    if args.model.endswith((".yaml", ".yml")):
+        return _profile_config(args)
     model_lib._ensure_registered()
     import timm
     if not timm.is_model(args.model):
@@ -80,6 +82,30 @@ def _cmd_compare(args) -> int:
     out = run_suite(args.suite, out=args.out, quick=args.quick, cache=args.cache, jobs=args.jobs,
                     log=lambda m: print(m, flush=True))
     print(json.dumps({"out": str(out)}))
+    return 0
+
+
+def _profile_config(args) -> int:
+    """Training cost per image of a (distillation) run config: student fwd+bwd, teachers, overhead."""
+    from .config import load_config
+    from .engine import build_run
+    from .profile import distillation_cost
+    cfg = load_config(args.model)
+    cfg.train.device = "cpu"
+    run = build_run(cfg)
+    cost = distillation_cost(run.distiller, (3, *run.spec.img_size))
+    run.distiller.close()
+    if args.json:
+        print(json.dumps(cost, indent=2, default=str))
+        return 0
+    g = lambda v: f"{v / 1e6:12.3f} M"   # noqa: E731
+    print(f"training cost per image of {args.model} ({cost['unit']})")
+    print(f"  student forward      {g(cost['student_forward_macs'])}")
+    print(f"  student backward     {g(cost['student_backward_macs'])}")
+    for k, v in cost["teachers_forward_macs"].items():
+        print(f"  teacher {k:12s} {g(v)}  (forward only)")
+    print(f"  connectors/overhead  {g(cost['connectors_macs'])}  (forward {cost['connectors_forward_macs'] / 1e6:.3f} M, trained)")
+    print(f"  total                {g(cost['total_macs_per_image'])}")
     return 0
 
 
@@ -103,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=_cmd_eval)
 
-    pr = sub.add_parser("profile", help="params, MACs (attention counted) and img/s of a timm or vitkd model")
-    pr.add_argument("model")
+    pr = sub.add_parser("profile", help="params, MACs (attention counted) and img/s of a timm or vitkd model, "
+                                        "or the training cost per image of a run config (CONFIG.yaml)")
+    pr.add_argument("model", help="timm/vitkd model name, or a train config .yaml for its training cost")
     pr.add_argument("--img-size", type=int)
     pr.add_argument("--batch-size", type=int, default=32)
     pr.add_argument("--no-throughput", action="store_true")

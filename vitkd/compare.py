@@ -301,39 +301,22 @@ def _mean_std(xs: List[float]) -> Tuple[float, float]:
     return m, sd
 
 
-def measure_costs(raw: dict, run_dir: Path, throughput: bool = True) -> dict:
-    """Params, MACs and img/s of the student; each teacher's forward MACs; the distillation overhead
-    (connectors and loss-side matrix products) measured with torch's flop counter on one step."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+def measure_costs(raw: dict, throughput: bool = True) -> dict:
+    """Params, MACs and img/s of a run's student and its training cost per image (teachers' forwards and
+    the distillation overhead included; see :func:`vitkd.profile.distillation_cost`)."""
     from .engine import build_run
-    from .losses import Batch
-    from .profile import count_macs, measure_throughput
+    from .profile import distillation_cost, measure_throughput
     cfg = parse_config(raw)
     cfg.train.device = "cpu"
     run = build_run(cfg)
-    d = run.distiller
     size = (3, *run.spec.img_size)
-    student = count_macs(run.student, size, batch_size=1, cross_check=False)
-    teachers = {k: count_macs(t, size, batch_size=1, cross_check=False).total_macs for k, t in d.teachers.items()}
-    x = torch.randn(2, *size)
-    y = torch.zeros(2, dtype=torch.long)
-
-    def flops(fn):
-        with FlopCounterMode(display=False) as fc:
-            fn()
-        return fc.get_total_flops() / 2 / 2   # MACs per image (2 images)
-    d.train()
-    whole = flops(lambda: d(Batch(images=x, target=y)))
-    alone = flops(lambda: run.student(x)) + sum(flops(lambda t=t: t(x)) for t in d.teachers.values())
-    overhead = max(0.0, whole - alone)
-    out = {"params": student.params, "macs": student.total_macs,
-           "teacher_macs": teachers, "overhead_macs": overhead,
-           # backward = 2 x forward: the student and connectors are trained, teachers only run forward
-           "train_macs_per_image": 3 * student.total_macs + sum(teachers.values()) + 3 * overhead}
+    cost = distillation_cost(run.distiller, size)
+    out = {"params": cost["student_params"], "macs": cost["student_forward_macs"],
+           "teacher_macs": cost["teachers_forward_macs"], "overhead_macs": cost["overhead_forward_macs"],
+           "train_macs_per_image": cost["total_macs_per_image"]}
     if throughput:
         out["img_per_s"] = measure_throughput(run.student, size, batch_size=32, warmup=1, iters=5)["img_per_s"]
-    d.close()
+    run.distiller.close()
     return out
 
 
@@ -344,7 +327,7 @@ def summarize(suite: SuiteCfg, teacher_jobs: List[Job], row_jobs: List[Job], wal
     teachers = []
     for j in teacher_jobs:
         m = _metrics(j.out)
-        c = measure_costs(j.raw, j.out)
+        c = measure_costs(j.raw)
         ts = suite.teachers[j.row]
         teachers.append({"teacher": j.row, "label": ts.label or j.row, "model": j.raw["model"]["name"],
                          "test_top1": m["final"]["test_top1"], "val_top1": m["final"]["val_top1"],
@@ -363,7 +346,7 @@ def summarize(suite: SuiteCfg, teacher_jobs: List[Job], row_jobs: List[Job], wal
         vals = [m["final"]["val_top1"] for m in ms]
         mean, sd = _mean_std(tests)
         vmean, _ = _mean_std(vals)
-        c = measure_costs(jobs[0].raw, jobs[0].out)
+        c = measure_costs(jobs[0].raw)
         ep = len(ms[0]["epochs"])
         curves[name] = {"family": spec.family,
                         "val": [sum(m["epochs"][e]["val_top1"] for m in ms) / len(ms) for e in range(ep)],

@@ -557,7 +557,7 @@ def training_cost_per_image(
 # formatting
 # --------------------------------------------------------------------------- #
 def _g(x: Optional[float]) -> str:
-    return "-" if x is None else f"{x / 1e9:.3f}"
+    return "-" if x is None else (f"{x / 1e9:.3f}" if x >= 1e8 else f"{x / 1e9:.3g}")
 
 
 def _m(x: Optional[float]) -> str:
@@ -623,3 +623,41 @@ def format_report(report: Union[Dict[str, Any], Sequence[Dict[str, Any]], MacRep
             )
         )
     return _table(("model", "input", "params (M)", "GMACs", "norm GMACs", "fc agree", "img/s"), rows)
+
+
+# --------------------------------------------------------------------------- #
+# a distillation step
+# --------------------------------------------------------------------------- #
+def distillation_cost(distiller: nn.Module, input_size: Sequence[int]) -> Dict[str, Any]:
+    """Per-image training cost of one distillation step of a built ``vitkd.distiller.Distiller``.
+
+    Student and teachers are counted with :func:`count_macs` (fvcore, attention included, norms
+    excluded). The distillation overhead (connectors, projectors, relation products of the losses) is
+    measured with torch's flop counter as (whole distiller forward) - (student forward) - (teachers'
+    forwards) on the same batch. Training cost = (1 + backward) x (student + overhead) + teachers'
+    forwards, with backward = 2 x forward.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+    from .losses import Batch  # local import: profile stays usable without the training stack
+
+    input_size = tuple(input_size)
+    student = count_macs(distiller.student, input_size, batch_size=1, cross_check=False)
+    teachers = {k: count_macs(t, input_size, batch_size=1, cross_check=False).total_macs
+                for k, t in distiller.teachers.items()}
+    x = torch.randn(2, *input_size)
+    y = torch.zeros(2, dtype=torch.long)
+
+    def macs(fn) -> float:
+        with FlopCounterMode(display=False) as fc:
+            fn()
+        return fc.get_total_flops() / 2 / x.shape[0]
+
+    was = distiller.training
+    distiller.train()
+    whole = macs(lambda: distiller(Batch(images=x, target=y)))
+    parts = macs(lambda: distiller.student(x)) + sum(macs(lambda t=t: t(x)) for t in distiller.teachers.values())
+    distiller.train(was)
+    overhead = max(0.0, whole - parts)
+    cost = training_cost_per_image(student.total_macs, teachers, connectors_macs=overhead, input_size=input_size)
+    cost.update({"student_params": student.params, "overhead_forward_macs": overhead})
+    return cost
