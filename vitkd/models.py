@@ -63,8 +63,11 @@ def create(name: str, num_classes: Optional[int] = None, args: Optional[Dict[str
     try:
         if checkpoint is not None:
             weights = resolve_weights(checkpoint)
-            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)),
-                                     **kwargs)
+            overlay = dict(file=str(weights))
+            if num_classes is not None:
+                # timm drops the classifier weights when num_classes differs from the pretrained cfg's
+                overlay["num_classes"] = num_classes
+            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
         return timm.create_model(name, pretrained=False, **kwargs)
     except ConfigError:
         raise
