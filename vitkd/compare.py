@@ -21,7 +21,6 @@ import io
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -68,6 +67,7 @@ class TuneSpec:
 class QuickSpec:
     seeds: List[int] = field(default_factory=lambda: [0])
     set: Dict[str, Any] = field(default_factory=dict)
+    teacher_set: Dict[str, Any] = field(default_factory=dict)   # applied to teachers after the suite's
     tune: bool = False
 
 
@@ -150,7 +150,7 @@ def plan_teachers(suite: SuiteCfg, base: Path, cache: Path, quick: bool) -> List
     out = {name: cache / f"teachers{_tag(quick)}" / name for name in suite.teachers}
     jobs = []
     for name, t in suite.teachers.items():
-        raw = _resolve(t.config, base, recipe, suite.teacher_set, t.set)
+        raw = _resolve(t.config, base, recipe, suite.teacher_set, suite.quick.teacher_set if quick else {}, t.set)
         raw["seed"] = 0
         deps = []
         for key, src in t.distill_from.items():   # a teacher assistant distilled from a bigger teacher
@@ -208,18 +208,24 @@ def _is_done(job: Job) -> bool:
         return False
 
 
-def _run_job(job: Job, threads: int) -> Tuple[str, float, Optional[str]]:
+def _init_worker(threads: int):
+    import torch
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def _run_job(job: Job) -> Tuple[str, float, Optional[str]]:
+    """Train one run inside a worker process (imports paid once per worker, not per run)."""
+    from .engine import train
     t0 = time.perf_counter()
-    job.out.mkdir(parents=True, exist_ok=True)
-    cfg_path = job.out.parent / f".{job.out.name}.input.yaml"
-    atomic_write_text(cfg_path, yaml.safe_dump(job.raw, sort_keys=False))
-    cmd = [sys.executable, "-m", "vitkd", "train", str(cfg_path), "--out", str(job.out), "--overwrite",
-           "--set", f"train.threads={threads}", "--set", "train.progress=false"]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if r.returncode != 0:
-        tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["(no output)"]
-        return job.key, time.perf_counter() - t0, tail[0]
+    try:
+        raw = copy.deepcopy(job.raw)
+        raw.setdefault("train", {})["progress"] = False
+        cfg = parse_config(raw)
+        cfg.train.threads = None   # the worker's thread count stands
+        train(cfg, job.out, log=lambda m: None)
+    except Exception as e:   # reported, and the runs that depend on it are dropped
+        return job.key, time.perf_counter() - t0, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     atomic_write_json(job.out / "suite_job.json", {"digest": _digest(job.raw), "key": job.key})
     return job.key, time.perf_counter() - t0, None
 
@@ -239,13 +245,15 @@ def execute(jobs: List[Job], n_jobs: int, progress: bool = True, log=print, done
     bar = tqdm(total=len(jobs), initial=len(done), desc="runs", disable=None if progress else True,
                file=sys.stderr)
     failures = []
-    with cf.ThreadPoolExecutor(max_workers=n_jobs) as pool:
+    import multiprocessing as mp
+    with cf.ProcessPoolExecutor(max_workers=n_jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                initargs=(threads,)) as pool:
         running: Dict[cf.Future, Job] = {}
         while pending or running:
             ready = [j for j in pending if all(d in done for d in j.deps)]
             for j in ready[: max(0, n_jobs - len(running))]:
                 pending.remove(j)
-                running[pool.submit(_run_job, j, threads)] = j
+                running[pool.submit(_run_job, j)] = j
             if not running:
                 blocked = ", ".join(j.key for j in pending[:3])
                 raise RuntimeError(f"suite: jobs blocked by failed dependencies: {blocked}")
@@ -347,10 +355,10 @@ def summarize(suite: SuiteCfg, teacher_jobs: List[Job], row_jobs: List[Job], wal
         mean, sd = _mean_std(tests)
         vmean, _ = _mean_std(vals)
         c = measure_costs(jobs[0].raw)
-        ep = len(ms[0]["epochs"])
-        curves[name] = {"family": spec.family,
-                        "val": [sum(m["epochs"][e]["val_top1"] for m in ms) / len(ms) for e in range(ep)],
-                        "test": [sum(m["epochs"][e]["test_top1"] for m in ms) / len(ms) for e in range(ep)]}
+        evaluated = [e for e, row in enumerate(ms[0]["epochs"]) if "val_top1" in row]
+        curves[name] = {"family": spec.family, "epoch": [e + 1 for e in evaluated],
+                        "val": [sum(m["epochs"][e]["val_top1"] for m in ms) / len(ms) for e in evaluated],
+                        "test": [sum(m["epochs"][e]["test_top1"] for m in ms) / len(ms) for e in evaluated]}
         results.append({
             "row": name, "group": spec.group, "family": spec.family, "size": spec.size or "",
             "student": jobs[0].raw["model"]["name"],
@@ -384,7 +392,7 @@ def summarize(suite: SuiteCfg, teacher_jobs: List[Job], row_jobs: List[Job], wal
     return results
 
 
-GROUP_ORDER = ["baseline", "homomorphic", "heteromorphic", "capacity", "size"]
+GROUP_ORDER = ["baseline", "reference", "homomorphic", "heteromorphic", "capacity", "size"]
 
 
 def _write_outputs(suite, teachers, results, curves, tuning, meta, out_dir: Path):
@@ -454,7 +462,8 @@ def _markdown(suite, teachers, results, tuning, meta) -> str:
 
 
 FAMILY_COLORS = {"none": "black", "logit": "tab:blue", "token": "tab:orange", "patch": "tab:green",
-                 "feature": "tab:red", "minivit": "tab:purple", "hetero": "tab:brown", "capacity": "tab:pink"}
+                 "feature": "tab:red", "minivit": "tab:purple", "hetero": "tab:brown", "capacity": "tab:pink",
+                 "cnn": "tab:gray"}
 
 
 def _plots(teachers, results, curves, out_dir: Path):
@@ -492,7 +501,7 @@ def _plots(teachers, results, curves, out_dir: Path):
     for name, cv in curves.items():
         c = FAMILY_COLORS.get(cv["family"], "gray")
         for ax, split in zip(axes, ("val", "test")):
-            ax.plot(range(1, len(cv[split]) + 1), cv[split], color=c, alpha=0.7, lw=1.2)
+            ax.plot(cv["epoch"], cv[split], color=c, alpha=0.7, lw=1.2, marker=".", ms=3)
     for ax, split in zip(axes, ("val", "test")):
         ax.set_title(f"{split} top-1 per epoch (mean over seeds), coloured by family")
         ax.set_xlabel("epoch")

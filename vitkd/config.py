@@ -81,9 +81,11 @@ class TrainCfg:
     amp: bool = True                     # bf16 autocast on CUDA (CPU runs fp32)
     threads: Optional[int] = None        # torch CPU threads
     progress: bool = True
+    eval_every: int = 1                  # evaluate val/test every N epochs (the last epoch always)
 
     def __post_init__(self):
         _positive("train.epochs", self.epochs)
+        _positive("train.eval_every", self.eval_every)
         _positive("train.lr", self.lr)
         _choice("train.device", self.device, ("auto", "cpu", "cuda"))
         for k in ("weight_decay", "warmup_epochs", "min_lr", "label_smoothing", "mixup", "cutmix"):

@@ -285,12 +285,13 @@ def train(cfg: RunCfg, out_dir, resume: bool = False, log=print) -> dict:
             bar.set_postfix(loss=f"{loss.item():.3f}")
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         row.update({f"train_{k}": v / seen for k, v in sums.items()})
-        for split in ("val", "test"):
-            r = evaluate(student, run.datasets[split], dc.eval_batch_size, device, dc.num_workers, amp)
-            row[f"{split}_top1"], row[f"{split}_loss"] = r["top1"], r["loss"]
-            if ema is not None:
-                r = evaluate(ema.module, run.datasets[split], dc.eval_batch_size, device, dc.num_workers, amp)
-                row[f"ema_{split}_top1"] = r["top1"]
+        if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
+            for split in ("val", "test"):
+                r = evaluate(student, run.datasets[split], dc.eval_batch_size, device, dc.num_workers, amp)
+                row[f"{split}_top1"], row[f"{split}_loss"] = r["top1"], r["loss"]
+                if ema is not None:
+                    r = evaluate(ema.module, run.datasets[split], dc.eval_batch_size, device, dc.num_workers, amp)
+                    row[f"ema_{split}_top1"] = r["top1"]
         row["epoch_time_s"] = time.perf_counter() - t0
         history.append(row)
         state = {"version": 1, "config": to_dict(cfg), "epoch": epoch, "student": student.state_dict(),
@@ -301,8 +302,8 @@ def train(cfg: RunCfg, out_dir, resume: bool = False, log=print) -> dict:
                                 "repeats": dc.repeated_aug, "train_images": len(train_ds)}}
         atomic_torch_save(state, out / CHECKPOINT_NAME)
         _write_metrics(out, history, meta)
-        log(f"epoch {epoch + 1}/{tc.epochs} loss {row['train_loss']:.4f} val {row['val_top1']:.2f} "
-            f"test {row['test_top1']:.2f} ({row['epoch_time_s']:.1f}s)")
+        evals = f" val {row['val_top1']:.2f} test {row['test_top1']:.2f}" if "val_top1" in row else ""
+        log(f"epoch {epoch + 1}/{tc.epochs} loss {row['train_loss']:.4f}{evals} ({row['epoch_time_s']:.1f}s)")
     atomic_save_safetensors(student.state_dict(), out / model_lib.WEIGHTS_NAME,
                             metadata={"model": cfg.model.name, "num_classes": run.num_classes})
     if ema is not None:
