@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo compare test bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -15,9 +15,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# main job on the embedded digits (no download)
+# main job on the embedded digits (no download): every family once, one seed, shorter schedule
 demo: $(STAMP)
-	$(BIN)/vitkd train configs/digits/vit_baseline.yaml --out runs/vit_baseline --overwrite
+	$(BIN)/vitkd compare --quick
+
+# the full default suite (3 seeds per row): writes results/compare/digits/
+compare: $(STAMP)
+	$(BIN)/vitkd compare
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -33,7 +33,8 @@ def suite_file(tmp_path):
         "set": {"data.train_subset": 64},
         "tune": {"key": "train.lr", "values": [0.001, 0.003]},
         "quick": {"seeds": [0], "set": {"train.epochs": 1}},
-        "teachers": {"cnn": {"config": "teacher.yaml", "label": "CNN-S"}},
+        "teachers": {"cnn": {"config": "teacher.yaml", "label": "CNN-S"},
+                     "cnn_tuned": {"config": "teacher.yaml", "tuned": True}},
         "rows": [
             {"name": "no_kd", "family": "none", "group": "baseline"},
             {"name": "kd", "family": "logit", "teachers": {"t": "cnn"},
@@ -71,6 +72,10 @@ def test_suite_end_to_end_and_cache(tmp_path, suite_file, capsys):
     assert "| baseline | no_kd |" in md and "CNN-S" in md and "Recipe tuning" in md
     env = json.loads((out / "environment.json").read_text())
     assert env["tuned"]["train.lr"] in (0.001, 0.003) and "timm" in env["versions"]
+    # a teacher marked `tuned` trains after the tuning runs, with the chosen value
+    resolved = yaml.safe_load((out / "resolved_configs.yaml").read_text())
+    assert resolved["teachers/cnn_tuned"]["train"]["lr"] == env["tuned"]["train.lr"]
+    assert "lr" not in resolved["teachers/cnn"]["train"]
     # a second invocation reuses every finished run (nothing retrained)
     stamp = (cache / "teachers" / "cnn" / "model.safetensors").stat().st_mtime_ns
     row_stamp = (cache / "rows" / "kd" / "s0" / "model.safetensors").stat().st_mtime_ns

@@ -42,6 +42,7 @@ class TeacherSpec:
     distill_from: Dict[str, str] = field(default_factory=dict)  # teacher-assistant: {teacher key in config: suite teacher}
     label: Optional[str] = None
     family: str = "teacher"
+    tuned: bool = False                                 # also gets the knob tuned for the no-KD student
 
 
 @dataclass
@@ -145,12 +146,15 @@ def _tag(quick: bool) -> str:
     return "-quick" if quick else ""
 
 
-def plan_teachers(suite: SuiteCfg, base: Path, cache: Path, quick: bool) -> List[Job]:
+def plan_teachers(suite: SuiteCfg, base: Path, cache: Path, quick: bool,
+                  tuned: Optional[Dict[str, Any]] = None) -> List[Job]:
+    """Teacher jobs; those marked ``tuned`` get the tuned knob (``tuned`` None: not known yet)."""
     recipe, _ = recipe_of(suite, quick)
     out = {name: cache / f"teachers{_tag(quick)}" / name for name in suite.teachers}
     jobs = []
     for name, t in suite.teachers.items():
-        raw = _resolve(t.config, base, recipe, suite.teacher_set, suite.quick.teacher_set if quick else {}, t.set)
+        raw = _resolve(t.config, base, recipe, suite.teacher_set, suite.quick.teacher_set if quick else {}, t.set,
+                       (tuned or {}) if t.tuned else {})
         raw["seed"] = 0
         deps = []
         for key, src in t.distill_from.items():   # a teacher assistant distilled from a bigger teacher
@@ -535,12 +539,22 @@ def run_suite(path, out: Optional[str] = None, quick: bool = False, cache: Optio
         except ConfigError as e:
             raise ConfigError(f"suite {j.key}: {e}") from None
     t0 = time.perf_counter()
-    walls = execute(teacher_jobs + tune_jobs, n_jobs, progress, log)
+    # teachers that wait for the tuned knob (and the assistants distilled from them) run after tuning
+    waiting = {n for n, t in suite.teachers.items() if t.tuned and tune_jobs}
+    while True:
+        more = {n for n, t in suite.teachers.items() if n not in waiting and set(t.distill_from.values()) & waiting}
+        if not more:
+            break
+        waiting |= more
+    first = [j for j in teacher_jobs if j.row not in waiting]
+    walls = execute(first + tune_jobs, n_jobs, progress, log)
     tuned, tuning = _pick_tuned(suite, tune_jobs) if tune_jobs else ({}, [])
     if tuned:
         log(f"tuned on val: {tuned}")
+    teacher_jobs = plan_teachers(suite, base, cache_dir, quick, tuned)
     row_jobs = plan_rows(suite, base, cache_dir, quick, tuned)
-    walls.update(execute(row_jobs, n_jobs, progress, log, done_before=[j.key for j in teacher_jobs]))
+    walls.update(execute([j for j in teacher_jobs if j.row in waiting] + row_jobs, n_jobs, progress, log,
+                         done_before=[j.key for j in first]))
     recipe, seeds = recipe_of(suite, quick)
     meta = {"recipe": recipe, "seeds": seeds, "tuned": tuned, "quick": quick,
             "suite_file": str(path), "wall_s_total": time.perf_counter() - t0}

@@ -100,3 +100,13 @@ def check_vit(term: LossTerm, info: ModelInfo, role: str) -> None:
     if not info.vit:
         term.fail(f"{role} model {info.name} is a CNN; this term needs transformer blocks on both sides")
 
+
+
+def check_vit_pairs(term: LossTerm, models: Dict[str, ModelInfo], pairs) -> Tuple[ModelInfo, ModelInfo]:
+    """Student and teacher are ViT-like and own the paired blocks; returns their infos."""
+    s, t = models["student"], models[term.teacher]
+    check_vit(term, s, "student")
+    check_vit(term, t, f"teacher '{term.teacher}'")
+    term.check_blocks(s, [p[0] for p in pairs], "student")
+    term.check_blocks(t, [p[1] for p in pairs], f"teacher '{term.teacher}'")
+    return s, t

@@ -16,7 +16,7 @@ from ..connectors import FeatureAligner, HeadMixer, make_connector, resize_token
 from ..taps import TapOutput, TapRequest
 from . import functional as KF
 from .base import Batch, LossTerm, ModelInfo, register_loss
-from .common import check_vit, check_tokens, layer_request, resolve_layers, zip_layers
+from .common import check_vit, check_tokens, layer_request, resolve_layers, zip_layers, check_vit_pairs
 
 
 class _PairedFeatures(LossTerm):
@@ -216,11 +216,7 @@ class AttnKL(LossTerm):
                 self.teacher: TapRequest(attn={t for _, t in self.pairs})}
 
     def setup(self, models: Dict[str, ModelInfo]) -> None:
-        s, t = models["student"], models[self.teacher]
-        check_vit(self, s, "student")
-        check_vit(self, t, f"teacher '{self.teacher}'")
-        self.check_blocks(s, [p[0] for p in self.pairs], "student")
-        self.check_blocks(t, [p[1] for p in self.pairs], f"teacher '{self.teacher}'")
+        s, t = check_vit_pairs(self, models, self.pairs)
         check_tokens(self, s, t, self.tokens, "attn_kl")
         if self.match == "heads" and s.num_heads != t.num_heads:
             self.fail(f"match: heads needs equal head counts but the student has {s.num_heads} and teacher "

@@ -13,7 +13,7 @@ from torch import Tensor
 from ..taps import TapOutput, TapRequest
 from . import functional as KF
 from .base import Batch, LossTerm, ModelInfo, register_loss
-from .common import as_pairs, check_vit, check_tokens
+from .common import as_pairs, check_tokens, check_vit_pairs
 
 
 class _RelationTerm(LossTerm):
@@ -28,11 +28,7 @@ class _RelationTerm(LossTerm):
         self._np = (0, 0)
 
     def setup(self, models: Dict[str, ModelInfo]) -> None:
-        s, t = models["student"], models[self.teacher]
-        check_vit(self, s, "student")
-        check_vit(self, t, f"teacher '{self.teacher}'")
-        self.check_blocks(s, [p[0] for p in self.pairs], "student")
-        self.check_blocks(t, [p[1] for p in self.pairs], f"teacher '{self.teacher}'")
+        s, t = check_vit_pairs(self, models, self.pairs)
         check_tokens(self, s, t, self.tokens, self.type_name)
         for role, info in (("student", s), (f"teacher '{self.teacher}'", t)):
             if self._needs_divisible() and info.embed_dim % self.relation_heads:

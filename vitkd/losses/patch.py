@@ -9,7 +9,7 @@ from torch import Tensor
 from ..taps import TapOutput, TapRequest
 from . import functional as KF
 from .base import Batch, LossTerm, ModelInfo, register_loss
-from .common import as_pairs, check_vit
+from .common import as_pairs, check_vit_pairs
 
 
 @register_loss("manifold")
@@ -38,11 +38,7 @@ class Manifold(LossTerm):
                 self.teacher: TapRequest(tokens={t for _, t in self.pairs})}
 
     def setup(self, models: Dict[str, ModelInfo]) -> None:
-        s, t = models["student"], models[self.teacher]
-        check_vit(self, s, "student")
-        check_vit(self, t, f"teacher '{self.teacher}'")
-        self.check_blocks(s, [p[0] for p in self.pairs], "student")
-        self.check_blocks(t, [p[1] for p in self.pairs], f"teacher '{self.teacher}'")
+        s, t = check_vit_pairs(self, models, self.pairs)
 
     def forward(self, outs: Dict[str, TapOutput], batch: Batch) -> Tensor:
         so, to = outs["student"], outs[self.teacher]
