@@ -21,7 +21,7 @@ demo: $(STAMP)
 
 # the full default suite (3 seeds per row): writes results/compare/digits/
 compare: $(STAMP)
-	$(BIN)/vitkd compare
+	$(BIN)/vitkd compare --readme README.md
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

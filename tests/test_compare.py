@@ -76,11 +76,17 @@ def test_suite_end_to_end_and_cache(tmp_path, suite_file, capsys):
     resolved = yaml.safe_load((out / "resolved_configs.yaml").read_text())
     assert resolved["teachers/cnn_tuned"]["train"]["lr"] == env["tuned"]["train.lr"]
     assert "lr" not in resolved["teachers/cnn"]["train"]
+    # --readme fills the marked block from results.md (a second invocation below rewrites it in place)
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- results:start -->\nold\n<!-- results:end -->\ntail\n")
     # a second invocation reuses every finished run (nothing retrained)
     stamp = (cache / "teachers" / "cnn" / "model.safetensors").stat().st_mtime_ns
     row_stamp = (cache / "rows" / "kd" / "s0" / "model.safetensors").stat().st_mtime_ns
-    assert main(["compare", str(suite_file), "--out", str(out), "--cache", str(cache)]) == 0
+    assert main(["compare", str(suite_file), "--out", str(out), "--cache", str(cache), "--readme", str(readme)]) == 0
     assert (cache / "teachers" / "cnn" / "model.safetensors").stat().st_mtime_ns == stamp
+    text = readme.read_text()
+    assert "old" not in text and text.endswith("<!-- results:end -->\ntail\n")
+    assert "| baseline | no_kd |" in text and "](results/pareto.png)" in text
     assert (cache / "rows" / "kd" / "s0" / "model.safetensors").stat().st_mtime_ns == row_stamp
 
 

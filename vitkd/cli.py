@@ -80,7 +80,7 @@ def _cmd_profile(args) -> int:
 def _cmd_compare(args) -> int:
     from .compare import run_suite
     out = run_suite(args.suite, out=args.out, quick=args.quick, cache=args.cache, jobs=args.jobs,
-                    log=lambda m: print(m, flush=True))
+                    log=lambda m: print(m, flush=True), readme=args.readme)
     print(json.dumps({"out": str(out)}))
     return 0
 
@@ -145,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--cache", help="run folders, reused when a run's config is unchanged "
                                    "(default runs/compare/<suite>)")
     c.add_argument("--jobs", type=int, help="runs in parallel (default: the suite's jobs)")
+    c.add_argument("--readme", help="also fill the results block of this README with the table and plot")
     c.set_defaults(fn=_cmd_compare)
     return p
 
