@@ -59,10 +59,12 @@ class Involution2d(nn.Module):
         K, G = self.kernel_size, self.groups
         kernel = self.span(self.reduce(self.pool(x)))           # [B, G*K*K, h, w]
         h, w = kernel.shape[-2:]
-        kernel = kernel.view(B, G, 1, K * K, h, w)
+        kernel = kernel.view(B, G, K * K, h, w)
         patches = F.unfold(x, K, dilation=self.dilation, padding=self.dilation * (K - 1) // 2, stride=self.stride)
         patches = patches.view(B, G, self.group_channels, K * K, h, w)
-        return (kernel * patches).sum(dim=3).view(B, C, h, w)
+        # the per-pixel kernel applied as a contraction over the K*K window: MAC counters see it (an
+        # elementwise multiply + sum would be skipped as elementwise), and it runs ~3x faster on CPU
+        return torch.einsum('bgckhw,bgkhw->bgchw', patches, kernel).reshape(B, C, h, w)
 
     def extra_repr(self) -> str:
         return f'{self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, groups={self.groups}'
