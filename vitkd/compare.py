@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import copy
-import csv
 import hashlib
 import io
 import json
@@ -30,7 +29,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import yaml
 
 from .config import ConfigError, apply_overrides, build_dataclass, parse_config, read_yaml, to_dict
-from .io import atomic_write_json, atomic_write_text
+from .io import atomic_write_csv, atomic_write_json, atomic_write_text
 
 __all__ = ["SuiteCfg", "load_suite", "run_suite", "summarize"]
 
@@ -402,21 +401,9 @@ GROUP_ORDER = ["baseline", "reference", "homomorphic", "heteromorphic", "capacit
 
 def _write_outputs(suite, teachers, results, curves, tuning, meta, out_dir: Path):
     from .engine import versions
-    # CSV
-    keys = list(results[0].keys()) if results else []
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys)
-    w.writeheader()
-    for r in results:
-        w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
-    atomic_write_text(out_dir / "results.csv", buf.getvalue())
-    buf = io.StringIO()
+    atomic_write_csv(out_dir / "results.csv", results, "{:.4f}")
     if teachers:
-        w = csv.DictWriter(buf, fieldnames=list(teachers[0].keys()))
-        w.writeheader()
-        for t in teachers:
-            w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in t.items()})
-        atomic_write_text(out_dir / "teachers.csv", buf.getvalue())
+        atomic_write_csv(out_dir / "teachers.csv", teachers, "{:.4f}")
     atomic_write_text(out_dir / "results.md", _markdown(suite, teachers, results, tuning, meta))
     atomic_write_json(out_dir / "environment.json", {"versions": versions(), "cpu_count": os.cpu_count(),
                                                      "jobs": suite.jobs, **meta})

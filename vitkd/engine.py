@@ -6,8 +6,6 @@ and data order, so ``resume`` continues bit-exactly. Nothing is selected on the 
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -30,7 +28,7 @@ from . import models as model_lib
 from .config import ConfigError, RunCfg, parse_config, to_dict
 from .data import DataSpec, EpochSampler, build_datasets, sample_seed, seeded
 from .distiller import Distiller, build_distiller
-from .io import atomic_save_safetensors, atomic_torch_save, atomic_write_json, atomic_write_text
+from .io import atomic_save_safetensors, atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text
 from .losses import Batch
 
 __all__ = ["train", "evaluate", "load_checkpoint", "Run", "build_run", "resolve_device", "WarmupCosine",
@@ -179,15 +177,7 @@ def load_checkpoint(path) -> dict:
 
 
 def _write_metrics(out: Path, history: List[dict], meta: dict):
-    keys: List[str] = []
-    for row in history:
-        keys += [k for k in row if k not in keys]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys)
-    w.writeheader()
-    for row in history:
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    atomic_write_text(out / "metrics.csv", buf.getvalue())
+    atomic_write_csv(out / "metrics.csv", history)
     atomic_write_json(out / "metrics.json", {**meta, "epochs": history, "final": history[-1] if history else {}})
 
 

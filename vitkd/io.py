@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Union
 
 __all__ = ["atomic_writer", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save",
-           "atomic_save_safetensors", "atomic_write_json"]
+           "atomic_save_safetensors", "atomic_write_json", "atomic_write_csv"]
 
 
 @contextlib.contextmanager
@@ -61,3 +61,18 @@ def atomic_save_safetensors(tensors: dict, path, metadata: dict = None):
     data = save(out,
                 metadata={k: str(v) for k, v in (metadata or {}).items()})
     atomic_write_bytes(path, data)
+
+
+def atomic_write_csv(path, rows, float_format: str = "{:.6g}"):
+    """Rows (dicts) as CSV; the header is the union of their keys in first-seen order."""
+    import csv
+    import io
+    keys = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: (float_format.format(v) if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_text(path, buf.getvalue())

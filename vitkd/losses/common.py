@@ -110,3 +110,11 @@ def check_vit_pairs(term: LossTerm, models: Dict[str, ModelInfo], pairs) -> Tupl
     term.check_blocks(s, [p[0] for p in pairs], "student")
     term.check_blocks(t, [p[1] for p in pairs], f"teacher '{term.teacher}'")
     return s, t
+
+
+def check_logit_pair(term: LossTerm, s: ModelInfo, t: ModelInfo, head: Optional[str], teacher_head: Optional[str]):
+    """The named heads exist and student and teacher predict the same classes."""
+    term.check_head(s, head, "student")
+    term.check_head(t, teacher_head, f"teacher '{term.teacher}'")
+    if s.num_classes != t.num_classes:
+        term.fail(f"student has {s.num_classes} classes but teacher '{term.teacher}' has {t.num_classes}")

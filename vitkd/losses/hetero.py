@@ -9,7 +9,7 @@ from ..connectors import Feature, make_connector
 from ..taps import TapOutput, TapRequest
 from . import functional as KF
 from .base import Batch, LossTerm, ModelInfo, register_loss
-from .common import as_int_list, layer_request, logits_of, resolve_layers, target_of
+from .common import as_int_list, layer_request, logits_of, resolve_layers, target_of, check_logit_pair
 from .feature import _PairedFeatures
 
 
@@ -110,10 +110,7 @@ class OFA(LossTerm):
 
     def setup(self, models: Dict[str, ModelInfo]) -> None:
         s, t = models["student"], models[self.teacher]
-        self.check_head(s, self.head, "student")
-        self.check_head(t, self.teacher_head, f"teacher '{self.teacher}'")
-        if s.num_classes != t.num_classes:
-            self.fail(f"student has {s.num_classes} classes but teacher '{self.teacher}' has {t.num_classes}")
+        check_logit_pair(self, s, t, self.head, self.teacher_head)
         self._feats = resolve_layers(self, s, "student", self.layers, "student")
         if self.pool == "cls" and s.vit and "cls" not in s.prefix_names:
             self.fail(f"pool: cls but student model {s.name} has no cls token (prefix tokens: {s.prefix_names})")

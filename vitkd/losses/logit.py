@@ -14,7 +14,7 @@ from torch import Tensor
 from ..taps import TapOutput, TapRequest
 from . import functional as KF
 from .base import Batch, LossTerm, ModelInfo, register_loss
-from .common import logits_of, target_of
+from .common import logits_of, target_of, check_logit_pair
 
 
 class _LogitTerm(LossTerm):
@@ -31,10 +31,7 @@ class _LogitTerm(LossTerm):
 
     def setup(self, models: Dict[str, ModelInfo]) -> None:
         s, t = models["student"], models[self.teacher]
-        self.check_head(s, self.head, "student")
-        self.check_head(t, self.teacher_head, f"teacher '{self.teacher}'")
-        if s.num_classes != t.num_classes:
-            self.fail(f"student has {s.num_classes} classes but teacher '{self.teacher}' has {t.num_classes}")
+        check_logit_pair(self, s, t, self.head, self.teacher_head)
 
     def pair(self, outs: Dict[str, TapOutput]):
         return logits_of(outs["student"], self.head), logits_of(outs[self.teacher], self.teacher_head)
