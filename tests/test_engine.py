@@ -118,3 +118,28 @@ def test_warmup_cosine():
         lrs.append(opt.param_groups[0]["lr"])
     assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
     assert abs(lrs[9] - 0.5) < 1e-9 and lrs[14] == 0.0
+
+
+def test_weight_decay_groups():
+    import timm
+    import vitkd.archs  # noqa: F401  (registers vit_digits_tiny)
+    from torch import nn
+    from vitkd.engine import _param_groups
+
+    class Holder(nn.Module):   # stands in for the distiller: a student and a term with a learned token
+        def __init__(self):
+            super().__init__()
+            self.student = timm.create_model("vit_digits_tiny")
+            self.terms = nn.ModuleList([nn.Module()])
+            self.terms[0].mask_token = nn.Parameter(torch.zeros(1, 1, 8))
+            self.terms[0].proj = nn.Linear(8, 8)
+
+    h = Holder()
+    no_decay, decay = _param_groups(h, 0.05)
+    ids = lambda g: {id(p) for p in g["params"]}   # noqa: E731
+    for p in (h.student.cls_token, h.student.pos_embed, h.terms[0].mask_token, h.terms[0].proj.bias,
+              h.student.blocks[0].norm1.weight):
+        assert id(p) in ids(no_decay)
+    for p in (h.student.blocks[0].attn.qkv.weight, h.terms[0].proj.weight):
+        assert id(p) in ids(decay)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0

@@ -160,7 +160,9 @@ def _param_groups(distiller: Distiller, weight_decay: float):
     for name, p in distiller.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") or name in skip else decay).append(p)
+        # no decay on norms, biases, the student's own no_weight_decay() and learned tokens (cls/dist/mask)
+        token = name.rsplit(".", 1)[-1].endswith("token")
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") or name in skip or token else decay).append(p)
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
