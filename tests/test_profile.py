@@ -217,3 +217,33 @@ def test_format_report():
     assert "other" in txt2 and len(txt2.splitlines()) == 4
     rep = count_macs(nn.Linear(7, 5), (4, 7))   # 4 rows x 35 MACs: small figures keep 3 significant digits
     assert "1.4e-07" in format_report(rep)
+
+
+def test_profile_cli(capsys):
+    import json as _json
+    from vitkd.cli import main
+    assert main(["profile", "vit_digits_tiny", "--json", "--no-throughput"]) == 0
+    rep = _json.loads(capsys.readouterr().out)
+    assert rep["input_size"] == [3, 16, 16] and rep["agree"] and 0.5e6 < rep["macs"] < 2e6
+    assert main(["profile", "vit_digits_tinny"]) == 2
+    assert "did you mean 'vit_digits_tiny'" in capsys.readouterr().err
+
+
+def test_profile_cli_training_cost_of_a_config(tmp_path, capsys):
+    import json as _json
+    import timm
+    import yaml
+    from safetensors.torch import save_file
+    from vitkd.cli import main
+    w = tmp_path / "t.safetensors"
+    save_file(timm.create_model("resnet_digits_s", num_classes=10).state_dict(), str(w))
+    cfg = {"model": {"name": "vit_digits_tiny"}, "data": {"name": "digits"},
+           "distill": {"teachers": {"cnn": {"model": "resnet_digits_s", "checkpoint": str(w)}},
+                       "terms": [{"type": "ce"}, {"type": "kd"},
+                                 {"type": "fitnet", "student_layers": [-1], "teacher_layers": [4]}]}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["profile", str(tmp_path / "c.yaml"), "--json"]) == 0
+    cost = _json.loads(capsys.readouterr().out)
+    s, t = cost["student_forward_macs"], cost["teachers_forward_macs"]["cnn"]
+    assert t > s > 0 and cost["connectors_forward_macs"] > 0   # the fitnet connector is counted
+    assert abs(cost["total_macs_per_image"] - (3 * s + t + 3 * cost["connectors_forward_macs"])) < 1
