@@ -289,7 +289,7 @@ def _pick_tuned(suite: SuiteCfg, tune_jobs: List[Job]) -> Tuple[Dict[str, Any], 
     rows = []
     for j in tune_jobs:
         m = _metrics(j.out)["final"]
-        rows.append({"key": suite.tune.key, "value": j.raw and _get(j.raw, suite.tune.key),
+        rows.append({"key": suite.tune.key, "value": _get(j.raw, suite.tune.key),
                      "val_top1": m["val_top1"]})
     if not rows:
         return {}, []

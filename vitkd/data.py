@@ -148,11 +148,12 @@ class LightAugment:
         self.std = torch.tensor(spec.std).view(-1, 1, 1)
 
     def __call__(self, img: np.ndarray, seed: int) -> torch.Tensor:
-        x = torch.as_tensor(np.asarray(img, dtype=np.float32))
-        if x.ndim == 2:
+        arr = np.asarray(img)
+        x = torch.as_tensor(arr.astype(np.float32) / (255.0 if arr.dtype == np.uint8 else 1.0))
+        if x.ndim == 2:             # digits: [H, W] in [0, 1]
             x = x[None].expand(3, -1, -1)
-        elif x.shape[-1] == 3:
-            x = x.permute(2, 0, 1) / (255.0 if x.max() > 1.5 else 1.0)
+        elif x.shape[-1] == 3:      # cifar: [H, W, 3] uint8
+            x = x.permute(2, 0, 1)
         x = F.interpolate(x[None], size=self.spec.img_size, mode="bilinear", align_corners=False,
                           antialias=True)
         if self.train:
