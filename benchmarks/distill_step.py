@@ -36,26 +36,18 @@ def vitkd_step_fn(student, teacher, specs, img):
     d = Distiller(student, {"teacher": teacher}, terms, (img, img), model_lib.data_spec(student, img),
                   {"teacher": model_lib.data_spec(teacher, img)})
     d.train()
-    opt = torch.optim.AdamW(d.trainable_parameters(), lr=1e-4)
-
-    def loss(x, y):
-        return d(Batch(images=x, target=y))[0]
-
-    def step(x, y):
-        total = loss(x, y)
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-        return total.detach()
-    return loss, step
+    return _loss_and_step(d.trainable_parameters(), lambda x, y: d(Batch(images=x, target=y))[0])
 
 
 def timm_step_fn(task):
     task.train()
-    opt = torch.optim.AdamW([p for p in task.trainable_module.parameters() if p.requires_grad], lr=1e-4)
+    params = [p for p in task.trainable_module.parameters() if p.requires_grad]
+    return _loss_and_step(params, lambda x, y: task(x, y)["loss"])
 
-    def loss(x, y):
-        return task(x, y)["loss"]
+
+def _loss_and_step(params, loss):
+    """The same AdamW step around either side's loss, so only the loss computation differs."""
+    opt = torch.optim.AdamW(params, lr=1e-4)
 
     def step(x, y):
         total = loss(x, y)

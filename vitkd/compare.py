@@ -134,6 +134,11 @@ def _digest(raw: dict) -> str:
     return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def _set_teacher_checkpoint(raw: dict, key: str, run_dir: Path) -> None:
+    """Point the run config's teacher ``key`` at a suite teacher's run folder."""
+    raw.setdefault("distill", {}).setdefault("teachers", {}).setdefault(key, {})["checkpoint"] = str(run_dir)
+
+
 def recipe_of(suite: SuiteCfg, quick: bool) -> Tuple[dict, List[int]]:
     recipe = dict(suite.set)
     if quick:
@@ -158,7 +163,7 @@ def plan_teachers(suite: SuiteCfg, base: Path, cache: Path, quick: bool,
         raw["seed"] = 0
         deps = []
         for key, src in t.distill_from.items():   # a teacher assistant distilled from a bigger teacher
-            raw.setdefault("distill", {}).setdefault("teachers", {}).setdefault(key, {})["checkpoint"] = str(out[src])
+            _set_teacher_checkpoint(raw, key, out[src])
             deps.append(f"teachers/{src}")
         jobs.append(Job(f"teachers/{name}", raw, out[name], deps, kind="teacher", row=name))
     return jobs
@@ -187,8 +192,7 @@ def plan_rows(suite: SuiteCfg, base: Path, cache: Path, quick: bool, tuned: Dict
             raw["seed"] = seed
             deps = []
             for key, t in r.teachers.items():
-                raw.setdefault("distill", {}).setdefault("teachers", {}).setdefault(key, {})["checkpoint"] = \
-                    str(tdir / t)
+                _set_teacher_checkpoint(raw, key, tdir / t)
                 deps.append(f"teachers/{t}")
             jobs.append(Job(f"rows/{r.name}/s{seed}", raw, cache / f"rows{_tag(quick)}" / r.name / f"s{seed}",
                             deps, kind="row", row=r.name, seed=seed))
