@@ -28,8 +28,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from .config import ConfigError, apply_overrides, build_dataclass, parse_config, read_yaml, to_dict
-from .io import atomic_write_csv, atomic_write_json, atomic_write_text
+from ..config import ConfigError, apply_overrides, build_dataclass, parse_config, read_yaml, to_dict
+from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
 
 __all__ = ["SuiteCfg", "load_suite", "run_suite", "summarize"]
 
@@ -224,7 +224,7 @@ def _init_worker(threads: int):
 
 def _run_job(job: Job) -> Tuple[str, float, Optional[str]]:
     """Train one run inside a worker process (imports paid once per worker, not per run)."""
-    from .engine import train
+    from ..engine import train
     t0 = time.perf_counter()
     try:
         raw = copy.deepcopy(job.raw)
@@ -320,8 +320,8 @@ def _mean_std(xs: List[float]) -> Tuple[float, float]:
 def measure_costs(raw: dict, throughput: bool = True) -> dict:
     """Params, MACs and img/s of a run's student and its training cost per image (teachers' forwards and
     the distillation overhead included; see :func:`vitkd.profile.distillation_cost`)."""
-    from .engine import build_run
-    from .profile import distillation_cost, measure_throughput
+    from ..engine import build_run
+    from ..profile import distillation_cost, measure_throughput
     cfg = parse_config(raw)
     cfg.train.device = "cpu"
     run = build_run(cfg)
@@ -404,7 +404,7 @@ GROUP_ORDER = ["baseline", "reference", "homomorphic", "heteromorphic", "capacit
 
 
 def _write_outputs(suite, teachers, results, curves, tuning, meta, out_dir: Path):
-    from .engine import versions
+    from ..engine import versions
     atomic_write_csv(out_dir / "results.csv", results, "{:.4f}")
     if teachers:
         atomic_write_csv(out_dir / "teachers.csv", teachers, "{:.4f}")
@@ -508,7 +508,7 @@ def _plots(teachers, results, curves, out_dir: Path):
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    from .io import atomic_write_bytes
+    from ..io import atomic_write_bytes
     atomic_write_bytes(out_dir / "pareto.png", buf.getvalue())
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
