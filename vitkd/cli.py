@@ -61,11 +61,9 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_profile(args) -> int:
-    from . import models as model_lib
     from .profile import format_report, profile_model
     if args.model.endswith((".yaml", ".yml")):
         return _profile_config(args)
-    model_lib._ensure_registered()
     import timm
     if not timm.is_model(args.model):
         import difflib

@@ -17,10 +17,6 @@ __all__ = ["create", "resolve_weights", "run_model_spec", "data_spec", "freeze",
 WEIGHTS_NAME = "model.safetensors"   # the exported student of a run folder
 
 
-def _ensure_registered():
-    from . import archs  # noqa: F401  (registers vitkd's models in timm)
-
-
 def resolve_weights(path: str) -> Path:
     """A run folder (its exported ``model.safetensors``) or a weights file."""
     p = Path(path)
@@ -51,7 +47,6 @@ def create(name: str, num_classes: Optional[int] = None, args: Optional[Dict[str
            checkpoint: Optional[str] = None, where: str = "model") -> nn.Module:
     """``timm.create_model`` with optional weights loaded through timm's pretrained-config mechanism
     (``pretrained_cfg_overlay=dict(file=...)``), so timm's own filters and checks apply."""
-    _ensure_registered()
     kwargs = dict(args or {})
     if num_classes is not None:
         kwargs["num_classes"] = num_classes

@@ -1,0 +1,113 @@
+"""Behaviour check: the per-step losses of a short run of every ``configs/digits/*.yaml``.
+
+Each config (teachers and the teacher-assistant chain included) trains for 2 epochs on 64 training
+images, batch 16, one thread; every loss term of every step is recorded through a global module
+forward hook on the distiller (public torch API, nothing patched). ``record`` writes the reference
+JSON beside this file; ``check`` re-runs and compares to 1e-6 (relative to max(1, |reference|)).
+
+    python tests/behaviour/step_losses.py record   # only when a change is deliberate: say why in the commit
+    python tests/behaviour/step_losses.py check
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "configs" / "digits"
+REFERENCE = Path(__file__).with_name("step_losses.json")
+SETTINGS = {"train.epochs": 2, "data.train_subset": 64, "data.batch_size": 16, "train.threads": 1,
+            "train.progress": False, "train.device": "cpu"}
+# teacher folders the digits configs name, and the config that trains each
+TEACHERS = {"runs/digits_cnn_teacher": "cnn_teacher.yaml", "runs/digits_vit_teacher": "vit_teacher.yaml",
+            "runs/digits_inv_teacher": "inv_teacher.yaml"}
+TOLERANCE = 1e-6
+
+
+def _overrides(extra=()):
+    return [f"{k}={json.dumps(v)}" for k, v in SETTINGS.items()] + list(extra)
+
+
+def _recording():
+    from vitkd.distiller import Distiller
+    steps = []
+
+    def hook(module, _args, out):
+        if isinstance(module, Distiller) and module.training:
+            total, parts = out
+            steps.append({"total": float(total.detach()), **{k: float(v) for k, v in parts.items()}})
+    return steps, torch.nn.modules.module.register_module_forward_hook(hook)
+
+
+def run_all(work: Path) -> dict:
+    from vitkd.chain import is_chain, run_chain
+    from vitkd.config import load_config
+    from vitkd.engine import train
+    teacher_dirs = {ref: work / Path(ref).name for ref in TEACHERS}
+    results = {}
+    order = sorted(TEACHERS.values()) + sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name not in TEACHERS.values())
+    for name in order:
+        path = CONFIGS / name
+        steps, handle = _recording()
+        try:
+            if is_chain(path):
+                run_chain(path, work / path.stem, _overrides(), log=lambda m: None)
+            else:
+                extra = [f"distill.teachers.{t}.checkpoint={teacher_dirs[c]}"
+                         for t, c in _teacher_refs(path).items()]
+                cfg = load_config(path, _overrides(extra))
+                ref = next((r for r, c in TEACHERS.items() if c == name), None)
+                train(cfg, teacher_dirs[ref] if ref else work / path.stem, log=lambda m: None)
+        finally:
+            handle.remove()
+        results[name] = steps
+    return results
+
+
+def _teacher_refs(path: Path) -> dict:
+    import yaml
+    raw = yaml.safe_load(path.read_text()) or {}
+    out = {}
+    for t, spec in ((raw.get("distill") or {}).get("teachers") or {}).items():
+        ck = (spec or {}).get("checkpoint")
+        if ck in TEACHERS:
+            out[t] = ck
+    return out
+
+
+def compare(reference: dict, now: dict) -> list:
+    problems = []
+    for name, ref_steps in reference.items():
+        got = now.get(name)
+        if got is None or len(got) != len(ref_steps):
+            problems.append(f"{name}: {len(ref_steps)} steps recorded, {0 if got is None else len(got)} now")
+            continue
+        for i, (a, b) in enumerate(zip(ref_steps, got)):
+            for k, v in a.items():
+                if k not in b or abs(b[k] - v) > TOLERANCE * max(1.0, abs(v)):
+                    problems.append(f"{name} step {i} {k}: {v!r} recorded, {b.get(k)!r} now")
+    problems += [f"{n}: not in the reference" for n in now if n not in reference]
+    return problems
+
+
+def main(argv) -> int:
+    mode = argv[1] if len(argv) > 1 else "check"
+    with tempfile.TemporaryDirectory() as tmp:
+        now = run_all(Path(tmp))
+    if mode == "record":
+        REFERENCE.write_text(json.dumps(now, indent=1) + "\n")
+        print(f"recorded {sum(len(v) for v in now.values())} steps of {len(now)} configs -> {REFERENCE}")
+        return 0
+    problems = compare(json.loads(REFERENCE.read_text()), now)
+    for p in problems[:20]:
+        print(p)
+    print("per-step losses match" if not problems else f"{len(problems)} mismatches")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
