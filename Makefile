@@ -4,7 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo compare test bench clean
+# the oldest versions vitkd declares (constraints/oldest.txt), on the oldest Python it declares when present
+PY_OLDEST ?= $(shell for p in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python3.10; do \
+	$$p -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null && echo $$p && break; done)
+VENV_OLDEST := .venv-oldest
+STAMP_OLDEST := $(VENV_OLDEST)/.installed
+
+.PHONY: setup demo compare test test-oldest bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,8 +32,19 @@ compare: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+$(STAMP_OLDEST): pyproject.toml constraints/oldest.txt
+	@test -n "$(PY_OLDEST)" || { echo "test-oldest: no Python 3.10 found (set PY_OLDEST=...)"; exit 2; }
+	$(PY_OLDEST) -m venv $(VENV_OLDEST)
+	$(VENV_OLDEST)/bin/pip install -q --upgrade pip
+	$(VENV_OLDEST)/bin/pip install -q -c constraints/oldest.txt -e ".[dev]"
+	touch $(STAMP_OLDEST)
+
+# the same tests against the oldest declared dependency versions (CI runs both)
+test-oldest: $(STAMP_OLDEST)
+	$(VENV_OLDEST)/bin/python -m pytest -q
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/taps.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(VENV_OLDEST) runs

@@ -14,6 +14,7 @@ from vitkd.config import ConfigError, parse_config
 from vitkd.distiller import Distiller, build_distiller
 from vitkd.losses import Batch, build_term
 from vitkd import models as model_lib
+from vitkd.rundir import RunDir
 
 IMG = (16, 16)
 
@@ -143,10 +144,10 @@ def test_teacher_from_vitkd_train_distils_a_student(tmp_path, capsys):
                                               "train": FAST})
     tdir = tmp_path / "teacher"
     assert cli_main(["train", str(tcfg), "--out", str(tdir)]) == 0
-    assert (tdir / model_lib.WEIGHTS_NAME).is_file()
+    assert (tdir / RunDir.WEIGHTS).is_file()
     # the run folder loads as a teacher through timm's pretrained_cfg_overlay(file=...)
     teacher = model_lib.create("resnet10t", 10, {}, str(tdir))
-    ref = load_file(str(tdir / model_lib.WEIGHTS_NAME))
+    ref = load_file(str(tdir / RunDir.WEIGHTS))
     assert torch.equal(teacher.state_dict()["fc.weight"], ref["fc.weight"])
     scfg = _write(tmp_path / "student.yaml", {
         "model": STUDENT, "data": DATA, "train": FAST,
@@ -161,7 +162,7 @@ def test_teacher_from_vitkd_train_distils_a_student(tmp_path, capsys):
     assert {"train_ce", "train_kd", "train_cnn_align"} <= set(metrics)
     ckpt = torch.load(sdir / "checkpoint.pt", weights_only=False)
     assert any("aligners" in k for k in ckpt["connectors"])
-    exported = load_file(str(sdir / model_lib.WEIGHTS_NAME))
+    exported = load_file(str(sdir / RunDir.WEIGHTS))
     assert set(exported) == set(ckpt["student"]) and not any("aligners" in k for k in exported)
 
 
@@ -172,12 +173,15 @@ TEACHER_RUNS = {"cnn": ("resnet10t", {}), "inv": ("rednet_digits", {"kernel_size
 
 
 def _fake_run(folder: Path, name: str, args: dict) -> Path:
-    """A run folder as `vitkd train` leaves it (config.yaml, run.yaml, model.safetensors), untrained weights."""
+    """A finished run folder as `vitkd train` leaves it (config, metadata, weights, stamp), untrained weights."""
+    run = RunDir(folder)
     folder.mkdir()
-    (folder / "config.yaml").write_text(yaml.safe_dump({"model": {"name": name, "args": args}}))
-    (folder / "run.yaml").write_text(yaml.safe_dump({"num_classes": 10}))
+    config = {"model": {"name": name, "args": args}}
+    run.write_config(config)
+    run.write_meta({"num_classes": 10})
     m = model_lib.create(name, 10, args)
-    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(folder / model_lib.WEIGHTS_NAME))
+    run.save_weights(m.state_dict(), {"model": name})
+    run.write_stamp(config)
     return folder
 
 

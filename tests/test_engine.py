@@ -8,7 +8,10 @@ from safetensors.torch import load_file
 
 from vitkd.cli import main
 from vitkd.config import parse_config
-from vitkd.engine import CHECKPOINT_NAME, WarmupCosine, load_checkpoint, train
+from vitkd.engine import WarmupCosine, load_checkpoint, train
+from vitkd.rundir import RunDir
+
+CHECKPOINT_NAME = RunDir.CHECKPOINT
 
 TINY = {
     "seed": 3,
@@ -30,7 +33,8 @@ def cfg(**patch):
 def test_metrics_checkpoint_and_exported_weights(tmp_path):
     final = train(cfg(), tmp_path, log=lambda m: None)
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["checkpoint.pt", "config.yaml", "metrics.csv", "metrics.json", "model.safetensors", "run.yaml"]
+    assert files == ["checkpoint.pt", "config.yaml", "metrics.csv", "metrics.json", "model.safetensors",
+                     "predictions_test.safetensors", "predictions_val.safetensors", "run.yaml", "stamp.json"]
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert [e["epoch"] for e in m["epochs"]] == [1, 2, 3]
     for key in ("train_loss", "train_ce", "val_top1", "test_top1", "val_loss", "lr"):
@@ -46,7 +50,6 @@ def test_metrics_checkpoint_and_exported_weights(tmp_path):
 
 
 def test_resume_is_bit_exact(tmp_path, monkeypatch):
-    from vitkd import engine
     full, again, cut = tmp_path / "full", tmp_path / "again", tmp_path / "cut"
     train(cfg(), full, log=lambda m: None)
     train(cfg(), again, log=lambda m: None)   # seeded and deterministic on CPU
@@ -54,16 +57,16 @@ def test_resume_is_bit_exact(tmp_path, monkeypatch):
     class Interrupted(Exception):
         pass
 
-    write = engine._write_metrics
+    write = RunDir.write_metrics
 
-    def die_after_epoch_two(out, history, meta):
-        write(out, history, meta)
+    def die_after_epoch_two(self, history, meta):
+        write(self, history, meta)
         if len(history) == 2:
             raise Interrupted   # the process dies right after epoch 2's checkpoint
-    monkeypatch.setattr(engine, "_write_metrics", die_after_epoch_two)
+    monkeypatch.setattr(RunDir, "write_metrics", die_after_epoch_two)
     with pytest.raises(Interrupted):
         train(cfg(), cut, log=lambda m: None)
-    monkeypatch.setattr(engine, "_write_metrics", write)
+    monkeypatch.setattr(RunDir, "write_metrics", write)
     assert load_checkpoint(cut)["epoch"] == 1 and not (cut / "model.safetensors").exists()
     train(cfg(), cut, resume=True, log=lambda m: None)
     a = load_file(full / "model.safetensors")
@@ -124,7 +127,7 @@ def test_weight_decay_groups():
     import timm
     import vitkd.archs  # noqa: F401  (registers vit_digits_tiny)
     from torch import nn
-    from vitkd.engine import _param_groups
+    from vitkd.engine import param_groups
 
     class Holder(nn.Module):   # stands in for the distiller: a student and a term with a learned token
         def __init__(self):
@@ -134,8 +137,11 @@ def test_weight_decay_groups():
             self.terms[0].mask_token = nn.Parameter(torch.zeros(1, 1, 8))
             self.terms[0].proj = nn.Linear(8, 8)
 
+        def no_weight_decay(self):   # as the distiller: the student's own list and each term's
+            return {f"student.{n}" for n in self.student.no_weight_decay()} | {"terms.0.mask_token"}
+
     h = Holder()
-    no_decay, decay = _param_groups(h, 0.05)
+    no_decay, decay = param_groups(h, 0.05)
     ids = lambda g: {id(p) for p in g["params"]}   # noqa: E731
     for p in (h.student.cls_token, h.student.pos_embed, h.terms[0].mask_token, h.terms[0].proj.bias,
               h.student.blocks[0].norm1.weight):

@@ -54,7 +54,7 @@ CASES = {
     "kd": (vit, cnn, [{"type": "kd", "T": 2.0}]),
     "deit_hard": (deit, cnn, [{"type": "ce", "head": "cls"}, {"type": "deit"}]),
     "deit_soft": (deit, cnn, [{"type": "deit", "mode": "soft", "T": 3.0, "reduction": "deit"}]),
-    "dkd": (vit, cnn, [{"type": "dkd", "warmup": 2}]),
+    "dkd": (vit, cnn, [{"type": "dkd", "schedule": {"kind": "linear", "start": 0.0, "to": 0.1}}]),
     "dist": (vit, cnn, [{"type": "dist"}]),
     "manifold": (vit, lambda: vit(**WIDE), [{"type": "manifold", "pairs": [[0, 0], [1, 2]], "k": 20}]),
     "fitnet_cnn": (vit, cnn, [{"type": "fitnet", "student_layers": [0, 1], "teacher_layers": [4, 8]}]),
@@ -219,6 +219,35 @@ def test_vitkd_mimic_and_generation_weights():
     _, parts = d(b)
     assert parts["vitkd"].item() > 0
     assert term.mask_token.shape == (1, 1, 48)
+
+
+def test_vitkd_deep_target_is_the_final_normed_tokens_by_hand():
+    """As in cls_KD: both the generator's input and its target are forward_features' patch tokens,
+    i.e. after the final LayerNorm; deep='block' takes the blocks' raw output instead."""
+    torch.manual_seed(0)
+    s, t = vit(), vit(embed_dim=48, depth=3, num_heads=3)
+    d = distiller(s, t, [{"type": "vitkd", "alpha": 0.0, "beta": 1.0, "mask_ratio": 0.5}]).eval()
+    term, b = d.terms[0], batch()
+    torch.manual_seed(7)
+    _, parts = d(b)
+    with torch.no_grad():
+        fs, ft = s.forward_features(b.images), t.forward_features(b.images)     # final norm applied
+        hs, ht = fs[:, s.num_prefix_tokens:], ft[:, t.num_prefix_tokens:]       # independent reference split
+        x = term.align_deep(hs)
+        B, N, D = x.shape
+        torch.manual_seed(7)
+        mask = torch.rand(B, N, 1) > 0.5
+        x = torch.where(mask, term.mask_token.expand(B, N, D), x)
+        gen = term.generator(x.transpose(1, 2).reshape(B, D, 4, 4)).flatten(2).transpose(1, 2)
+        by_hand = (((gen - ht) * mask) ** 2).sum() / B / 0.5
+    torch.testing.assert_close(parts["vitkd"], by_hand)
+    # the final norm changes the target: the pre-norm variant differs
+    raw = t.blocks[-1](t.blocks[-2](t.blocks[0](t._pos_embed(t.patch_embed(b.images)))))[:, t.num_prefix_tokens:]
+    assert (t.norm(raw) - raw).abs().max() > 1e-2
+    torch.testing.assert_close(ht, t.norm(raw), rtol=1e-5, atol=1e-5)
+    d2 = distiller(s, t, [{"type": "vitkd", "alpha": 0.0, "beta": 1.0, "deep": "block"}]).eval()
+    assert -1 in d2.requests["t"].tokens and not d2.requests["t"].features
+    assert d.requests["t"].features and -1 not in d.requests["t"].tokens
 
 
 # --------------------------------------------------------------------------- connectors

@@ -14,6 +14,7 @@ from typing import Any, Dict, List
 
 import yaml
 
+from .rundir import RunDir
 from .config import ConfigError, apply_overrides, build_dataclass, parse_config, read_yaml, to_dict
 
 __all__ = ["is_chain", "run_chain", "ChainStage"]
@@ -52,7 +53,7 @@ def _stage_raw(stage: ChainStage, base: Path, outs: Dict[str, Path], overrides: 
     return raw
 
 
-def run_chain(path, out, overrides: List[str] = (), log=print) -> List[dict]:
+def run_chain(path, out, overrides: List[str] = (), overwrite: bool = False, log=print) -> List[dict]:
     from .engine import train
     path = Path(path)
     chain = build_dataclass(ChainCfg, read_yaml(path), "", path.parent)
@@ -78,16 +79,18 @@ def run_chain(path, out, overrides: List[str] = (), log=print) -> List[dict]:
         plans.append((stage, raw))
     finals = []
     for stage, raw in plans:
-        folder = out / stage.name
+        run = RunDir(out / stage.name)
         cfg = parse_config(raw, base=path.parent)
-        done = folder / "model.safetensors"
-        if done.is_file() and (folder / "config.yaml").is_file() and \
-                yaml.safe_load((folder / "config.yaml").read_text()) == to_dict(cfg):
-            log(f"chain stage '{stage.name}': reusing {folder}")
-            finals.append(json.loads((folder / "metrics.json").read_text())["final"])
+        want = to_dict(cfg)
+        if run.matches(want):
+            log(f"chain stage '{stage.name}': reusing {run.path}")
+            finals.append(run.final())
             continue
-        log(f"chain stage '{stage.name}' -> {folder}")
-        resume = (folder / "checkpoint.pt").is_file() and (folder / "config.yaml").is_file() and \
-            yaml.safe_load((folder / "config.yaml").read_text()) == to_dict(cfg)
-        finals.append(train(cfg, folder, resume=resume, log=log))
+        resume = run.has_checkpoint() and not run.is_finished() and run.config_path.is_file() \
+            and run.read_config() == want
+        if run.holds_a_run() and not resume and not overwrite:
+            raise ConfigError(f"chain stage '{stage.name}': {run.path} holds a run of another config "
+                              f"(use --overwrite to replace it)")
+        log(f"chain stage '{stage.name}' -> {run.path}")
+        finals.append(train(cfg, run.path, resume=resume, overwrite=not resume, log=log))
     return finals

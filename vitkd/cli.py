@@ -10,6 +10,7 @@ from typing import List, Optional
 from .config import ConfigError
 
 EXIT_USAGE = 2
+EXIT_NUMERICS = 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -19,42 +20,63 @@ class _Parser(argparse.ArgumentParser):
 
 def _cmd_train(args) -> int:
     from .config import load_config
-    from .engine import CHECKPOINT_NAME, train
+    from .engine import train
     out = Path(args.out) if args.out else None
     if args.resume and out is None:
         raise ConfigError("--resume needs --out DIR (the run folder to continue)")
     from .chain import is_chain, run_chain
     if is_chain(args.config):
         out = out or Path("runs") / Path(args.config).stem
-        finals = run_chain(args.config, out, args.set, log=lambda m: print(m, flush=True))
+        finals = run_chain(args.config, out, args.set, overwrite=args.overwrite, log=lambda m: print(m, flush=True))
         print(json.dumps({"out": str(out), "stages": [{k: f.get(k) for k in ("val_top1", "test_top1")}
                                                       for f in finals]}))
         return 0
     cfg = load_config(args.config, args.set)
     if out is None:
         out = Path("runs") / (cfg.name or Path(args.config).stem)
-    if args.resume:
-        if not (out / CHECKPOINT_NAME).is_file():
-            raise ConfigError(f"--resume: no {CHECKPOINT_NAME} in {out}")
-    elif (out / CHECKPOINT_NAME).exists() and not args.overwrite:
-        raise ConfigError(f"--out {out}: already holds a run (use --resume to continue or --overwrite)")
-    final = train(cfg, out, resume=args.resume, log=lambda m: print(m, flush=True))
+    final = train(cfg, out, resume=args.resume, overwrite=args.overwrite, log=lambda m: print(m, flush=True))
     print(json.dumps({"out": str(out), **{k: final[k] for k in ("val_top1", "test_top1") if k in final}}))
     return 0
 
 
 def _cmd_eval(args) -> int:
-    from .config import parse_config
-    from .engine import build_run, evaluate, load_checkpoint
-    ckpt = load_checkpoint(args.checkpoint)
-    cfg = parse_config(ckpt["config"])
+    """The student alone, from a run folder (its config and weights) or a bare weights file (--model)."""
+    from .config import DataCfg, apply_overrides, parse_config
+    from .engine import build_student, evaluate, load_checkpoint
+    from .rundir import RunDir
+    target = Path(args.checkpoint)
+    epoch = None
+    state = None
+    if args.model:
+        if not target.is_file():
+            raise ConfigError(f"eval: weights file not found: {target}")
+        if target.suffix != ".safetensors":
+            raise ConfigError(f"eval: {target} is not a .safetensors weights file (pickle files are not loaded)")
+        raw = apply_overrides({"model": {"name": args.model}}, args.set)
+        weights = str(target)
+    else:
+        run = RunDir(target if target.is_dir() else target.parent)
+        if not run.config_path.is_file():
+            raise ConfigError(f"eval: {target} is not a run folder (no {run.CONFIG}); for a bare weights file "
+                              f"give --model NAME")
+        raw = apply_overrides(run.read_config(), args.set)
+        raw.pop("distill", None)   # the student alone: no teacher is loaded
+        if run.is_finished() and target.is_dir():
+            weights = str(run.finished_weights())
+        else:   # an unfinished run: the student of its last checkpoint
+            ckpt = load_checkpoint(target)
+            state, epoch, weights = ckpt["student"], int(ckpt["epoch"]) + 1, None
+    cfg = parse_config(raw)
     if args.device:
         cfg.train.device = args.device
-    run = build_run(cfg)
-    run.student.load_state_dict(ckpt["student"])
-    res = {"checkpoint": str(args.checkpoint), "epoch": int(ckpt["epoch"]) + 1}
+    student, datasets, _, _, device = build_student(cfg, weights)
+    if state is not None:
+        student.load_state_dict(state)
+    res = {"checkpoint": str(args.checkpoint)}
+    if epoch is not None:
+        res["epoch"] = epoch
     for split in args.splits:
-        r = evaluate(run.student, run.datasets[split], cfg.data.eval_batch_size, run.device, cfg.data.num_workers)
+        r = evaluate(student, datasets[split], cfg.data.eval_batch_size, device, cfg.data.num_workers)
         res[f"{split}_top1"], res[f"{split}_loss"] = r["top1"], r["loss"]
     print(json.dumps(res, indent=None if args.json else 2))
     return 0
@@ -120,8 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="start over in a folder that holds a run")
     t.set_defaults(fn=_cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint (run folder or checkpoint.pt) on val and test")
+    e = sub.add_parser("eval", help="evaluate a student (run folder, its checkpoint.pt, or a .safetensors weights "
+                                    "file with --model) on val and test; no teacher is loaded")
     e.add_argument("checkpoint")
+    e.add_argument("--model", help="timm/vitkd model name of a bare weights file")
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for the data, e.g. --set data.name=digits (repeatable)")
     e.add_argument("--splits", nargs="+", default=["val", "test"], choices=["train", "val", "test"])
     e.add_argument("--device", choices=["auto", "cpu", "cuda"])
     e.add_argument("--json", action="store_true")
@@ -155,6 +181,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConfigError as e:
         print(f"vitkd: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as e:   # a non-finite loss: one line, exit 3, the last good checkpoint kept
+        from .engine import NonFiniteLoss
+        if not isinstance(e, NonFiniteLoss):
+            raise
+        print(f"vitkd: error: {e}", file=sys.stderr)
+        return EXIT_NUMERICS
     except KeyboardInterrupt:
         print("vitkd: interrupted", file=sys.stderr)
         return 130

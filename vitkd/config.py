@@ -82,6 +82,7 @@ class TrainCfg:
     threads: Optional[int] = None        # torch CPU threads
     progress: bool = True
     eval_every: int = 1                  # evaluate val/test every N epochs (the last epoch always)
+    checkpoint_every: Optional[int] = None   # also checkpoint every N steps (besides every epoch)
 
     def __post_init__(self):
         _positive("train.epochs", self.epochs)
@@ -93,6 +94,14 @@ class TrainCfg:
                 raise ConfigError(f"train.{k}: must be >= 0, got {getattr(self, k)}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"train.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
+        if self.clip_grad is not None and not self.clip_grad > 0:
+            raise ConfigError(f"train.clip_grad: must be > 0 (or null for none), got {self.clip_grad}")
+        if not 0 <= self.mixup_prob <= 1:
+            raise ConfigError(f"train.mixup_prob: must be in [0, 1], got {self.mixup_prob}")
+        if self.threads is not None:
+            _positive("train.threads", self.threads)
+        if self.checkpoint_every is not None:
+            _positive("train.checkpoint_every", self.checkpoint_every)
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ConfigError(f"train.ema_decay: must be in (0, 1), got {self.ema_decay}")
 

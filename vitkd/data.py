@@ -29,7 +29,7 @@ from torch.utils.data import Dataset, Sampler
 from .config import ConfigError, DataCfg
 
 __all__ = ["DIGITS_SPLIT", "sample_seed", "seeded", "SplitDataset", "EpochSampler", "build_datasets",
-           "DataSpec", "load_digits_arrays"]
+           "DataSpec", "load_digits_arrays", "MixSpec", "MixedDataset", "mix_partners", "mix_draw"]
 
 DIGITS_SPLIT = {"train": 1197, "val": 200, "test": 400}
 DIGITS_SPLIT_SEED = 20240601   # the split is made once, independent of the run seed
@@ -215,9 +215,12 @@ class EpochSampler(Sampler):
                  repeats: int = 1):
         self.n, self.seed, self.shuffle, self.rank, self.world, self.repeats = n, seed, shuffle, rank, world, repeats
         self.epoch = 0
+        self.start = 0
 
-    def set_epoch(self, epoch: int):
+    def set_epoch(self, epoch: int, start: int = 0):
+        """``start``: skip this rank's first ``start`` samples of the epoch (resume inside an epoch)."""
         self.epoch = int(epoch)
+        self.start = int(start)
 
     def order(self) -> List[int]:
         if self.shuffle:
@@ -230,7 +233,7 @@ class EpochSampler(Sampler):
         return idx[self.rank::self.world][: len(self)]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.order())
+        return iter(self.order()[self.start:])
 
     def __len__(self) -> int:
         return math.ceil(self.n / self.world)   # an epoch stays n images in total, repeated or not
@@ -281,3 +284,90 @@ def _holdout(items, targets, val_size: int):
     perm = np.random.RandomState(DIGITS_SPLIT_SEED).permutation(len(targets))
     val, train = np.sort(perm[:val_size]), np.sort(perm[val_size:])
     return {"train": (items[train], targets[train]), "val": (items[val], targets[val])}
+
+
+# ---------------------------------------------------------------------- per-sample mixup / cutmix
+@dataclass
+class MixSpec:
+    """Mixup / CutMix settings (timm's semantics: ``prob`` to mix at all, ``switch_prob`` to use CutMix
+    when both are on, label smoothing folded into the soft target)."""
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    prob: float = 1.0
+    switch_prob: float = 0.5
+    label_smoothing: float = 0.0
+
+    @property
+    def on(self) -> bool:
+        return self.mixup > 0 or self.cutmix > 0
+
+
+def mix_partners(n: int, seed: int, epoch: int) -> np.ndarray:
+    """Each train index's mixing partner in ``epoch``: its successor in a seeded random cycle through all
+    ``n`` indices. It depends on (seed, epoch, index) only, never on the batch size or the process count."""
+    order = np.random.RandomState(sample_seed(seed, epoch, 0x3A1) % (2 ** 32)).permutation(n)
+    partner = np.empty(n, dtype=np.int64)
+    partner[order] = np.roll(order, -1)
+    return partner
+
+
+def mix_draw(spec: MixSpec, seed: int, epoch: int, index: int, hw: Tuple[int, int]) -> Tuple[float, Optional[tuple]]:
+    """(lambda, CutMix box or None) of one sample, drawn from (seed, epoch, index) alone."""
+    rng = np.random.RandomState(sample_seed(seed, epoch, index, 0x31))
+    if rng.rand() >= spec.prob:
+        return 1.0, None
+    use_cutmix = spec.cutmix > 0 and (spec.mixup <= 0 or rng.rand() < spec.switch_prob)
+    alpha = spec.cutmix if use_cutmix else spec.mixup
+    lam = float(rng.beta(alpha, alpha))
+    if not use_cutmix:
+        return lam, None
+    H, W = hw
+    ratio = math.sqrt(1 - lam)
+    ch, cw = int(H * ratio), int(W * ratio)
+    cy, cx = int(rng.randint(0, H)), int(rng.randint(0, W))
+    y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, H)
+    x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, W)
+    lam = 1.0 - (y1 - y0) * (x1 - x0) / float(H * W)   # the area actually pasted
+    return lam, (y0, y1, x0, x1)
+
+
+def smoothed_one_hot(target: int, num_classes: int, smoothing: float) -> torch.Tensor:
+    off = smoothing / num_classes
+    t = torch.full((num_classes,), off, dtype=torch.float32)
+    t[target] = 1.0 - smoothing + off
+    return t
+
+
+class MixedDataset(Dataset):
+    """A train split whose items are mixed with their partner (:func:`mix_partners`) per sample:
+    ``(image, target, index, soft_target)``. Both images carry their own seeded augmentation."""
+
+    def __init__(self, base: SplitDataset, spec: MixSpec):
+        self.base, self.spec = base, spec
+        self.epoch = 0
+        self._partners = mix_partners(len(base), base.seed, 0)
+
+    def set_epoch(self, epoch: int):
+        self.epoch = int(epoch)
+        self.base.set_epoch(epoch)
+        self._partners = mix_partners(len(self.base), self.base.seed, self.epoch)
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        x, y, _ = self.base[index]
+        j = int(self._partners[index])
+        lam, box = mix_draw(self.spec, self.base.seed, self.epoch, index, tuple(x.shape[-2:]))
+        n, s = self.base.num_classes, self.spec.label_smoothing
+        soft = smoothed_one_hot(y, n, s)
+        if lam < 1.0:
+            xj, yj, _ = self.base[j]
+            if box is None:
+                x = x * lam + xj * (1.0 - lam)
+            else:
+                y0, y1, x0, x1 = box
+                x = x.clone()
+                x[:, y0:y1, x0:x1] = xj[:, y0:y1, x0:x1]
+            soft = soft * lam + smoothed_one_hot(yj, n, s) * (1.0 - lam)
+        return x, y, index, soft

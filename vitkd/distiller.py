@@ -9,20 +9,18 @@ and are saved apart from it (``connector_state_dict``), never in the exported st
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import models as model_lib
-from .config import ConfigError, DistillCfg, RunCfg, TeacherCfg
+from .config import ConfigError, DistillCfg, RunCfg
 from .losses import Batch, LossTerm, ModelInfo, build_term
+from .teachers import LiveTeacher, TeacherSource, build_teacher_source
 from .taps import TapOutput, TapRequest, Tapped, is_vit_like, model_name, num_blocks, prefix_token_names, \
     stage_reductions
 
-__all__ = ["Distiller", "build_distiller", "build_teacher", "model_info"]
+__all__ = ["Distiller", "build_distiller", "model_info", "term_defaults"]
 
 
 def model_info(model: nn.Module, name: str, img_size: Tuple[int, int]) -> ModelInfo:
@@ -52,61 +50,41 @@ def model_info(model: nn.Module, name: str, img_size: Tuple[int, int]) -> ModelI
                      stages=stage_reductions(model), head_names=heads, model=model)
 
 
-def build_teacher(name: str, cfg: TeacherCfg, num_classes: int) -> nn.Module:
-    where = f"distill.teachers.{name}"
-    model, args, ncls = cfg.model, dict(cfg.args), num_classes
-    if cfg.checkpoint is not None:
-        spec = model_lib.run_model_spec(cfg.checkpoint)
-        if spec is not None:
-            model = model or spec[0]
-            args = {**spec[1], **args}
-            ncls = spec[2] or ncls
-    if model is None:
-        raise ConfigError(f"{where}.model: missing (and the checkpoint is not a vitkd run folder to read it from)")
-    if cfg.checkpoint is None:
-        raise ConfigError(f"{where}.checkpoint: a teacher needs trained weights (run folder or weights file)")
-    return model_lib.freeze(model_lib.create(model, ncls, args, cfg.checkpoint, where=where))
-
-
 class Distiller(nn.Module):
     def __init__(self, student: nn.Module, teachers: Dict[str, nn.Module], terms: List[LossTerm],
-                 img_size: Tuple[int, int], student_spec=None, teacher_specs=None, teacher_bf16=None):
+                 img_size: Tuple[int, int], student_spec=None):
+        """``teachers``: teacher sources by name (a plain ``nn.Module`` is wrapped as a live teacher)."""
         super().__init__()
         if not terms:
             raise ConfigError("distill.terms: no loss terms (add at least {type: ce})")
         self.student = student
-        self.teachers = nn.ModuleDict(teachers)
+        self.teachers = nn.ModuleDict({k: t if isinstance(t, TeacherSource) else LiveTeacher(t, student_spec)
+                                       for k, t in teachers.items()})
         self.terms = nn.ModuleList(terms)
         self.img_size = tuple(img_size)
         self.student_spec = student_spec
-        self.teacher_specs = teacher_specs or {}
-        self.teacher_bf16 = teacher_bf16 or {}
-        for t in self.teachers.values():
-            model_lib.freeze(t)
         infos = {"student": model_info(student, "student", self.img_size)}
-        infos.update({k: model_info(t, k, self.img_size) for k, t in self.teachers.items()})
+        infos.update({k: t.describe(self.img_size) for k, t in self.teachers.items()})
         requests: Dict[str, List[TapRequest]] = {k: [] for k in infos}
-        for term in terms:
+        self._readers: Dict[str, List[int]] = {k: [] for k in self.teachers}   # teacher -> indices of its terms
+        for i, term in enumerate(terms):
             term.setup(infos)
             for who, req in term.requests().items():
                 if who not in requests:
                     raise ConfigError(f"distill term '{term.label}': reads model '{who}', which is not configured")
                 requests[who].append(req)
+                if who in self._readers:
+                    self._readers[who].append(i)
         unused = [k for k in self.teachers if not requests[k]]
         if unused:
             raise ConfigError(f"distill.teachers.{unused[0]}: no loss term reads this teacher")
         # each model is wrapped once, with the union of what the terms ask of it
         self.requests = {k: TapRequest.union(v) for k, v in requests.items()}
-        self._tapped = {"student": Tapped(student, self.requests["student"])}
-        self._tapped.update({k: Tapped(t, self.requests[k]) for k, t in self.teachers.items()})
+        self._student = Tapped(student, self.requests["student"])
+        for k, t in self.teachers.items():
+            t.set_request(self.requests[k])
 
     # ------------------------------------------------------------------ training interface
-    def train(self, mode: bool = True):
-        super().train(mode)
-        for t in self.teachers.values():
-            t.eval()   # teachers stay in eval mode (no dropout, frozen BN statistics)
-        return self
-
     def trainable_parameters(self):
         """Student and connector parameters (teachers are frozen)."""
         return [p for p in self.parameters() if p.requires_grad]
@@ -114,61 +92,65 @@ class Distiller(nn.Module):
     def connector_state_dict(self) -> dict:
         return self.terms.state_dict()
 
-    def _teacher_input(self, name: str, x: Tensor) -> Tensor:
-        """Honour the teacher's own input normalisation and, for fixed-size ViTs, its input size."""
-        s, t = self.student_spec, self.teacher_specs.get(name)
-        if s is not None and t is not None and (s.mean != t.mean or s.std != t.std):
-            sm, ss = x.new_tensor(s.mean).view(1, -1, 1, 1), x.new_tensor(s.std).view(1, -1, 1, 1)
-            tm, ts = x.new_tensor(t.mean).view(1, -1, 1, 1), x.new_tensor(t.std).view(1, -1, 1, 1)
-            x = (x * ss + sm - tm) / ts
-        teacher = self.teachers[name]
-        fixed = getattr(getattr(teacher, "patch_embed", None), "img_size", None)
-        strict = getattr(getattr(teacher, "patch_embed", None), "strict_img_size", False)
-        if fixed is not None and strict and tuple(x.shape[-2:]) != tuple(fixed):
-            x = F.interpolate(x, size=tuple(fixed), mode="bicubic", align_corners=False)
-        return x
+    def no_weight_decay(self) -> set:
+        """Full parameter names kept out of weight decay: the student's own ``no_weight_decay()`` and each
+        term's (e.g. ViTKD's mask token)."""
+        names = {f"student.{n}" for n in getattr(self.student, "no_weight_decay", lambda: set())()}
+        for i, term in enumerate(self.terms):
+            names |= {f"terms.{i}.{n}" for n in term.no_weight_decay()}
+        return names
 
-    def teacher_outputs(self, images: Tensor) -> Dict[str, TapOutput]:
-        outs = {}
-        with torch.no_grad():
-            for name in self.teachers:
-                ctx = (torch.autocast(images.device.type, dtype=torch.bfloat16) if self.teacher_bf16.get(name)
-                       else contextlib.nullcontext())
-                with ctx:
-                    outs[name] = self._tapped[name](self._teacher_input(name, images))
-        return outs
+    def teacher_outputs(self, images: Tensor, batch=None, only=None) -> Dict[str, TapOutput]:
+        """Outputs of the teachers (all, or those named in ``only``)."""
+        return {name: t(images, batch) for name, t in self.teachers.items() if only is None or name in only}
 
     def forward(self, batch: Batch) -> Tuple[Tensor, Dict[str, Tensor]]:
-        outs = self.teacher_outputs(batch.images)
-        outs["student"] = self._tapped["student"](batch.images)
-        total = 0.0
+        weights = [float(term.schedule(batch.progress)) for term in self.terms]
+        active = {i for i, w in enumerate(weights) if w != 0.0}
+        # a teacher that only zero-weighted terms read is not run
+        needed = [k for k, readers in self._readers.items() if active & set(readers)]
+        outs = self.teacher_outputs(batch.images, batch, only=needed)
+        outs["student"] = self._student(batch.images)
+        total = outs["student"].logits.new_zeros(()).float()
         parts: Dict[str, Tensor] = {}
-        for term in self.terms:
-            w = term.schedule(batch.progress)
-            value = term(outs, batch)
+        for i, (term, w) in enumerate(zip(self.terms, weights)):
             key = term.label
             n = 2
             while key in parts:
                 key = f"{term.label}_{n}"
                 n += 1
-            parts[key] = value.detach()
-            total = total + w * value
+            if i in active:
+                value = term(outs, batch)
+                total = total + w * value
+                parts[key] = value.detach()
+            else:
+                # not computed; its trainable parameters still join the graph (zero gradient), so a
+                # DDP-wrapped distiller needs no find_unused_parameters
+                for p in term.parameters():
+                    if p.requires_grad:
+                        total = total + 0.0 * p.sum()
+                parts[key] = total.new_zeros(()).detach()
+        if not active:   # every term is off at this step: the step still has a (zero) gradient
+            total = total + 0.0 * outs["student"].logits.float().sum()
         return total, parts
 
     def close(self):
-        for t in self._tapped.values():
+        self._student.close()
+        for t in self.teachers.values():
             t.close()
 
 
 def build_distiller(cfg: RunCfg, student: nn.Module, num_classes: int, img_size: Tuple[int, int],
                     student_spec=None) -> Distiller:
     dcfg = cfg.distill or DistillCfg()
-    teachers = {name: build_teacher(name, t, num_classes) for name, t in dcfg.teachers.items()}
+    teachers = {name: build_teacher_source(name, t, num_classes, student_spec) for name, t in dcfg.teachers.items()}
     term_specs = dcfg.terms or [{"type": "ce"}]
-    terms = [build_term(spec, i, list(teachers)) for i, spec in enumerate(term_specs)]
-    for term in terms:
-        if getattr(term, "type_name", None) == "ce" and term.label_smoothing is None:
-            term.label_smoothing = cfg.train.label_smoothing
-    teacher_specs = {k: model_lib.data_spec(t) for k, t in teachers.items()}
-    bf16 = {k: t.bf16 for k, t in dcfg.teachers.items()}
-    return Distiller(student, teachers, terms, img_size, student_spec, teacher_specs, bf16)
+    defaults = term_defaults(cfg)
+    terms = [build_term(spec, i, list(teachers), defaults) for i, spec in enumerate(term_specs)]
+    return Distiller(student, teachers, terms, img_size, student_spec)
+
+
+def term_defaults(cfg: RunCfg) -> Dict[str, object]:
+    """The one place where run-level settings become defaults of term arguments of the same name: a term
+    whose signature has ``label_smoothing`` and whose config leaves it out gets ``train.label_smoothing``."""
+    return {"label_smoothing": cfg.train.label_smoothing}

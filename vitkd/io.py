@@ -58,9 +58,19 @@ def atomic_save_safetensors(tensors: dict, path, metadata: dict = None):
         key = v.untyped_storage().data_ptr()
         out[k] = v.clone() if key in seen else v.contiguous()
         seen.add(key)
-    data = save(out,
-                metadata={k: str(v) for k, v in (metadata or {}).items()})
-    atomic_write_bytes(path, data)
+    data = save(out, metadata={k: str(v) for k, v in sorted((metadata or {}).items())})
+    atomic_write_bytes(path, _canonical_safetensors(data))
+
+
+def _canonical_safetensors(data: bytes) -> bytes:
+    """The same file with its JSON header's keys sorted: equal tensors and metadata give equal bytes (the
+    writer's metadata map has no stable order). Data offsets are relative to the data block: unchanged."""
+    import struct
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    body = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    body += b" " * (-len(body) % 8)
+    return struct.pack("<Q", len(body)) + body + data[8 + n:]
 
 
 def atomic_write_csv(path, rows, float_format: str = "{:.6g}"):

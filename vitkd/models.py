@@ -6,41 +6,32 @@ from typing import Any, Dict, Optional, Tuple
 
 import timm
 import torch
-import yaml
 from torch import nn
 
 from .config import ConfigError
 from .data import DataSpec
+from .rundir import RunDir
 
-__all__ = ["create", "resolve_weights", "run_model_spec", "data_spec", "freeze", "WEIGHTS_NAME"]
-
-WEIGHTS_NAME = "model.safetensors"   # the exported student of a run folder
+__all__ = ["create", "resolve_weights", "run_model_spec", "data_spec", "freeze"]
 
 
 def resolve_weights(path: str) -> Path:
-    """A run folder (its exported ``model.safetensors``) or a weights file."""
+    """A finished run folder (its exported student weights) or a weights file."""
     p = Path(path)
     if p.is_dir():
-        w = p / WEIGHTS_NAME
-        if not w.is_file():
-            raise ConfigError(f"checkpoint: run folder {p} has no {WEIGHTS_NAME} (did its training finish?)")
-        return w
+        return RunDir(p).finished_weights()
     if not p.is_file():
         raise ConfigError(f"checkpoint: file or folder not found: {path}")
     return p
 
 
 def run_model_spec(path: str) -> Optional[Tuple[str, Dict[str, Any], int]]:
-    """(model name, args, num_classes) recorded in a run folder's config, if ``path`` is a run folder."""
+    """(model name, args, num_classes) recorded in a run folder's config, if ``path`` is (in) a run folder."""
     p = Path(path)
-    p = p if p.is_dir() else p.parent
-    cfg = p / "config.yaml"
-    if not cfg.is_file():
+    run = RunDir(p if p.is_dir() else p.parent)
+    if not run.config_path.is_file():
         return None
-    data = yaml.safe_load(cfg.read_text()) or {}
-    meta = yaml.safe_load((p / "run.yaml").read_text()) if (p / "run.yaml").is_file() else {}
-    m = data.get("model", {})
-    return m.get("name"), dict(m.get("args") or {}), int(meta.get("num_classes", 0)) or None
+    return run.model_spec()
 
 
 def create(name: str, num_classes: Optional[int] = None, args: Optional[Dict[str, Any]] = None,

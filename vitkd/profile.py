@@ -642,8 +642,8 @@ def distillation_cost(distiller: nn.Module, input_size: Sequence[int]) -> Dict[s
 
     input_size = tuple(input_size)
     student = count_macs(distiller.student, input_size, batch_size=1, cross_check=False)
-    teachers = {k: count_macs(t, input_size, batch_size=1, cross_check=False).total_macs
-                for k, t in distiller.teachers.items()}
+    teachers = {k: count_macs(t.model, input_size, batch_size=1, cross_check=False).total_macs
+                for k, t in distiller.teachers.items()}   # live teacher sources: their frozen model
     x = torch.randn(2, *input_size)
     y = torch.zeros(2, dtype=torch.long)
 

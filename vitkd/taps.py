@@ -99,7 +99,7 @@ class TapRequest:
     qkv: frozenset = frozenset()      # block indices: per-head (q, k, v), each [B, heads, N, d]
     stages: frozenset = frozenset()   # CNN reductions (strides): maps [B, C, H, W]
     heads: bool = False               # each classifier head's logits by name
-    features: bool = False            # final normed tokens of forward_features
+    features: bool = False            # final normed tokens of forward_features (ViTs: split as final_*)
 
     def __post_init__(self):
         for f in ("tokens", "attn", "qkv", "stages"):
@@ -151,6 +151,8 @@ class TapOutput:
     qkv: Dict[int, Tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict)
     stages: Dict[int, Tensor] = field(default_factory=dict)
     features: Optional[Tensor] = None
+    final_prefix: Dict[str, Tensor] = field(default_factory=dict)   # ViTs: forward_features' prefix tokens
+    final_patches: Optional[Tensor] = None                          # ViTs: forward_features' patch tokens
     grid_size: Optional[Tuple[int, int]] = None
 
     def grid(self, block: int) -> Tensor:
@@ -218,6 +220,7 @@ class Tapped(nn.Module):
         self.token_blocks = sorted({self._block_index(i, "token") for i in r.tokens})
         self.attn_blocks = sorted({self._block_index(i, "attention") for i in r.attn})
         self.qkv_blocks = sorted({self._block_index(i, "qkv") for i in r.qkv})
+        self.vit = vit
         if vit:
             self.prefix_names = prefix_token_names(m)
         if r.stages:
@@ -325,12 +328,19 @@ class Tapped(nn.Module):
             if isinstance(logits, (tuple, list)):   # a distilled model in distilled-training mode
                 logits = sum(logits) / len(logits)
             heads = self._heads(feats, logits) if r.heads else {}
+            final_prefix, final_patches = {}, None
+            if r.features and self.vit:   # after the final norm, split by the model's own prefix count
+                n = len(self.prefix_names)
+                final_prefix = {name: feats[:, j] for j, name in enumerate(self.prefix_names)}
+                final_patches = feats[:, n:]
+                grid_size = grid_size or self._grid_size(x, final_patches.shape[1])
             out = TapOutput(
                 logits=logits, heads=heads, prefix=prefix, patches=patches,
                 attn=BlockDict(self.depth, dict(self._attn)),
                 qkv=BlockDict(self.depth, {i: (self._q[i], self._k[i], self._v[i]) for i in self.qkv_blocks
                                            if i in self._v}),
-                stages=dict(self._stages), features=feats if r.features else None, grid_size=grid_size)
+                stages=dict(self._stages), features=feats if r.features else None, final_prefix=final_prefix,
+                final_patches=final_patches, grid_size=grid_size)
         finally:
             self._clear_buffers()
             self._active = None

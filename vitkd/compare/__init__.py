@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import copy
-import hashlib
 import io
 import json
 import math
@@ -30,6 +29,7 @@ import yaml
 
 from ..config import ConfigError, apply_overrides, build_dataclass, parse_config, read_yaml, to_dict
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
+from ..rundir import RunDir
 
 __all__ = ["SuiteCfg", "load_suite", "run_suite", "summarize"]
 
@@ -130,10 +130,6 @@ def _resolve(config: str, base: Path, *sets: Dict[str, Any]) -> dict:
     return raw
 
 
-def _digest(raw: dict) -> str:
-    return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 def _set_teacher_checkpoint(raw: dict, key: str, run_dir: Path) -> None:
     """Point the run config's teacher ``key`` at a suite teacher's run folder."""
     raw.setdefault("distill", {}).setdefault("teachers", {}).setdefault(key, {})["checkpoint"] = str(run_dir)
@@ -204,16 +200,23 @@ def _safe(s: str) -> str:
 
 
 # ---------------------------------------------------------------------- execution
-def _is_done(job: Job) -> bool:
-    """A finished run whose config equals the job's (teachers and rows are cached across invocations)."""
-    done = job.out / "model.safetensors"
-    stamp = job.out / "suite_job.json"
-    if not done.is_file() or not stamp.is_file():
-        return False
+def _job_config(job: Job) -> Optional[dict]:
+    """The validated config a job trains (None while a teacher it reads does not exist yet)."""
+    raw = copy.deepcopy(job.raw)
+    raw.setdefault("train", {})["progress"] = False
     try:
-        return json.loads(stamp.read_text()).get("digest") == _digest(job.raw)
-    except (OSError, ValueError):
-        return False
+        cfg = parse_config(raw)
+    except ConfigError:
+        return None
+    cfg.train.threads = None   # the worker's thread count stands (not a result key)
+    return to_dict(cfg)
+
+
+def _is_done(job: Job) -> bool:
+    """A finished run of exactly this config, vitkd version and behaviour version (the run folder's one
+    reuse rule): teachers and rows are cached across invocations."""
+    want = _job_config(job)
+    return want is not None and RunDir(job.out).matches(want)
 
 
 def _init_worker(threads: int):
@@ -231,10 +234,9 @@ def _run_job(job: Job) -> Tuple[str, float, Optional[str]]:
         raw.setdefault("train", {})["progress"] = False
         cfg = parse_config(raw)
         cfg.train.threads = None   # the worker's thread count stands
-        train(cfg, job.out, log=lambda m: None)
+        train(cfg, job.out, overwrite=True, log=lambda m: None)   # not a reusable run (see _is_done)
     except Exception as e:   # reported, and the runs that depend on it are dropped
         return job.key, time.perf_counter() - t0, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    atomic_write_json(job.out / "suite_job.json", {"digest": _digest(job.raw), "key": job.key})
     return job.key, time.perf_counter() - t0, None
 
 
@@ -286,7 +288,7 @@ def execute(jobs: List[Job], n_jobs: int, progress: bool = True, log=print, done
 
 # ---------------------------------------------------------------------- measuring
 def _metrics(out: Path) -> dict:
-    return json.loads((out / "metrics.json").read_text())
+    return RunDir(out).metrics()
 
 
 def _pick_tuned(suite: SuiteCfg, tune_jobs: List[Job]) -> Tuple[Dict[str, Any], List[dict]]:

@@ -65,32 +65,54 @@ class ModelInfo:
 
 
 class WeightSchedule:
-    """Weight over training progress p in [0, 1]: constant, or from ``start`` to ``end`` (linear/cosine),
-    optionally only after ``warmup`` (fraction of training) with weight 0 before."""
+    """A term's weight over training progress p in [0, 1]: the one schedule mechanism of every term.
+
+    Keys (all optional): ``kind`` constant | linear | cosine; ``start`` and ``end``, the weights at the two
+    ends of the ramp (default: the term's ``weight``); ``from`` (weight 0 before p = from; the ramp starts
+    there); ``to`` (the ramp reaches ``end`` at p = to, default 1, and stays there); ``until`` (weight 0 from
+    p = until on). Examples: ``{until: 0.5}`` switches a term off halfway (DearKD's early stage);
+    ``{from: 0.1}`` switches it on after 10%; ``{kind: linear, start: 0, to: 0.2}`` ramps it up over the
+    first 20% (DKD's warm-up). A weight of 0 at a step means the term is not computed at that step.
+    """
+
+    KEYS = ("kind", "start", "end", "from", "to", "until")
 
     def __init__(self, weight: float, schedule: Optional[dict] = None, where: str = ""):
         self.weight = float(weight)
         s = dict(schedule or {})
-        unknown = set(s) - {"kind", "start", "end", "warmup"}
+        unknown = set(s) - set(self.KEYS)
         if unknown:
-            raise ConfigError(f"{where}.schedule: unknown key '{sorted(unknown)[0]}' (valid: kind, start, end, warmup)")
+            key = sorted(unknown)[0]
+            hint = " (use 'from')" if key == "warmup" else ""
+            raise ConfigError(f"{where}.schedule: unknown key '{key}'{hint} (valid: {', '.join(self.KEYS)})")
         self.kind = s.get("kind", "constant")
         if self.kind not in ("constant", "linear", "cosine"):
             raise ConfigError(f"{where}.schedule.kind: '{self.kind}' is not one of constant, linear, cosine")
+        for k in ("start", "end", "from", "to", "until"):
+            v = s.get(k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise ConfigError(f"{where}.schedule.{k}: expected a number, got {v!r}")
         self.start = float(s.get("start", self.weight))
         self.end = float(s.get("end", self.weight))
-        self.warmup = float(s.get("warmup", 0.0))
+        self.begin = float(s.get("from", 0.0))
+        self.to = float(s.get("to", 1.0))
+        self.until = float(s.get("until", math.inf))
+        for k, v in (("weight", self.weight), ("start", self.start), ("end", self.end)):
+            if v < 0 or not math.isfinite(v):
+                raise ConfigError(f"{where}.{'' if k == 'weight' else 'schedule.'}{k}: must be a finite number "
+                                  f">= 0, got {v}")
+        if not 0 <= self.begin < self.to <= 1:
+            raise ConfigError(f"{where}.schedule: needs 0 <= from < to <= 1, got from {self.begin}, to {self.to}")
+        if self.until <= self.begin:
+            raise ConfigError(f"{where}.schedule.until: {self.until} leaves the term never on (from {self.begin})")
 
     def __call__(self, progress: float) -> float:
-        if progress < self.warmup:
+        if progress < self.begin or progress >= self.until:
             return 0.0
         if self.kind == "constant":
             return self.weight
-        p = (progress - self.warmup) / max(1e-12, 1 - self.warmup)
-        if self.kind == "linear":
-            f = p
-        else:
-            f = 0.5 * (1 - math.cos(math.pi * p))
+        p = min(1.0, (progress - self.begin) / (self.to - self.begin))
+        f = p if self.kind == "linear" else 0.5 * (1 - math.cos(math.pi * p))
         return self.start + (self.end - self.start) * f
 
 
@@ -118,6 +140,10 @@ class LossTerm(nn.Module):
     def setup(self, models: Dict[str, ModelInfo]) -> None:
         """Check the models against this term and build connectors. Raise ConfigError naming the problem."""
 
+    def no_weight_decay(self) -> set:
+        """Names (relative to this term) of trainable parameters kept out of weight decay."""
+        return set()
+
     def forward(self, outs: Dict[str, TapOutput], batch: Batch) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -138,8 +164,11 @@ class LossTerm(nn.Module):
             self.fail(f"{role} model {info.name} has no head '{head}' (heads: {', '.join(info.head_names)})")
 
 
-def build_term(spec: Dict[str, Any], index: int, teacher_names) -> LossTerm:
-    """Build a registered term from its config mapping, checked against the class signature."""
+def build_term(spec: Dict[str, Any], index: int, teacher_names, defaults: Optional[Dict[str, Any]] = None) -> LossTerm:
+    """Build a registered term from its config mapping, checked against the class signature.
+
+    ``defaults``: run-level values for term arguments of the same name that the spec leaves out
+    (see :func:`vitkd.distiller.term_defaults`)."""
     where = f"distill.terms[{index}]"
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: expected a mapping with a 'type', got {spec!r}")
@@ -158,6 +187,8 @@ def build_term(spec: Dict[str, Any], index: int, teacher_names) -> LossTerm:
     label = spec.pop("name", None)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
         raise ConfigError(f"{where}.weight: expected a number, got {weight!r}")
+    if not weight >= 0 or not math.isfinite(weight):
+        raise ConfigError(f"{where}.weight: must be a finite number >= 0, got {weight!r}")
     sig = inspect.signature(cls.__init__)
     params = {k: p for k, p in sig.parameters.items() if k != "self"}
     for k in spec:
@@ -175,6 +206,9 @@ def build_term(spec: Dict[str, Any], index: int, teacher_names) -> LossTerm:
         if t not in teacher_names:
             raise ConfigError(f"{where}.teacher: '{t}' is not a configured teacher "
                               f"({', '.join(teacher_names) or 'no teachers configured under distill.teachers'})")
+    for k, v in (defaults or {}).items():
+        if k in params and k not in spec:
+            spec[k] = v
     try:
         term = cls(**spec)
     except ConfigError:

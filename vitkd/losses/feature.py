@@ -117,10 +117,13 @@ class ViTKD(LossTerm):
     Mimicking: the student's ``student_blocks`` (default the first two) are mapped by a linear connector
     each (when widths differ) onto the teacher's ``teacher_blocks``; ``vitkd_mimic`` (squared error
     summed, / B) over the stacked layers.
-    Generation: the student's ``student_deep`` block (default the last) is mapped to the teacher width,
-    a random ``mask_ratio`` of its tokens (default 0.5) is replaced by a learned mask token, a small
-    generator (conv3x3-ReLU-conv3x3 on the patch grid) regenerates them and ``vitkd_generation``
-    (squared error on the masked tokens only, summed, / B) compares with the teacher's ``teacher_deep``.
+    Generation: the student's deep patch tokens are mapped to the teacher width, a random ``mask_ratio``
+    of them (default 0.5) is replaced by a learned mask token, a small generator (conv3x3-ReLU-conv3x3
+    on the patch grid) regenerates them and ``vitkd_generation`` (squared error on the masked tokens
+    only, summed, / B) compares with the teacher's deep patch tokens. ``deep="final"`` (default, as in
+    the reference yzd-v/cls_KD) takes both sides' deep tokens from ``forward_features``, i.e. after the
+    backbone's final LayerNorm; ``deep="block"`` takes the raw output of the ``student_deep`` /
+    ``teacher_deep`` blocks instead (before the final norm).
     The reference weights are applied INSIDE this term: it returns
     ``alpha * mimic + beta / mask_ratio * generation`` with ``alpha=3e-5``, ``beta=3e-6`` (cls_KD);
     keep the config ``weight`` at 1 to reproduce the reference. A teacher on another patch grid is
@@ -129,8 +132,11 @@ class ViTKD(LossTerm):
 
     def __init__(self, student_blocks=(0, 1), teacher_blocks=(0, 1), student_deep: int = -1, teacher_deep: int = -1,
                  alpha: float = 3e-5, beta: float = 3e-6, mask_ratio: float = 0.5, connector: str = "auto",
-                 teacher: Optional[str] = None):
+                 deep: str = "final", teacher: Optional[str] = None):
         super().__init__(teacher=teacher)
+        if deep not in ("final", "block"):
+            raise ValueError(f"deep must be 'final' (after the final norm) or 'block', got {deep!r}")
+        self.deep = deep
         self.shallow = zip_layers(self, list(student_blocks), list(teacher_blocks), "student_blocks",
                                   "teacher_blocks")
         self.s_deep, self.t_deep = int(student_deep), int(teacher_deep)
@@ -145,8 +151,17 @@ class ViTKD(LossTerm):
         self.mask_token: Optional[nn.Parameter] = None
 
     def requests(self) -> Dict[str, TapRequest]:
-        return {"student": TapRequest(tokens={s for s, _ in self.shallow} | {self.s_deep}),
-                self.teacher: TapRequest(tokens={t for _, t in self.shallow} | {self.t_deep})}
+        final = self.deep == "final"
+        return {"student": TapRequest(tokens={s for s, _ in self.shallow} | (set() if final else {self.s_deep}),
+                                      features=final),
+                self.teacher: TapRequest(tokens={t for _, t in self.shallow} | (set() if final else {self.t_deep}),
+                                         features=final)}
+
+    def no_weight_decay(self) -> set:
+        return {"mask_token"}
+
+    def _deep_tokens(self, out: TapOutput, block: int) -> Tensor:
+        return out.final_patches if self.deep == "final" else out.patches[block]
 
     def setup(self, models: Dict[str, ModelInfo]) -> None:
         s, t = models["student"], models[self.teacher]
@@ -167,23 +182,24 @@ class ViTKD(LossTerm):
                                        nn.Conv2d(dt, dt, 3, padding=1))
         self.to(next(s.model.parameters()).device)
 
-    def _teacher_tokens(self, to: TapOutput, block: int, grid) -> Tensor:
-        return resize_tokens(to.patches[block].float(), to.grid_size, grid)
+    @staticmethod
+    def _on_grid(tokens: Tensor, own_grid, grid) -> Tensor:
+        return resize_tokens(tokens.float(), own_grid, grid)
 
     def forward(self, outs: Dict[str, TapOutput], batch: Batch) -> Tensor:
         so, to = outs["student"], outs[self.teacher]
         grid = so.grid_size
         # shallow mimicking
         xs = torch.stack([al(so.patches[b]).float() for al, (b, _) in zip(self.align_shallow, self.shallow)], dim=1)
-        xt = torch.stack([self._teacher_tokens(to, b, grid) for _, b in self.shallow], dim=1)
+        xt = torch.stack([self._on_grid(to.patches[b], to.grid_size, grid) for _, b in self.shallow], dim=1)
         mimic = KF.vitkd_mimic(xs, xt)
         # deep generation
-        x = self.align_deep(so.patches[self.s_deep]).float()
+        x = self.align_deep(self._deep_tokens(so, self.s_deep)).float()
         B, N, D = x.shape
         mask = torch.rand(B, N, 1, device=x.device) > 1 - self.mask_ratio       # True = masked
         x = torch.where(mask, self.mask_token.to(x.dtype).expand(B, N, D), x)
         gen = map_to_tokens(self.generator(tokens_to_map(x, grid)))[0]
-        ht = self._teacher_tokens(to, self.t_deep, grid)
+        ht = self._on_grid(self._deep_tokens(to, self.t_deep), to.grid_size, grid)
         generation = KF.vitkd_generation(gen, ht, mask.squeeze(-1))
         return self.alpha * mimic + self.beta / self.mask_ratio * generation
 

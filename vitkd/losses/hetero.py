@@ -22,18 +22,16 @@ class CNNAlign(_PairedFeatures):
     (``auto``: 1x1 conv-equivalent linear per token when they differ) and reconciles the spatial size
     bilinearly: ``resize: student`` brings the student map to the teacher stage's size, ``teacher``
     brings the teacher map to the student grid. Element-mean MSE (``hint_mse``), pairs averaged.
-    ``until``: fraction of training after which the term switches off (DearKD distils intermediate
-    features only in its early stage; default 1.0 = always on). Default weight 1.
+    DearKD distils intermediate features only in its early stage: switch the term off with its schedule,
+    e.g. ``schedule: {until: 0.5}`` (the term is then not computed, and a teacher only it reads not run).
+    Default weight 1.
     """
 
     _arg_names = ("student_blocks", "teacher_stages")
 
     def __init__(self, student_blocks, teacher_stages, connector: str = "auto", resize: str = "student",
-                 until: float = 1.0, teacher: Optional[str] = None):
+                 teacher: Optional[str] = None):
         super().__init__(student_blocks, teacher_stages, connector, resize, teacher)
-        if not 0 < until <= 1:
-            raise ValueError(f"until must be in (0, 1], got {until}")
-        self.until = float(until)
 
     def _check_models(self, s: ModelInfo, t: ModelInfo) -> None:
         if not s.vit:
@@ -44,8 +42,6 @@ class CNNAlign(_PairedFeatures):
                       f"(use fitnet for ViT teachers)")
 
     def forward(self, outs: Dict[str, TapOutput], batch: Batch) -> Tensor:
-        if batch.progress >= self.until:
-            return outs["student"].logits.new_zeros(())
         total = 0.0
         for fs, ft in self.aligned(outs):
             total = total + KF.hint_mse(fs, ft)

@@ -1,0 +1,246 @@
+"""The training loop and evaluation: one loop for plain training and every distillation family.
+
+The loop only calls ``distiller(batch) -> (total, terms)``; it knows no method by name. Rank seams:
+each rank reads its shard of the epoch's permutation, sums are combined through one reducer, rank 0
+alone writes the run folder, and the checkpoint carries every rank's RNG state. Mixup/CutMix is drawn
+per sample from (seed, epoch, index), so it does not depend on the batch size or the process count.
+Nothing is selected on the test split.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..config import ConfigError, RunCfg, to_dict
+from ..data import EpochSampler, MixedDataset, MixSpec, sample_seed
+from ..losses import Batch
+from ..rundir import RunDir
+from .build import build_run, versions
+from .checkpoint import load_checkpoint, resume_changes, rng_state, save_checkpoint, set_rng_state
+from .dist import Reducer, World, current_world, reducer_for
+from .optim import build_optimizer
+
+__all__ = ["train", "evaluate", "NonFiniteLoss", "epoch_means"]
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
+
+
+def _loader(ds, batch_size, sampler, num_workers, drop_last=False):
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      drop_last=drop_last, pin_memory=False, persistent_workers=False)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset, batch_size: int, device: torch.device, num_workers: int = 0,
+             amp: bool = False, world: World = World(), reducer: Reducer = Reducer(),
+             keep_logits: bool = False) -> Dict[str, object]:
+    """Top-1 (%) and mean cross-entropy of ``model`` (its plain forward) on a whole split, each rank on its
+    share of the images. With ``keep_logits``: also every image's logits, target and index, gathered."""
+    was = model.training
+    model.eval()
+    indices = list(range(world.rank, len(dataset), world.size))   # no padding: every image counted once
+    loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers)
+    correct, loss_sum, n = 0.0, 0.0, 0.0
+    kept = []
+    for x, y, idx in loader:
+        x, y = x.to(device), y.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(-1) == y).sum().item()
+        n += len(y)
+        if keep_logits:
+            kept.append((logits.cpu(), y.cpu(), idx.cpu()))
+    model.train(was)
+    s = reducer.sum({"correct": correct, "loss": loss_sum, "n": n})
+    out: Dict[str, object] = {"top1": 100.0 * s["correct"] / max(1.0, s["n"]), "loss": s["loss"] / max(1.0, s["n"])}
+    if keep_logits:
+        parts = [p for rank_parts in reducer.gather(kept) for p in rank_parts]
+        logits = torch.cat([p[0] for p in parts])
+        targets, idx = torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts])
+        order = torch.argsort(idx)
+        out.update(logits=logits[order], targets=targets[order], indices=idx[order])
+    return out
+
+
+def epoch_means(sums: Dict[str, float], seen: float, reducer: Reducer) -> Dict[str, float]:
+    """Per-image means of an epoch's loss sums over every rank."""
+    total = reducer.sum({**sums, "__seen__": seen})
+    n = max(1.0, total.pop("__seen__"))
+    return {k: v / n for k, v in total.items()}
+
+
+def _check_target(run: RunDir, resume: bool, overwrite: bool) -> None:
+    if resume:
+        if not run.has_checkpoint():
+            raise ConfigError(f"--resume: no checkpoint in {run.path} (nothing to continue)")
+        return
+    if run.holds_a_run() and not overwrite:
+        raise ConfigError(f"--out {run.path}: already holds a run (use --resume to continue or --overwrite)")
+
+
+def train(cfg: RunCfg, out_dir, resume: bool = False, overwrite: bool = False,
+          log: Callable[[str], None] = print) -> dict:
+    """Train ``cfg`` into the run folder ``out_dir``; returns the last epoch's metrics.
+
+    A folder that holds another run is refused unless ``overwrite`` (its files are then cleared first, the
+    stamp and weights before anything else) or ``resume`` (the run continues from its checkpoint; its
+    config may differ only in the keys of :data:`vitkd.engine.checkpoint.RESUME_MAY_CHANGE`)."""
+    run_dir = RunDir(out_dir)
+    world = current_world()
+    _check_target(run_dir, resume, overwrite)
+    ckpt, changes = None, {}
+    if resume:
+        ckpt = load_checkpoint(run_dir.path)
+        changes = resume_changes(ckpt["config"], to_dict(cfg))
+    run = build_run(cfg)
+    tc, dc = cfg.train, cfg.data
+    device, distiller, student = run.device, run.distiller, run.student
+    reducer = reducer_for(world, device)
+    train_ds = run.datasets["train"]
+    mix = MixSpec(tc.mixup, tc.cutmix, tc.mixup_prob, label_smoothing=tc.label_smoothing)
+    if mix.on:
+        train_ds = MixedDataset(train_ds, mix)
+    sampler = EpochSampler(len(train_ds), cfg.seed, shuffle=True, rank=world.rank, world=world.size,
+                           repeats=dc.repeated_aug)
+    loader = _loader(train_ds, dc.batch_size, sampler, dc.num_workers, drop_last=mix.on)
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise ConfigError(f"data.batch_size: {dc.batch_size} is larger than the {len(train_ds)} train images")
+    optimizer, sched = build_optimizer(distiller, tc, steps_per_epoch)
+    ema = None
+    if tc.ema_decay is not None:
+        from timm.utils import ModelEmaV3
+        ema = ModelEmaV3(student, decay=tc.ema_decay)
+    history: List[dict] = []
+    start_epoch, start_step = 0, 0
+    sums: Dict[str, float] = {}
+    seen = 0.0
+    meta = {"num_classes": run.num_classes, "img_size": list(run.spec.img_size), "mean": list(run.spec.mean),
+            "std": list(run.spec.std), "train_images": len(train_ds), "device": str(device),
+            "versions": versions(), "model": cfg.model.name, "world_size": world.size,
+            "batch_per_rank": dc.batch_size, "resumes": []}
+    if ckpt is not None:
+        student.load_state_dict(ckpt["student"])
+        distiller.terms.load_state_dict(ckpt["connectors"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        if ema is not None and ckpt.get("ema") is not None:
+            ema.load_state_dict(ckpt["ema"])
+        history = list(ckpt["history"])
+        if ckpt.get("epoch_done", True):
+            start_epoch = int(ckpt["epoch"]) + 1
+        else:
+            start_epoch, start_step = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
+            sums, seen = dict(ckpt["sums"]), float(ckpt["seen"])
+        rngs = ckpt["rng"]
+        set_rng_state(rngs[world.rank] if isinstance(rngs, list) else rngs)
+        meta["resumes"] = list(run_dir.read_meta().get("resumes", []))
+        if changes:
+            meta["resumes"].append({"at_step": start_epoch * steps_per_epoch + start_step,
+                                    "changes": {k: list(v) for k, v in changes.items()},
+                                    "note": "allowed config change: no longer bit-identical to an uninterrupted run"})
+        done = f"{start_epoch} of {tc.epochs} epochs done" + (f" and {start_step} steps" if start_step else "")
+        log(f"resumed {run_dir.path}: {done}")
+    else:
+        if world.is_main:
+            run_dir.clear()
+            run_dir.write_config(to_dict(cfg))
+        torch.manual_seed(sample_seed(cfg.seed, 0xD0))   # dropout / drop-path stream of this run
+    if world.is_main:
+        run_dir.remove_stray_temp_files()
+        run_dir.write_meta(meta)
+    amp = tc.amp and device.type == "cuda"
+    total_steps = tc.epochs * steps_per_epoch
+    from tqdm import tqdm
+
+    def state(epoch: int, step_in_epoch: int, epoch_done: bool) -> dict:
+        rngs = reducer.gather(rng_state())
+        return {"config": to_dict(cfg), "epoch": epoch, "epoch_done": epoch_done, "step_in_epoch": step_in_epoch,
+                "sums": dict(sums), "seen": seen, "student": student.state_dict(),
+                "connectors": distiller.connector_state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": sched.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                "rng": rngs if world.size > 1 else rngs[0], "history": history, "num_classes": run.num_classes,
+                "data_order": {"sampler": "EpochSampler", "seed": cfg.seed, "repeats": dc.repeated_aug,
+                               "train_images": len(train_ds), "world_size": world.size}}
+
+    for epoch in range(start_epoch, tc.epochs):
+        t0 = time.perf_counter()
+        train_ds.set_epoch(epoch)
+        first = start_step if epoch == start_epoch else 0
+        sampler.set_epoch(epoch, start=first * dc.batch_size)
+        if first == 0:
+            sums, seen = {}, 0.0
+        distiller.train()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False, disable=None if tc.progress else True,
+                   file=sys.stderr)
+        for step, item in enumerate(bar, start=first):
+            x, y, idx = item[0].to(device), item[1].to(device), item[2]
+            soft = item[3].to(device) if len(item) > 3 else None
+            gstep = epoch * steps_per_epoch + step
+            batch = Batch(images=x, target=y, soft_target=soft, index=idx, epoch=epoch,
+                          progress=gstep / total_steps)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss, parts = distiller(batch)
+            if not torch.isfinite(loss):
+                bad = next((k for k, v in parts.items() if not torch.isfinite(v)), "total")
+                raise NonFiniteLoss(f"non-finite loss in term '{bad}' at epoch {epoch + 1} step {step + 1} "
+                                    f"(global step {gstep + 1}); the last good checkpoint is kept")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.clip_grad:
+                torch.nn.utils.clip_grad_norm_(distiller.trainable_parameters(), tc.clip_grad)
+            optimizer.step()
+            sched.step()
+            if ema is not None:
+                ema.update(student, step=gstep)
+            sums["loss"] = sums.get("loss", 0.0) + loss.item() * len(y)
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v.item() * len(y)
+            seen += len(y)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            every = tc.checkpoint_every
+            if every and (gstep + 1) % every == 0 and step + 1 < steps_per_epoch:
+                st = state(epoch, step + 1, False)
+                if world.is_main:
+                    save_checkpoint(run_dir, st)
+        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+        row.update({f"train_{k}": v for k, v in epoch_means(sums, seen, reducer).items()})
+        last = epoch + 1 == tc.epochs
+        if (epoch + 1) % tc.eval_every == 0 or last:
+            for split in ("val", "test"):
+                r = evaluate(student, run.datasets[split], dc.eval_batch_size, device, dc.num_workers, amp,
+                             world, reducer, keep_logits=last)
+                row[f"{split}_top1"], row[f"{split}_loss"] = r["top1"], r["loss"]
+                if last and world.is_main:
+                    run_dir.save_predictions(split, r["logits"], r["targets"], r["indices"])
+                if ema is not None:
+                    r = evaluate(ema.module, run.datasets[split], dc.eval_batch_size, device, dc.num_workers, amp,
+                                 world, reducer)
+                    row[f"ema_{split}_top1"] = r["top1"]
+        row["epoch_time_s"] = time.perf_counter() - t0
+        history.append(row)
+        st = state(epoch, 0, True)
+        if world.is_main:
+            save_checkpoint(run_dir, st)
+            run_dir.write_metrics(history, meta)
+        evals = f" val {row['val_top1']:.2f} test {row['test_top1']:.2f}" if "val_top1" in row else ""
+        log(f"epoch {epoch + 1}/{tc.epochs} loss {row['train_loss']:.4f}{evals} ({row['epoch_time_s']:.1f}s)")
+    if world.is_main:
+        weights_meta = {"model": cfg.model.name, "num_classes": run.num_classes}
+        run_dir.save_weights(student.state_dict(), weights_meta)
+        if ema is not None:
+            run_dir.save_weights(ema.module.state_dict(), weights_meta, ema=True)
+        run_dir.write_stamp(to_dict(cfg))   # last: the run is finished
+    distiller.close()
+    return history[-1]
