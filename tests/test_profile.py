@@ -7,12 +7,16 @@ import torch
 import torch.nn as nn
 
 from vitkd.profile import (
+    SDPA_FLOP_FORMULAS,
     MacReport,
+    attention_flop_mapping,
     count_macs,
     count_params,
     format_report,
     measure_throughput,
     profile_model,
+    sdpa_backward_macs,
+    sdpa_macs,
     training_cost_per_image,
 )
 
@@ -99,6 +103,60 @@ def test_tiny_vit_hand_count_fused_and_unfused():
     assert unfused.by_op["matmul"] == hand["attention"]
     assert "scaled_dot_product_attention" not in unfused.by_op
     assert unfused.agree and unfused.flopcounter_macs == fused.flopcounter_macs
+
+
+def _attention_macs(by_op):
+    names = {str(p) for p in attention_flop_mapping()}
+    return sum(v for k, v in by_op.items() if k in names)
+
+
+def test_flopcounter_counts_fused_attention_with_hand_formula():
+    # the cross-check must include attention whatever torch's own flop table covers: the
+    # attention MACs seen by the FlopCounter path equal the hand count, and so does its total
+    torch.manual_seed(0)
+    model = _tiny_vit()
+    hand = _tiny_vit_hand_macs()
+    assert _set_fused_attn(model, True) == 2
+    rep = count_macs(model, (3, 32, 32))
+    assert _attention_macs(rep.flopcounter_by_op) == hand["attention"]
+    assert rep.flopcounter_macs == hand["total"] == rep.fvcore_matmul_macs
+
+
+def test_attention_mapping_covers_every_sdpa_kernel():
+    aten = torch.ops.aten
+    mapping = attention_flop_mapping()
+    assert mapping and all(isinstance(p, torch._ops.OpOverloadPacket) for p in mapping)
+    assert set(mapping) == {getattr(aten, n) for n in SDPA_FLOP_FORMULAS if hasattr(aten, n)}
+    # every scaled-dot-product kernel of the installed torch has a formula (a new variant fails here)
+    installed = {n.split("::")[1].split(".")[0] for n in torch._C._dispatch_get_all_op_names()
+                 if n.startswith("aten::") and "scaled_dot_" in n}
+    assert installed and installed <= set(SDPA_FLOP_FORMULAS), installed - set(SDPA_FLOP_FORMULAS)
+
+
+def test_attention_formulas_match_hand_count_and_torch_convention():
+    from torch.utils.flop_counter import flop_registry
+    q, k, v = torch.Size([2, 3, 5, 8]), torch.Size([2, 3, 7, 8]), torch.Size([2, 3, 7, 6])
+    grad_out = torch.Size([2, 3, 5, 6])
+    fwd = 2 * 3 * 5 * 7 * (8 + 6)                   # QK^T + attn @ V
+    bwd = 2 * 3 * 5 * 7 * (3 * 8 + 2 * 6)           # recompute QK^T, dO V^T, P^T dO, dS K, dS^T Q
+    assert sdpa_macs(q, k, v) == fwd and sdpa_backward_macs(q, k, v) == bwd
+    for packet, formula in attention_flop_mapping().items():
+        backward = str(packet).endswith("_backward")
+        args = (grad_out, q, k, v) if backward else (q, k, v)
+        assert formula(*args, out_shape=None) == 2 * (bwd if backward else fwd), packet
+        if packet in flop_registry:                 # same convention as torch's own formula
+            assert formula(*args, out_shape=None) == flop_registry[packet](*args), packet
+
+
+def test_flopcounter_counts_attention_backward():
+    from torch.utils.flop_counter import FlopCounterMode
+    q, k, v = (torch.randn(2, 3, 5, 8, requires_grad=True) for _ in range(3))
+    with FlopCounterMode(display=False, custom_mapping=attention_flop_mapping()) as fc:
+        torch.nn.functional.scaled_dot_product_attention(q, k, v).sum().backward()
+    flops = {str(p): n for p, n in fc.get_flop_counts()["Global"].items()}
+    product = 2 * 3 * 5 * 5 * 8                      # one [5x8]@[8x5] or [5x5]@[5x8] per (batch, head)
+    assert sum(n for p, n in flops.items() if not p.endswith("_backward")) == 2 * 2 * product
+    assert sum(n for p, n in flops.items() if p.endswith("_backward")) == 2 * 5 * product
 
 
 def test_norm_reported_separately_for_vit():

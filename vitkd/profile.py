@@ -33,6 +33,15 @@ Every count is cross-checked with ``FlopCounterMode`` restricted to the op
 classes both counters know about (convolution, linear/addmm/mm/bmm/matmul and
 scaled-dot-product attention).  ``MacReport.agree`` is True when the two
 agree within ``rtol`` (1 % by default).
+
+The counter is given vitkd's own attention formula (``sdpa_macs``, and
+``sdpa_backward_macs`` for backward kernels) for every SDPA kernel listed in
+``SDPA_FLOP_FORMULAS`` through its ``custom_mapping`` argument, so attention is
+counted whatever torch's own flop table covers in the installed release (some
+releases have no formula for the CPU kernel
+``aten._scaled_dot_product_flash_attention_for_cpu``, which would drop
+attention from the cross-check).  Kernels missing from the installed torch are
+skipped.
 """
 from __future__ import annotations
 
@@ -41,7 +50,7 @@ import statistics
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -57,6 +66,10 @@ __all__ = [
     "BACKWARD_FACTOR",
     "NORM_OPS",
     "MATMUL_OPS",
+    "SDPA_FLOP_FORMULAS",
+    "attention_flop_mapping",
+    "sdpa_macs",
+    "sdpa_backward_macs",
 ]
 
 #: Backward pass cost convention: backward = 2 x forward (gradients w.r.t.
@@ -134,6 +147,21 @@ def sdpa_macs(q_shape: Sequence[int], k_shape: Sequence[int], v_shape: Sequence[
     return int(b * nq * nk * d + b * nq * nk * dv)
 
 
+def sdpa_backward_macs(q_shape: Sequence[int], k_shape: Sequence[int], v_shape: Sequence[int]) -> int:
+    """MACs of the backward of scaled-dot-product attention, torch's convention.
+
+    The scores ``QK^T`` are recomputed, then ``dP = dO V^T``, ``dV = P^T dO``,
+    ``dQ = dS K`` and ``dK = dS^T Q``: ``B*heads*Nq*Nk*(3d + 2dv)``, i.e.
+    ``sdpa_macs`` (the recompute and ``dO V^T``) plus the three gradient
+    products.  Shapes as in :func:`sdpa_macs`.
+    """
+    *lead, nq, d = q_shape
+    nk = k_shape[-2]
+    dv = v_shape[-1]
+    b = math.prod(lead) if lead else 1
+    return int(b * nq * nk * (3 * d + 2 * dv))
+
+
 def _sdpa_flop_jit(inputs: list, outputs: list) -> int:
     q, k, v = (_jit_shape(x) for x in inputs[:3])
     if q is None or k is None or v is None:
@@ -176,15 +204,74 @@ def _fvcore_analysis(model: nn.Module, inputs: Tuple[torch.Tensor, ...]):
 # --------------------------------------------------------------------------- #
 # flop_counter cross-check
 # --------------------------------------------------------------------------- #
+def _sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    # FlopCounterMode formula (arguments are shapes): FLOPs = 2 x MACs
+    return 2 * sdpa_macs(query, key, value)
+
+
+def _sdpa_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return 2 * sdpa_backward_macs(query, key, value)
+
+
+#: aten attention kernels -> FlopCounterMode formula (shapes in, FLOPs = 2 x MACs out).
+#: Every kernel that ``F.scaled_dot_product_attention`` may dispatch to on some backend or
+#: torch release; all take ``query, key, value`` (``[..., N, d]``) first, their backward
+#: ``grad_out, query, key, value``.  The composite ops (``scaled_dot_product_attention``,
+#: ``_scaled_dot_product_attention_math``) are normally decomposed into matmuls before the
+#: counter sees them (the counter then counts the matmuls); they are listed so that they are
+#: counted once, by the same formula, wherever they are not.  Not listed: the low-level
+#: ``_flash/_efficient/_cudnn_attention_*`` kernels, which use a ``[B, N, heads, d]`` or
+#: variable-length layout and are only reached by direct calls (torch's table covers them).
+SDPA_FLOP_FORMULAS: Dict[str, Callable[..., int]] = {
+    **dict.fromkeys(
+        (
+            "scaled_dot_product_attention",
+            "_scaled_dot_product_attention_math",
+            "_scaled_dot_product_attention_math_for_mps",
+            "_scaled_dot_product_flash_attention",
+            "_scaled_dot_product_flash_attention_for_cpu",
+            "_scaled_dot_product_efficient_attention",
+            "_scaled_dot_product_cudnn_attention",
+            "_scaled_dot_product_fused_attention_overrideable",
+            "_triton_scaled_dot_attention",
+        ),
+        _sdpa_flops,
+    ),
+    **dict.fromkeys(
+        (
+            "_scaled_dot_product_flash_attention_backward",
+            "_scaled_dot_product_flash_attention_for_cpu_backward",
+            "_scaled_dot_product_efficient_attention_backward",
+            "_scaled_dot_product_cudnn_attention_backward",
+            "_scaled_dot_product_fused_attention_overrideable_backward",
+        ),
+        _sdpa_backward_flops,
+    ),
+}
+
+
+def attention_flop_mapping() -> Dict[Any, Callable[..., int]]:
+    """``custom_mapping`` for ``FlopCounterMode``: op overload packet -> attention formula,
+    for the kernels of ``SDPA_FLOP_FORMULAS`` present in the installed torch."""
+    aten = torch.ops.aten
+    return {getattr(aten, name): f for name, f in SDPA_FLOP_FORMULAS.items() if hasattr(aten, name)}
+
+
+def _flop_counter():
+    """A silent ``FlopCounterMode`` that counts attention with vitkd's formula."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    return FlopCounterMode(display=False, custom_mapping=attention_flop_mapping())
+
+
 def _flopcounter_macs(model: nn.Module, inputs: Tuple[torch.Tensor, ...]) -> Tuple[int, Dict[str, int]]:
     """MACs from ``FlopCounterMode`` (its FLOPs / 2), with a per-op breakdown.
 
     FlopCounterMode only knows matmul-like ops (mm/addmm/bmm/baddbmm,
-    convolution, SDPA kernels), i.e. exactly the cross-checked op classes.
+    convolution) plus the attention kernels of ``SDPA_FLOP_FORMULAS``, i.e.
+    exactly the cross-checked op classes.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+    with torch.no_grad(), _flop_counter() as fc:
         model(*inputs)
     per_op = {str(k): int(v) // 2 for k, v in fc.get_flop_counts().get("Global", {}).items()}
     return int(fc.get_total_flops()) // 2, per_op
@@ -633,11 +720,11 @@ def distillation_cost(distiller: nn.Module, input_size: Sequence[int]) -> Dict[s
 
     Student and teachers are counted with :func:`count_macs` (fvcore, attention included, norms
     excluded). The distillation overhead (connectors, projectors, relation products of the losses) is
-    measured with torch's flop counter as (whole distiller forward) - (student forward) - (teachers'
-    forwards) on the same batch. Training cost = (1 + backward) x (student + overhead) + teachers'
+    measured with torch's flop counter (attention counted with vitkd's formula, see
+    ``SDPA_FLOP_FORMULAS``) as (whole distiller forward) - (student forward) - (teachers' forwards)
+    on the same batch. Training cost = (1 + backward) x (student + overhead) + teachers'
     forwards, with backward = 2 x forward.
     """
-    from torch.utils.flop_counter import FlopCounterMode
     from .losses import Batch  # local import: profile stays usable without the training stack
 
     input_size = tuple(input_size)
@@ -648,7 +735,7 @@ def distillation_cost(distiller: nn.Module, input_size: Sequence[int]) -> Dict[s
     y = torch.zeros(2, dtype=torch.long)
 
     def macs(fn) -> float:
-        with FlopCounterMode(display=False) as fc:
+        with _flop_counter() as fc:
             fn()
         return fc.get_total_flops() / 2 / x.shape[0]
 
