@@ -31,11 +31,11 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import get_device_dtype, to_2tuple
+from timm.layers import to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 
-from ._common import digits_cfg, imagenet_cfg
+from ._common import digits_cfg, get_device_dtype, imagenet_cfg
 from .digits import DIGITS_VIT_ARGS
 from .involution import Involution2d
 

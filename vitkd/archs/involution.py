@@ -22,11 +22,11 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, create_classifier, get_device_dtype
+from timm.layers import DropPath, create_classifier
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ._common import digits_cfg, imagenet_cfg
+from ._common import digits_cfg, get_device_dtype, imagenet_cfg
 
 __all__ = ['Involution2d', 'RedBottleneck', 'RedNet']
 
