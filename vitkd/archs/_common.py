@@ -2,7 +2,7 @@
 few timm helpers that timm 1.0.23 (the supported floor) does not have yet."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -40,15 +40,24 @@ DIGITS_STD = (0.5, 0.5, 0.5)
 DIGITS_NUM_CLASSES = 10
 
 
-def digits_cfg(first_conv: Any = 'patch_embed.proj', classifier: Any = 'head', fixed_input_size: bool = True,
-               **kwargs) -> Dict[str, Any]:
+def _pool_size(input_size: Tuple[int, int, int], reduction: int) -> Tuple[int, int]:
+    return input_size[1] // reduction, input_size[2] // reduction
+
+
+def digits_cfg(*, reduction: int, first_conv: Any = 'patch_embed.proj', classifier: Any = 'head',
+               fixed_input_size: bool = True, **kwargs) -> Dict[str, Any]:
     """Default cfg for the embedded digits dataset: sklearn 8x8 digits upsampled to 16 px, 3 channels
-    (grey repeated), mean/std 0.5, 10 classes. No weights are ever downloaded (url empty)."""
+    (grey repeated), mean/std 0.5, 10 classes. No weights are ever downloaded (url empty).
+
+    ``reduction`` is the model's total stride (patch size of a ViT, output stride of a CNN): ``pool_size``
+    is the spatial size of the final feature map at ``input_size``, i.e. the patch grid of a ViT, as in
+    timm's cfg contract (checked against the model in tests/test_timm_contract.py)."""
+    input_size = (3, 16, 16)
     return {
         'url': '',
         'num_classes': DIGITS_NUM_CLASSES,
-        'input_size': (3, 16, 16),
-        'pool_size': None,
+        'input_size': input_size,
+        'pool_size': _pool_size(input_size, reduction),
         'crop_pct': 1.0,
         'interpolation': 'bilinear',
         'fixed_input_size': fixed_input_size,
@@ -61,14 +70,16 @@ def digits_cfg(first_conv: Any = 'patch_embed.proj', classifier: Any = 'head', f
     }
 
 
-def imagenet_cfg(first_conv: Any = 'patch_embed.proj', classifier: Any = 'head', fixed_input_size: bool = True,
-                 **kwargs) -> Dict[str, Any]:
-    """Default cfg for the 224 px ImageNet-sized variants (DeiT-style normalisation)."""
+def imagenet_cfg(*, reduction: int, first_conv: Any = 'patch_embed.proj', classifier: Any = 'head',
+                 fixed_input_size: bool = True, **kwargs) -> Dict[str, Any]:
+    """Default cfg for the 224 px ImageNet-sized variants (DeiT-style normalisation); ``reduction`` as in
+    :func:`digits_cfg`."""
+    input_size = (3, 224, 224)
     return {
         'url': '',
         'num_classes': 1000,
-        'input_size': (3, 224, 224),
-        'pool_size': None,
+        'input_size': input_size,
+        'pool_size': _pool_size(input_size, reduction),
         'crop_pct': 0.875,
         'interpolation': 'bicubic',
         'fixed_input_size': fixed_input_size,

@@ -200,13 +200,13 @@ def _create_civt(variant: str, pretrained: bool = False, **kwargs) -> CoAdviseVi
 
 
 _CIVT_HEADS = ('head', 'head_conv', 'head_inv')
+_CIVT_STEMS = ('patch_embed.conv.conv.0', 'patch_embed.inv.conv.0')
 default_cfgs = generate_default_cfgs({
-    'civt_digits_tiny': digits_cfg(first_conv=('patch_embed.conv.conv.0', 'patch_embed.inv.conv.0'),
+    'civt_digits_tiny': digits_cfg(reduction=DIGITS_VIT_ARGS['tiny']['patch_size'], first_conv=_CIVT_STEMS,
                                    classifier=_CIVT_HEADS),
-    'civt_digits_small': digits_cfg(first_conv=('patch_embed.conv.conv.0', 'patch_embed.inv.conv.0'),
+    'civt_digits_small': digits_cfg(reduction=DIGITS_VIT_ARGS['small']['patch_size'], first_conv=_CIVT_STEMS,
                                     classifier=_CIVT_HEADS),
-    'civt_tiny_patch16_224': imagenet_cfg(first_conv=('patch_embed.conv.conv.0', 'patch_embed.inv.conv.0'),
-                                          classifier=_CIVT_HEADS),
+    'civt_tiny_patch16_224': imagenet_cfg(reduction=16, first_conv=_CIVT_STEMS, classifier=_CIVT_HEADS),
 })
 
 _DIGITS_STEM = dict(stem_width=32, stem_stride=1, first_kernel=3)

@@ -248,9 +248,8 @@ def _create_rednet(variant: str, pretrained: bool = False, **kwargs) -> RedNet:
 
 
 default_cfgs = generate_default_cfgs({
-    'rednet_digits': digits_cfg(first_conv='stem.0', classifier='fc', fixed_input_size=False),
-    'rednet26': imagenet_cfg(first_conv='stem.0', classifier='fc', fixed_input_size=False,
-                             pool_size=(7, 7)),
+    'rednet_digits': digits_cfg(reduction=8, first_conv='stem.0', classifier='fc', fixed_input_size=False),
+    'rednet26': imagenet_cfg(reduction=32, first_conv='stem.0', classifier='fc', fixed_input_size=False),
 })
 
 

@@ -386,11 +386,11 @@ def _create_minivit(variant: str, pretrained: bool = False, **kwargs) -> MiniVis
 
 
 default_cfgs = generate_default_cfgs({
-    'minivit_deit_tiny_patch16_224': imagenet_cfg(),
-    'minivit_deit_small_patch16_224': imagenet_cfg(),
-    'minivit_deit_base_patch16_224': imagenet_cfg(),
-    'minivit_digits_small': digits_cfg(),
-    'minivit_digits_base': digits_cfg(),
+    'minivit_deit_tiny_patch16_224': imagenet_cfg(reduction=16),
+    'minivit_deit_small_patch16_224': imagenet_cfg(reduction=16),
+    'minivit_deit_base_patch16_224': imagenet_cfg(reduction=16),
+    'minivit_digits_small': digits_cfg(reduction=DIGITS_VIT_ARGS['small']['patch_size']),
+    'minivit_digits_base': digits_cfg(reduction=DIGITS_VIT_ARGS['base']['patch_size']),
 })
 
 
