@@ -31,7 +31,7 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import to_2tuple
+from timm.layers import _assert, to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 
@@ -111,8 +111,9 @@ class CoAdviseEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         if self.strict_img_size:
-            assert tuple(x.shape[-2:]) == self.img_size, \
-                f'Input size {tuple(x.shape[-2:])} does not match model ({self.img_size}).'
+            _, _, H, W = x.shape
+            _assert(H == self.img_size[0], f"Input height ({H}) doesn't match model ({self.img_size[0]}).")
+            _assert(W == self.img_size[1], f"Input width ({W}) doesn't match model ({self.img_size[1]}).")
         x_conv = self.conv(x).flatten(2).transpose(1, 2)
         x_inv = self.inv(x).flatten(2).transpose(1, 2)
         return x_conv, x_inv
