@@ -184,12 +184,12 @@ class CoAdviseViT(VisionTransformer):
 
     def forward_heads(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Logits of each head from the final normed tokens [B, 3 + N, D]."""
-        t = self.head_drop(self.fc_norm(x[:, :3]))
+        t = self.head_drop(self.fc_norm(x[:, :self.num_prefix_tokens]))
         return {'cls': self.head(t[:, 0]), 'conv': self.head_conv(t[:, 1]), 'inv': self.head_inv(t[:, 2])}
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if pre_logits:
-            return self.head_drop(self.fc_norm(x[:, :3])).mean(1)
+            return self.head_drop(self.fc_norm(x[:, :self.num_prefix_tokens])).mean(1)
         heads = self.forward_heads(x)
         return (heads['cls'] + heads['conv'] + heads['inv']) / 3
 
