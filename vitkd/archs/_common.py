@@ -1,26 +1,63 @@
-"""Shared helpers for vitkd's registered architectures: default pretrained cfgs (no weight urls)."""
+"""Shared helpers for vitkd's registered architectures: default pretrained cfgs (no weight urls), and the
+few timm helpers that timm 1.0.23 (the supported floor) does not have yet."""
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Tuple
 
+import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import register_notrace_function
 
-__all__ = ["DIGITS_MEAN", "DIGITS_STD", "DIGITS_NUM_CLASSES", "digits_cfg", "imagenet_cfg"]
+__all__ = ["DIGITS_MEAN", "DIGITS_STD", "DIGITS_NUM_CLASSES", "digits_cfg", "imagenet_cfg", "get_device_dtype",
+           "resolve_self_attn_mask"]
+
+try:
+    from timm.layers import get_device_dtype
+except ImportError:  # timm <= 1.0.28
+    def get_device_dtype(module, device=None, dtype=None):
+        """Factory kwargs from a module's first parameter (explicit values win), as timm's helper."""
+        parameter = next(module.parameters(), None)
+        if parameter is not None:
+            device = parameter.device if device is None else device
+            dtype = parameter.dtype if dtype is None else dtype
+        return {'device': device, 'dtype': dtype}
+
+try:
+    from timm.layers import resolve_self_attn_mask
+except ImportError:  # timm <= 1.0.25
+    @register_notrace_function
+    def resolve_self_attn_mask(seq_len: int, attn: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+                               is_causal: bool = False) -> Optional[torch.Tensor]:
+        """Additive attention bias with SDPA semantics (``is_causal`` wins over ``attn_mask``), as timm's."""
+        if is_causal:
+            return attn.new_full((seq_len, seq_len), float('-inf')).triu_(1)
+        if attn_mask is None or attn_mask.dtype != torch.bool:
+            return attn_mask
+        return torch.zeros_like(attn_mask, dtype=attn.dtype).masked_fill_(~attn_mask, float('-inf'))
 
 DIGITS_MEAN = (0.5, 0.5, 0.5)
 DIGITS_STD = (0.5, 0.5, 0.5)
 DIGITS_NUM_CLASSES = 10
 
 
-def digits_cfg(first_conv: Any = 'patch_embed.proj', classifier: Any = 'head', fixed_input_size: bool = True,
-               **kwargs) -> Dict[str, Any]:
+def _pool_size(input_size: Tuple[int, int, int], reduction: int) -> Tuple[int, int]:
+    return input_size[1] // reduction, input_size[2] // reduction
+
+
+def digits_cfg(*, reduction: int, first_conv: Any = 'patch_embed.proj', classifier: Any = 'head',
+               fixed_input_size: bool = True, **kwargs) -> Dict[str, Any]:
     """Default cfg for the embedded digits dataset: sklearn 8x8 digits upsampled to 16 px, 3 channels
-    (grey repeated), mean/std 0.5, 10 classes. No weights are ever downloaded (url empty)."""
+    (grey repeated), mean/std 0.5, 10 classes. No weights are ever downloaded (url empty).
+
+    ``reduction`` is the model's total stride (patch size of a ViT, output stride of a CNN): ``pool_size``
+    is the spatial size of the final feature map at ``input_size``, i.e. the patch grid of a ViT, as in
+    timm's cfg contract (checked against the model in tests/test_timm_contract.py)."""
+    input_size = (3, 16, 16)
     return {
         'url': '',
         'num_classes': DIGITS_NUM_CLASSES,
-        'input_size': (3, 16, 16),
-        'pool_size': None,
+        'input_size': input_size,
+        'pool_size': _pool_size(input_size, reduction),
         'crop_pct': 1.0,
         'interpolation': 'bilinear',
         'fixed_input_size': fixed_input_size,
@@ -33,14 +70,16 @@ def digits_cfg(first_conv: Any = 'patch_embed.proj', classifier: Any = 'head', f
     }
 
 
-def imagenet_cfg(first_conv: Any = 'patch_embed.proj', classifier: Any = 'head', fixed_input_size: bool = True,
-                 **kwargs) -> Dict[str, Any]:
-    """Default cfg for the 224 px ImageNet-sized variants (DeiT-style normalisation)."""
+def imagenet_cfg(*, reduction: int, first_conv: Any = 'patch_embed.proj', classifier: Any = 'head',
+                 fixed_input_size: bool = True, **kwargs) -> Dict[str, Any]:
+    """Default cfg for the 224 px ImageNet-sized variants (DeiT-style normalisation); ``reduction`` as in
+    :func:`digits_cfg`."""
+    input_size = (3, 224, 224)
     return {
         'url': '',
         'num_classes': 1000,
-        'input_size': (3, 224, 224),
-        'pool_size': None,
+        'input_size': input_size,
+        'pool_size': _pool_size(input_size, reduction),
         'crop_pct': 0.875,
         'interpolation': 'bicubic',
         'fixed_input_size': fixed_input_size,

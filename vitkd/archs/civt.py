@@ -31,11 +31,11 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import get_device_dtype, to_2tuple
+from timm.layers import _assert, to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 
-from ._common import digits_cfg, imagenet_cfg
+from ._common import digits_cfg, get_device_dtype, imagenet_cfg
 from .digits import DIGITS_VIT_ARGS
 from .involution import Involution2d
 
@@ -111,8 +111,9 @@ class CoAdviseEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         if self.strict_img_size:
-            assert tuple(x.shape[-2:]) == self.img_size, \
-                f'Input size {tuple(x.shape[-2:])} does not match model ({self.img_size}).'
+            _, _, H, W = x.shape
+            _assert(H == self.img_size[0], f"Input height ({H}) doesn't match model ({self.img_size[0]}).")
+            _assert(W == self.img_size[1], f"Input width ({W}) doesn't match model ({self.img_size[1]}).")
         x_conv = self.conv(x).flatten(2).transpose(1, 2)
         x_inv = self.inv(x).flatten(2).transpose(1, 2)
         return x_conv, x_inv
@@ -183,12 +184,12 @@ class CoAdviseViT(VisionTransformer):
 
     def forward_heads(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Logits of each head from the final normed tokens [B, 3 + N, D]."""
-        t = self.head_drop(self.fc_norm(x[:, :3]))
+        t = self.head_drop(self.fc_norm(x[:, :self.num_prefix_tokens]))
         return {'cls': self.head(t[:, 0]), 'conv': self.head_conv(t[:, 1]), 'inv': self.head_inv(t[:, 2])}
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if pre_logits:
-            return self.head_drop(self.fc_norm(x[:, :3])).mean(1)
+            return self.head_drop(self.fc_norm(x[:, :self.num_prefix_tokens])).mean(1)
         heads = self.forward_heads(x)
         return (heads['cls'] + heads['conv'] + heads['inv']) / 3
 
@@ -200,13 +201,13 @@ def _create_civt(variant: str, pretrained: bool = False, **kwargs) -> CoAdviseVi
 
 
 _CIVT_HEADS = ('head', 'head_conv', 'head_inv')
+_CIVT_STEMS = ('patch_embed.conv.conv.0', 'patch_embed.inv.conv.0')
 default_cfgs = generate_default_cfgs({
-    'civt_digits_tiny': digits_cfg(first_conv=('patch_embed.conv.conv.0', 'patch_embed.inv.conv.0'),
+    'civt_digits_tiny': digits_cfg(reduction=DIGITS_VIT_ARGS['tiny']['patch_size'], first_conv=_CIVT_STEMS,
                                    classifier=_CIVT_HEADS),
-    'civt_digits_small': digits_cfg(first_conv=('patch_embed.conv.conv.0', 'patch_embed.inv.conv.0'),
+    'civt_digits_small': digits_cfg(reduction=DIGITS_VIT_ARGS['small']['patch_size'], first_conv=_CIVT_STEMS,
                                     classifier=_CIVT_HEADS),
-    'civt_tiny_patch16_224': imagenet_cfg(first_conv=('patch_embed.conv.conv.0', 'patch_embed.inv.conv.0'),
-                                          classifier=_CIVT_HEADS),
+    'civt_tiny_patch16_224': imagenet_cfg(reduction=16, first_conv=_CIVT_STEMS, classifier=_CIVT_HEADS),
 })
 
 _DIGITS_STEM = dict(stem_width=32, stem_stride=1, first_kernel=3)

@@ -69,15 +69,19 @@ def _create_digits_resnet(variant: str, pretrained: bool = False, **kwargs) -> D
     return build_model_with_cfg(DigitsResNet, variant, pretrained, **kwargs)
 
 
+_VIT_STRIDE = DIGITS_VIT_ARGS['tiny']['patch_size']   # all digits ViTs use the same patch size
+_RESNET_STRIDE = 8   # 3x3 stride-1 stem, no max-pool, stages at strides 1/2/4/8
 default_cfgs = generate_default_cfgs({
-    'vit_digits_tiny': digits_cfg(),
-    'vit_digits_small': digits_cfg(),
-    'vit_digits_base': digits_cfg(),
-    'vit_digits_large': digits_cfg(),
-    'deit_digits_tiny_distilled': digits_cfg(classifier=('head', 'head_dist')),
-    'deit_digits_small_distilled': digits_cfg(classifier=('head', 'head_dist')),
-    'resnet_digits_s': digits_cfg(first_conv='conv1', classifier='fc', fixed_input_size=False),
-    'resnet_digits_m': digits_cfg(first_conv='conv1', classifier='fc', fixed_input_size=False),
+    'vit_digits_tiny': digits_cfg(reduction=_VIT_STRIDE),
+    'vit_digits_small': digits_cfg(reduction=_VIT_STRIDE),
+    'vit_digits_base': digits_cfg(reduction=_VIT_STRIDE),
+    'vit_digits_large': digits_cfg(reduction=_VIT_STRIDE),
+    'deit_digits_tiny_distilled': digits_cfg(reduction=_VIT_STRIDE, classifier=('head', 'head_dist')),
+    'deit_digits_small_distilled': digits_cfg(reduction=_VIT_STRIDE, classifier=('head', 'head_dist')),
+    'resnet_digits_s': digits_cfg(reduction=_RESNET_STRIDE, first_conv='conv1', classifier='fc',
+                                  fixed_input_size=False),
+    'resnet_digits_m': digits_cfg(reduction=_RESNET_STRIDE, first_conv='conv1', classifier='fc',
+                                  fixed_input_size=False),
 })
 
 

@@ -22,11 +22,11 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, create_classifier, get_device_dtype
+from timm.layers import DropPath, create_classifier
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ._common import digits_cfg, imagenet_cfg
+from ._common import digits_cfg, get_device_dtype, imagenet_cfg
 
 __all__ = ['Involution2d', 'RedBottleneck', 'RedNet']
 
@@ -248,9 +248,8 @@ def _create_rednet(variant: str, pretrained: bool = False, **kwargs) -> RedNet:
 
 
 default_cfgs = generate_default_cfgs({
-    'rednet_digits': digits_cfg(first_conv='stem.0', classifier='fc', fixed_input_size=False),
-    'rednet26': imagenet_cfg(first_conv='stem.0', classifier='fc', fixed_input_size=False,
-                             pool_size=(7, 7)),
+    'rednet_digits': digits_cfg(reduction=8, first_conv='stem.0', classifier='fc', fixed_input_size=False),
+    'rednet26': imagenet_cfg(reduction=32, first_conv='stem.0', classifier='fc', fixed_input_size=False),
 })
 
 

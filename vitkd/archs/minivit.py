@@ -54,16 +54,22 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import LayerNorm, maybe_add_mask, resolve_self_attn_mask, trunc_normal_
+from timm.layers import LayerNorm, maybe_add_mask, register_notrace_function, trunc_normal_
 from timm.layers.attention import Attention
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
 
-from ._common import digits_cfg, imagenet_cfg
+from ._common import digits_cfg, imagenet_cfg, resolve_self_attn_mask
 from .digits import DIGITS_VIT_ARGS
 
 __all__ = ['HeadMix', 'LocalConvTransform', 'MiniAttention', 'MiniBlock', 'MiniVisionTransformer',
            'minivit_convert', 'minivit_groups', 'shared_linears']
+
+# leaves for plain torch.fx.symbolic_trace too, as they are in timm's own attention module (timm's tracer
+# settings already treat them as leaves): they branch on is_causal / the mask, which a traced root forward
+# receives as graph inputs
+torch.fx.wrap('resolve_self_attn_mask')
+torch.fx.wrap('maybe_add_mask')
 
 
 class HeadMix(nn.Module):
@@ -90,6 +96,22 @@ class HeadMix(nn.Module):
         return f'num_heads={self.num_heads}'
 
 
+@torch.fx.wrap
+@register_notrace_function
+def _patch_grid(num_patches: int, grid_size: Tuple[int, int]) -> Tuple[int, int]:
+    """(H, W) of ``num_patches`` tokens: the model's ``grid_size`` if it matches, else a square grid.
+
+    A leaf for torch.fx (``torch.fx.wrap`` and timm's no-trace registry): the choice depends on the token
+    count, which is only known when the model runs, so a traced graph calls it instead of baking one in."""
+    if grid_size[0] * grid_size[1] == num_patches:
+        return grid_size[0], grid_size[1]
+    side = math.isqrt(num_patches)
+    if side * side == num_patches:
+        return side, side
+    raise RuntimeError(f'LocalConvTransform: {num_patches} patch tokens do not form the {tuple(grid_size)} grid '
+                       f'nor a square one (patch dropout / non-square dynamic sizes are not supported)')
+
+
 class LocalConvTransform(nn.Module):
     """MLP transformation: ``patches + dwconv(LN(patches))`` on the patch grid; prefix tokens untouched."""
 
@@ -112,20 +134,11 @@ class LocalConvTransform(nn.Module):
             self.conv.reset_parameters()
         self.norm.reset_parameters()
 
-    def _grid(self, n: int) -> Tuple[int, int]:
-        if self.grid_size[0] * self.grid_size[1] == n:
-            return self.grid_size
-        side = math.isqrt(n)
-        if side * side == n:
-            return side, side
-        raise RuntimeError(f'LocalConvTransform: {n} patch tokens do not form the {self.grid_size} grid nor a '
-                           f'square one (patch dropout / non-square dynamic sizes are not supported)')
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         npt = self.num_prefix_tokens
         prefix, patches = x[:, :npt], x[:, npt:]
         B, N, C = patches.shape
-        H, W = self._grid(N)
+        H, W = _patch_grid(N, self.grid_size)
         y = self.norm(patches).transpose(1, 2).reshape(B, C, H, W)
         y = self.conv(y).flatten(2).transpose(1, 2)
         return torch.cat([prefix, patches + y], dim=1)
@@ -386,11 +399,11 @@ def _create_minivit(variant: str, pretrained: bool = False, **kwargs) -> MiniVis
 
 
 default_cfgs = generate_default_cfgs({
-    'minivit_deit_tiny_patch16_224': imagenet_cfg(),
-    'minivit_deit_small_patch16_224': imagenet_cfg(),
-    'minivit_deit_base_patch16_224': imagenet_cfg(),
-    'minivit_digits_small': digits_cfg(),
-    'minivit_digits_base': digits_cfg(),
+    'minivit_deit_tiny_patch16_224': imagenet_cfg(reduction=16),
+    'minivit_deit_small_patch16_224': imagenet_cfg(reduction=16),
+    'minivit_deit_base_patch16_224': imagenet_cfg(reduction=16),
+    'minivit_digits_small': digits_cfg(reduction=DIGITS_VIT_ARGS['small']['patch_size']),
+    'minivit_digits_base': digits_cfg(reduction=DIGITS_VIT_ARGS['base']['patch_size']),
 })
 
 
