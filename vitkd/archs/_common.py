@@ -1,39 +1,21 @@
-"""Shared helpers for vitkd's registered architectures: default pretrained cfgs (no weight urls), and the
-few timm helpers that timm 1.0.23 (the supported floor) does not have yet."""
+"""Shared helpers for vitkd's registered architectures: default pretrained cfgs (no weight urls) and the
+factory-kwargs helper the layers use."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
-import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import register_notrace_function
 
-__all__ = ["DIGITS_MEAN", "DIGITS_STD", "DIGITS_NUM_CLASSES", "digits_cfg", "imagenet_cfg", "get_device_dtype",
-           "resolve_self_attn_mask"]
+__all__ = ["DIGITS_MEAN", "DIGITS_STD", "DIGITS_NUM_CLASSES", "digits_cfg", "imagenet_cfg", "get_device_dtype"]
 
-try:
-    from timm.layers import get_device_dtype
-except ImportError:  # timm <= 1.0.28
-    def get_device_dtype(module, device=None, dtype=None):
-        """Factory kwargs from a module's first parameter (explicit values win), as timm's helper."""
-        parameter = next(module.parameters(), None)
-        if parameter is not None:
-            device = parameter.device if device is None else device
-            dtype = parameter.dtype if dtype is None else dtype
-        return {'device': device, 'dtype': dtype}
+def get_device_dtype(module, device=None, dtype=None):
+    """Factory kwargs (device, dtype) from a module's first parameter; explicit values win."""
+    parameter = next(module.parameters(), None)
+    if parameter is not None:
+        device = parameter.device if device is None else device
+        dtype = parameter.dtype if dtype is None else dtype
+    return {'device': device, 'dtype': dtype}
 
-try:
-    from timm.layers import resolve_self_attn_mask
-except ImportError:  # timm <= 1.0.25
-    @register_notrace_function
-    def resolve_self_attn_mask(seq_len: int, attn: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
-                               is_causal: bool = False) -> Optional[torch.Tensor]:
-        """Additive attention bias with SDPA semantics (``is_causal`` wins over ``attn_mask``), as timm's."""
-        if is_causal:
-            return attn.new_full((seq_len, seq_len), float('-inf')).triu_(1)
-        if attn_mask is None or attn_mask.dtype != torch.bool:
-            return attn_mask
-        return torch.zeros_like(attn_mask, dtype=attn.dtype).masked_fill_(~attn_mask, float('-inf'))
 
 DIGITS_MEAN = (0.5, 0.5, 0.5)
 DIGITS_STD = (0.5, 0.5, 0.5)

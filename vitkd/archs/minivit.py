@@ -54,12 +54,12 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import LayerNorm, maybe_add_mask, register_notrace_function, trunc_normal_
+from timm.layers import LayerNorm, maybe_add_mask, register_notrace_function, resolve_self_attn_mask, trunc_normal_
 from timm.layers.attention import Attention
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
 
-from ._common import digits_cfg, imagenet_cfg, resolve_self_attn_mask
+from ._common import digits_cfg, imagenet_cfg
 from .digits import DIGITS_VIT_ARGS
 
 __all__ = ['HeadMix', 'LocalConvTransform', 'MiniAttention', 'MiniBlock', 'MiniVisionTransformer',
