@@ -62,7 +62,16 @@ def test_suite_end_to_end_and_cache(tmp_path, suite_file, capsys):
         assert abs(float(r["test_top1_mean"]) - m) < 1e-3 and abs(float(r["test_top1_std"]) - sd) < 1e-3
         assert float(r["macs_m"]) > 0 and float(r["img_per_s"]) > 0
     kd = rows[1]
-    assert kd["baseline"] == "no_kd" and kd["significant"] in ("yes", "no")
+    assert kd["baseline"] == "no_kd" and kd["verdict"] in ("better", "worse", "n.s.")
+    # the verdict rests on the paired t-test of the per-seed numbers (scipy's ttest_rel), Holm within "main"
+    from scipy.stats import ttest_rel
+    a = [float(x) for x in kd["test_top1_all"].split()]
+    b = [float(x) for x in rows[0]["test_top1_all"].split()]
+    if a != b and len({x - y for x, y in zip(a, b)}) > 1:
+        assert abs(float(kd["p_raw"]) - ttest_rel(a, b).pvalue) < 1e-3
+    assert kd["family_test"] == "main" and kd["test"] == "paired_t"
+    # per-image views come from the runs' saved predictions on the test split
+    assert 0 <= float(kd["fixed_share"]) <= 1 and 0 <= float(kd["broken_share"]) <= 1
     # the KD row pays for the teacher's forward
     assert float(kd["train_mmacs_per_image"]) > float(rows[0]["train_mmacs_per_image"])
     # each reported number is the run's own last-epoch test accuracy
@@ -88,6 +97,18 @@ def test_suite_end_to_end_and_cache(tmp_path, suite_file, capsys):
     assert "old" not in text and text.endswith("<!-- results:end -->\ntail\n")
     assert "| baseline | no_kd |" in text and "](results/pareto.png)" in text
     assert (cache / "rows" / "kd" / "s0" / "model.safetensors").stat().st_mtime_ns == row_stamp
+    # --plan-seeds reports from the cache alone (nothing trained) and prints the plan
+    capsys.readouterr()
+    assert main(["compare", str(suite_file), "--out", str(out), "--cache", str(cache), "--plan-seeds"]) == 0
+    assert "family main" in capsys.readouterr().out or "How many seeds" not in (out / "results.md").read_text()
+    assert (cache / "rows" / "kd" / "s0" / "model.safetensors").stat().st_mtime_ns == row_stamp
+    # a run made under another behaviour version is not reused
+    from vitkd.rundir import RunDir
+    stamp_file = cache / "rows" / "kd" / "s0" / RunDir.STAMP
+    st = json.loads(stamp_file.read_text())
+    stamp_file.write_text(json.dumps({**st, "behaviour": st["behaviour"] - 1}))
+    assert main(["compare", str(suite_file), "--out", str(out), "--cache", str(cache), "--plan-seeds"]) == 2
+    assert "not in the cache" in capsys.readouterr().err
 
 
 def test_suite_errors(tmp_path, suite_file, capsys):

@@ -99,8 +99,10 @@ def _cmd_profile(args) -> int:
 
 def _cmd_compare(args) -> int:
     from .compare import run_suite
+    if args.jobs is not None and args.jobs < 1:
+        raise ConfigError(f"--jobs: must be >= 1, got {args.jobs}")
     out = run_suite(args.suite, out=args.out, quick=args.quick, cache=args.cache, jobs=args.jobs,
-                    log=lambda m: print(m, flush=True), readme=args.readme)
+                    log=lambda m: print(m, flush=True), readme=args.readme, plan_seeds=args.plan_seeds)
     print(json.dumps({"out": str(out)}))
     return 0
 
@@ -170,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(default runs/compare/<suite>)")
     c.add_argument("--jobs", type=int, help="runs in parallel (default: the suite's jobs)")
     c.add_argument("--readme", help="also fill the results block of this README with the table and plot")
+    c.add_argument("--plan-seeds", action="store_true",
+                   help="train nothing: report from the cache and print the seeds each family of comparisons needs")
     c.set_defaults(fn=_cmd_compare)
     return p
 

@@ -30,6 +30,7 @@ import yaml
 from ..config import ConfigError, apply_overrides, build_dataclass, parse_config, read_yaml, to_dict
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
 from ..rundir import RunDir
+from . import verdicts
 
 __all__ = ["SuiteCfg", "load_suite", "run_suite", "summarize"]
 
@@ -84,6 +85,9 @@ class SuiteCfg:
     teachers: Dict[str, TeacherSpec] = field(default_factory=dict)
     rows: List[RowSpec] = field(default_factory=list)
     jobs: int = 2
+    # families of comparisons, Holm-corrected together: {family: [row, ...]}; rows not named: "main"
+    test_families: Dict[str, List[str]] = field(default_factory=dict)
+    alpha: float = 0.05
 
 
 def load_suite(path) -> Tuple[SuiteCfg, Path]:
@@ -99,6 +103,10 @@ def load_suite(path) -> Tuple[SuiteCfg, Path]:
             if t not in suite.teachers:
                 raise ConfigError(f"suite.rows.{r.name}.teachers.{key}: unknown suite teacher '{t}' "
                                   f"(defined: {', '.join(suite.teachers)})")
+    for fam, members in suite.test_families.items():
+        for m in members:
+            if m not in names:
+                raise ConfigError(f"suite.test_families.{fam}: unknown row '{m}'")
     for name, t in suite.teachers.items():
         for key, src in t.distill_from.items():
             if src not in suite.teachers or src == name:
@@ -240,8 +248,10 @@ def _run_job(job: Job) -> Tuple[str, float, Optional[str]]:
     return job.key, time.perf_counter() - t0, None
 
 
-def execute(jobs: List[Job], n_jobs: int, progress: bool = True, log=print, done_before=()) -> Dict[str, float]:
-    """Run jobs respecting dependencies, ``n_jobs`` processes at a time. Returns wall seconds per job."""
+def execute(jobs: List[Job], n_jobs: int, progress: bool = True, log=print, done_before=(),
+            train: bool = True) -> Dict[str, float]:
+    """Run jobs respecting dependencies, ``n_jobs`` processes at a time. Returns wall seconds per job.
+    ``train=False``: only check that every job is already finished in the cache (report-only runs)."""
     from tqdm import tqdm
     todo = {j.key: j for j in jobs}
     walls: Dict[str, float] = {}
@@ -251,6 +261,9 @@ def execute(jobs: List[Job], n_jobs: int, progress: bool = True, log=print, done
             done.add(j.key)
             walls[j.key] = 0.0
     pending = [j for j in jobs if j.key not in done]
+    if pending and not train:
+        raise ConfigError(f"suite: {len(pending)} run(s) are not in the cache yet (first: {pending[0].key}); "
+                          f"run the suite without --plan-seeds first")
     threads = max(1, (os.cpu_count() or 2) // max(1, n_jobs))
     bar = tqdm(total=len(jobs), initial=len(done), desc="runs", disable=None if progress else True,
                file=sys.stderr)
@@ -381,23 +394,15 @@ def summarize(suite: SuiteCfg, teacher_jobs: List[Job], row_jobs: List[Job], wal
             "wall_s_per_run": sum(sum(e["epoch_time_s"] for e in m["epochs"]) for m in ms) / len(ms),
             "baseline": spec.baseline or "", "curve": spec.curve or "",
         })
-    # significance against the no-KD row of the same student size (or the row's named baseline)
-    index = {r["row"]: r for r in results}
+    # each row against its baseline (no-KD of the same student size unless named), paired by seed
     for r in results:
-        base = r["baseline"] or next((x["row"] for x in results if x["family"] == "none" and x["size"] == r["size"]),
-                                     "")
-        r["baseline"] = base
-        if not base or base == r["row"] or base not in index:
-            r["delta"], r["significant"] = None, ""
-            continue
-        b = index[base]
-        r["delta"] = r["test_top1_mean"] - b["test_top1_mean"]
-        if r["seeds"] < 2 or b["seeds"] < 2:
-            r["significant"] = "n/a (1 seed)"
-        else:
-            se = math.sqrt(r["test_top1_std"] ** 2 / r["seeds"] + b["test_top1_std"] ** 2 / b["seeds"])
-            r["significant"] = "yes" if abs(r["delta"]) >= 2 * se and se > 0 else (
-                "yes" if se == 0 and r["delta"] != 0 else "no")
+        r["baseline"] = r["baseline"] or next((x["row"] for x in results if x["family"] == "none"
+                                               and x["size"] == r["size"]), "")
+    seeds_of = {name: verdicts.per_seed(jobs) for name, jobs in by_row.items()}
+    families = {m: fam for fam, members in suite.test_families.items() for m in members}
+    verdicts.compare_to_baselines(results, seeds_of, families, alpha=suite.alpha)
+    meta["test_images"] = verdicts.observed_images(seeds_of)
+    meta["seed_plan"] = verdicts.seed_plan(results, alpha=suite.alpha)
     _write_outputs(suite, teachers, results, curves, tuning, meta, out_dir)
     return results
 
@@ -420,31 +425,44 @@ def _write_outputs(suite, teachers, results, curves, tuning, meta, out_dir: Path
 def _fmt_delta(r) -> str:
     if r.get("delta") is None:
         return ""
-    mark = "" if r["significant"] == "yes" else (" (n.s.)" if r["significant"] == "no" else " (1 seed)")
-    return f"{r['delta']:+.2f}{mark}"
+    if r.get("ci_low") is None or r["ci_low"] != r["ci_low"]:
+        return f"{r['delta']:+.2f} ({r.get('verdict') or 'n/a'})"
+    return f"{r['delta']:+.2f} [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]"
+
+
+def _fmt_p(r) -> str:
+    p, ph = r.get("p_raw"), r.get("p_holm")
+    if p is None or p != p:
+        return ""
+    return f"{p:.3g} / {ph:.3g}" if ph is not None and ph == ph else f"{p:.3g}"
 
 
 def _markdown(suite, teachers, results, tuning, meta) -> str:
     L = [f"# Comparison suite `{suite.name}`{' (quick)' if meta.get('quick') else ''}", ""]
-    L.append(f"Test top-1 (%) on the held-out digits test split (400 images: one image = 0.25 points) at the "
-             f"last epoch, mean ± std over {len(meta['seeds'])} seed(s) {meta['seeds']}. Δ is against no-KD at "
-             f"the same student size; a Δ smaller than two standard errors is marked n.s. Recipe (frozen for "
-             f"every row): `{json.dumps(meta['recipe'])}`" + (f", tuned on val: `{json.dumps(meta['tuned'])}`"
-                                                               if meta.get("tuned") else "") + ".")
+    n_img = meta.get("test_images")
+    per = f" ({n_img} images: one image = {100.0 / n_img:.3g} points)" if n_img else ""
+    L.append(f"Test top-1 (%) on the held-out test split{per} at the last epoch, mean ± std over "
+             f"{len(meta['seeds'])} seed(s) {meta['seeds']}. Δ is row minus its baseline (no-KD at the same "
+             f"student size unless the row names one), paired by seed: mean Δ with its {100 * (1 - suite.alpha):.0f}% "
+             f"t-interval; p is the paired t-test's (raw / Holm-corrected within the row's family of comparisons). "
+             f"A row is called better or worse only when its family's Holm-corrected test rejects at "
+             f"α = {suite.alpha}. Recipe (frozen for every row): `{json.dumps(meta['recipe'])}`"
+             + (f", tuned on val: `{json.dumps(meta['tuned'])}`" if meta.get("tuned") else "") + ".")
     L.append(f"MACs: one multiply-add = 1, per image, attention counted. Train cost = 3 x student forward + "
              f"teachers' forward + 3 x distillation overhead (connectors, relation products). img/s: student "
              f"inference, batch 32, CPU, measured after the runs. Wall: mean seconds of training per run "
              f"({suite.jobs} runs in parallel, 1 thread each).")
     L.append("")
-    L.append("| group | row | family | student | teacher | test top-1 | Δ vs no-KD | val top-1 | params (M) | "
-             "MACs (M) | train MMACs/img | img/s | wall s |")
-    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    L.append("| group | row | family | student | teacher | test top-1 | Δ vs baseline [CI] | p raw / Holm | verdict | "
+             "val top-1 | params (M) | MACs (M) | train MMACs/img | img/s | wall s |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for g in GROUP_ORDER + sorted({r["group"] for r in results} - set(GROUP_ORDER)):
         for r in [x for x in results if x["group"] == g]:
             L.append(f"| {g} | {r['row']} | {r['family']} | {r['student']} | {r['teachers'] or '-'} | "
-                     f"{r['test_top1_mean']:.2f} ± {r['test_top1_std']:.2f} | {_fmt_delta(r)} | "
-                     f"{r['val_top1_mean']:.2f} | {r['params_m']:.3f} | {r['macs_m']:.2f} | "
+                     f"{r['test_top1_mean']:.2f} ± {r['test_top1_std']:.2f} | {_fmt_delta(r)} | {_fmt_p(r)} | "
+                     f"{r.get('verdict', '')} | {r['val_top1_mean']:.2f} | {r['params_m']:.3f} | {r['macs_m']:.2f} | "
                      f"{r['train_mmacs_per_image']:.2f} | {r['img_per_s']:.0f} | {r['wall_s_per_run']:.1f} |")
+    L += _per_image_section(results) + _plan_section(meta.get("seed_plan") or [], suite.alpha)
     L += ["", "## Teachers", "", "| teacher | model | test top-1 | val top-1 | params (M) | MACs (M) | img/s | "
                                    "distilled from |", "|---|---|---|---|---|---|---|---|"]
     for t in teachers:
@@ -457,6 +475,37 @@ def _markdown(suite, teachers, results, tuning, meta) -> str:
             L.append(f"| {t['key']} | {t['value']} | {t['val_top1']:.2f} | {'yes' if t['chosen'] else ''} |")
     L += ["", "![pareto](pareto.png)", "", "![curves](curves.png)", ""]
     return "\n".join(L)
+
+
+def _per_image_section(results) -> List[str]:
+    rows = [r for r in results if r.get("fixed_share") is not None]
+    if not rows:
+        return []
+    L = ["", "## Per-image view (test split, all paired seeds pooled)", "",
+         "Fixes: share of (seed, image) pairs the row gets right and its baseline wrong; breaks: the reverse. "
+         "The bootstrap interval resamples seeds and test images (image draws shared across seeds); McNemar's "
+         "exact p treats the pooled pairs as independent, so it is descriptive only.", "",
+         "| row | baseline | fixes % | breaks % | McNemar b / c | McNemar p | bootstrap Δ interval |",
+         "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        L.append(f"| {r['row']} | {r['baseline']} | {100 * r['fixed_share']:.2f} | {100 * r['broken_share']:.2f} | "
+                 f"{r['mcnemar_b']} / {r['mcnemar_c']} | {r['mcnemar_p']:.3g} | "
+                 f"[{r['boot_ci_low']:+.1f}, {r['boot_ci_high']:+.1f}] |")
+    return L
+
+
+def _plan_section(plan, alpha) -> List[str]:
+    if not plan:
+        return []
+    L = ["", "## How many seeds (power 0.8, paired t-test at Holm's worst case α/m)", "",
+         f"From the paired SDs of Δ measured above (α = {alpha}). `vitkd compare --plan-seeds` prints this "
+         "table from the cache without training.", "",
+         "| family | comparisons m | target Δ | median paired SD | seeds needed | max paired SD | seeds needed | "
+         "critical abs(t) with 5 seeds |", "|---|---|---|---|---|---|---|---|"]
+    for p in plan:
+        L.append(f"| {p['family']} | {p['family_size']} | {p['delta']:.1f} | {p['median_sd']:.2f} | "
+                 f"{p['seeds_median_sd']} | {p['max_sd']:.2f} | {p['seeds_max_sd']} | {p['critical_t_5_seeds']:.2f} |")
+    return L
 
 
 FAMILY_COLORS = {"none": "black", "logit": "tab:blue", "token": "tab:orange", "patch": "tab:green",
@@ -555,7 +604,10 @@ def update_readme(readme, out_dir: Path) -> None:
 
 
 def run_suite(path, out: Optional[str] = None, quick: bool = False, cache: Optional[str] = None,
-              jobs: Optional[int] = None, progress: bool = True, log=print, readme: Optional[str] = None) -> Path:
+              jobs: Optional[int] = None, progress: bool = True, log=print, readme: Optional[str] = None,
+              plan_seeds: bool = False) -> Path:
+    """Train what the cache lacks, then write the report. ``plan_seeds``: train nothing; report from the
+    cache and print how many seeds each family of comparisons needs."""
     suite, base = load_suite(path)
     n_jobs = jobs or suite.jobs
     name = suite.name + ("-quick" if quick else "")
@@ -579,14 +631,14 @@ def run_suite(path, out: Optional[str] = None, quick: bool = False, cache: Optio
             break
         waiting |= more
     first = [j for j in teacher_jobs if j.row not in waiting]
-    walls = execute(first + tune_jobs, n_jobs, progress, log)
+    walls = execute(first + tune_jobs, n_jobs, progress, log, train=not plan_seeds)
     tuned, tuning = _pick_tuned(suite, tune_jobs) if tune_jobs else ({}, [])
     if tuned:
         log(f"tuned on val: {tuned}")
     teacher_jobs = plan_teachers(suite, base, cache_dir, quick, tuned)
     row_jobs = plan_rows(suite, base, cache_dir, quick, tuned)
     walls.update(execute([j for j in teacher_jobs if j.row in waiting] + row_jobs, n_jobs, progress, log,
-                         done_before=[j.key for j in first]))
+                         done_before=[j.key for j in first], train=not plan_seeds))
     recipe, seeds = recipe_of(suite, quick)
     meta = {"recipe": recipe, "seeds": seeds, "tuned": tuned, "quick": quick,
             "suite_file": str(path), "wall_s_total": time.perf_counter() - t0}
@@ -598,6 +650,10 @@ def run_suite(path, out: Optional[str] = None, quick: bool = False, cache: Optio
     _write_timing(out_dir / "timing.json", walls, meta["wall_s_total"])
     if readme:
         update_readme(readme, out_dir)
+    if plan_seeds:
+        for p in meta["seed_plan"]:
+            log(f"family {p['family']} (m={p['family_size']}): |Δ| {p['delta']:.1f} needs {p['seeds_median_sd']} seeds "
+                f"at the median paired SD {p['median_sd']:.2f}, {p['seeds_max_sd']} at the largest {p['max_sd']:.2f}")
     log(f"wrote {out_dir} ({len(results)} rows, {meta['wall_s_total']:.0f}s)")
     return out_dir
 
