@@ -93,6 +93,16 @@ def _built(name, kwargs_items):
     return timm.create_model(name, pretrained=False, **dict(small, **dict(kwargs_items))), side
 
 
+@functools.lru_cache(maxsize=None)
+def _timm_vit_traces() -> bool:
+    ref = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, num_classes=3)
+    try:
+        get_graph_node_names(ref)
+    except TypeError:
+        return False
+    return True
+
+
 def _create(name, **kwargs):
     """A fresh copy of the small model (each configuration is built once per session: building and
     initialising the 224 px ViTs is most of their cost)."""
@@ -256,7 +266,11 @@ def test_features_only(name, feature_cls):
 def test_fx_forward_backward(name):
     """Symbolic tracing with timm's no-trace modules / functions, as timm's FX tests: torchvision's feature
     extractor returning the model output, one graph per mode. Eval graph: the same output bit for bit (also
-    when traced by plain ``torch.fx.symbolic_trace``); train graph: gradients reach every parameter."""
+    when traced by plain ``torch.fx.symbolic_trace``); train graph: gradients reach every parameter.
+    The contract is timm's: where timm's own ViT does not trace (torch 2.6 with timm >= 1.0.26 passes
+    ``is_causal`` on as a Proxy), vitkd's models are not asked to."""
+    if not _timm_vit_traces():
+        pytest.skip("timm's own vit_tiny_patch16_224 does not trace with torch.fx in this environment")
     model, side = _create(name, num_classes=42)
     train_nodes, eval_nodes = get_graph_node_names(model)   # timm's wrapper: its tracer settings
     fx_model = create_feature_extractor(

@@ -83,6 +83,10 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_profile(args) -> int:
+    if args.img_size is not None and args.img_size <= 0:
+        raise ConfigError(f"--img-size: must be > 0, got {args.img_size}")
+    if args.batch_size <= 0:
+        raise ConfigError(f"--batch-size: must be > 0, got {args.batch_size}")
     from .profile import format_report, profile_model
     if args.model.endswith((".yaml", ".yml")):
         return _profile_config(args)

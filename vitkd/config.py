@@ -23,6 +23,25 @@ class ConfigError(ValueError):
     """A bad config: the message is one line naming the key, value or file."""
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, but numbers like ``1e-3`` are floats (YAML 1.2), not strings (YAML 1.1)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    __import__("re").compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", __import__("re").X),
+    list("-+0123456789."))
+
+
+def yaml_load(text):
+    """Parse YAML text with :class:`_Loader` (the one YAML parser of configs and ``--set`` values)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def _path_field(default=None, **kw):
     return field(default=default, metadata={"path": True, **kw})
 
@@ -62,6 +81,14 @@ class DataCfg:
             _positive("data.img_size", self.img_size)
         if self.train_subset is not None:
             _positive("data.train_subset", self.train_subset)
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers: must be >= 0, got {self.num_workers}")
+        if not 0 <= self.re_prob <= 1:
+            raise ConfigError(f"data.re_prob: must be in [0, 1], got {self.re_prob}")
+        if not 0 <= self.hflip <= 1:
+            raise ConfigError(f"data.hflip: must be in [0, 1], got {self.hflip}")
+        if self.auto_augment is not None:
+            _check_auto_augment(self.auto_augment)
 
 
 @dataclass
@@ -128,6 +155,18 @@ class RunCfg:
     train: TrainCfg = field(default_factory=TrainCfg)
     distill: Optional[DistillCfg] = None
     name: Optional[str] = None
+
+
+def _check_auto_augment(policy: str) -> None:
+    """timm's policy strings: rand-..., augmix-..., trivial..., original / v0 (AutoAugment)."""
+    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+    hparams = dict(translate_const=10, img_mean=(124, 116, 104))
+    builders = {"rand": rand_augment_transform, "augmix": augment_and_mix_transform}
+    try:
+        builders.get(policy.split("-")[0], auto_augment_transform)(policy, hparams)
+    except Exception as e:   # timm raises assertion/key/value errors for unknown policies
+        raise ConfigError(f"data.auto_augment: '{policy}' is not a timm augmentation policy "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unknown'})") from None
 
 
 def _choice(key, value, choices):
@@ -208,6 +247,11 @@ def _build(cls, data: dict, prefix: str, base: Path):
             valid = "" if extra else f" (valid keys: {', '.join(fields)})"
             raise ConfigError(f"unknown config key '{key}'{extra}{valid}")
         kwargs[k] = _coerce(v, hints[k], key, base, dict(fields[k].metadata))
+    missing = [f.name for f in fields.values() if f.name not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        key = f"{prefix}.{missing[0]}" if prefix else missing[0]
+        raise ConfigError(f"{key}: missing (required)")
     return cls(**kwargs)
 
 
@@ -234,7 +278,7 @@ def apply_overrides(data: dict, overrides: List[str]) -> dict:
             raise ConfigError(f"--set {item}: expected key=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
+            value = yaml_load(raw)
         except yaml.YAMLError:
             value = raw
         node = data
@@ -257,16 +301,21 @@ def read_yaml(path: Union[str, Path]) -> dict:
         raise ConfigError(f"config file not found: {path}")
     try:
         with open(path) as f:
-            data = yaml.safe_load(f)
+            data = yaml_load(f)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}:{where} invalid YAML ({getattr(e, 'problem', None) or e})") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level, got {type(data).__name__}")
     return data or {}
 
 
 def load_config(path: Union[str, Path], overrides: Optional[List[str]] = None) -> RunCfg:
-    raw = apply_overrides(read_yaml(path), overrides or [])
+    data = read_yaml(path)
+    if not data:
+        raise ConfigError(f"{path}: the config is empty (it would train a default 224-px ViT-Ti on digits)")
+    raw = apply_overrides(data, overrides or [])
     return parse_config(raw, base=Path(path).parent)
 
 

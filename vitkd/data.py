@@ -121,17 +121,27 @@ def _imagefolder(cfg: DataCfg):
         if not (root / split).is_dir():
             raise ConfigError(f"data.root: {root / split} not found (ImageNet layout: root/train/<class>/*, "
                               f"root/val/<class>/*)")
-    train, val = ImageFolder(str(root / "train")), ImageFolder(str(root / "val"))
+    try:
+        train, val = ImageFolder(str(root / "train")), ImageFolder(str(root / "val"))
+    except (FileNotFoundError, RuntimeError) as e:   # no class folders, or a class folder with no images
+        raise ConfigError(f"data.root: {root}: {str(e).splitlines()[0]}") from None
     if train.classes != val.classes:
         raise ConfigError(f"data.root: class folders of {root}/train and {root}/val differ")
     return train.samples, val.samples, len(train.classes)
 
 
 # ---------------------------------------------------------------------- transforms
+class DataError(ConfigError):
+    """An input file that cannot be read (named in the message)."""
+
+
 def _to_pil(item) -> Image.Image:
     if isinstance(item, tuple):   # (path, target) from ImageFolder
-        with open(item[0], "rb") as f:
-            return Image.open(f).convert("RGB")
+        try:
+            with open(item[0], "rb") as f:
+                return Image.open(f).convert("RGB")
+        except (OSError, ValueError) as e:
+            raise DataError(f"data: cannot read image {item[0]} ({type(e).__name__}: {e})") from None
     arr = np.asarray(item)
     if arr.dtype != np.uint8:
         arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)

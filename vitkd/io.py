@@ -18,6 +18,7 @@ def atomic_writer(path: Union[str, Path], mode: str = "wb"):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600: outputs follow the umask like any other file
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -28,6 +29,12 @@ def atomic_writer(path: Union[str, Path], mode: str = "wb"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path, data: bytes):

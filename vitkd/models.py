@@ -49,7 +49,7 @@ def create(name: str, num_classes: Optional[int] = None, args: Optional[Dict[str
     try:
         if checkpoint is not None:
             weights = resolve_weights(checkpoint)
-            overlay = dict(file=str(weights))
+            overlay = dict(file=str(weights), custom_load=False)   # a plain state dict, never a model's npz loader
             if num_classes is not None:
                 # timm drops the classifier weights when num_classes differs from the pretrained cfg's
                 overlay["num_classes"] = num_classes
@@ -60,8 +60,14 @@ def create(name: str, num_classes: Optional[int] = None, args: Optional[Dict[str
     except TypeError as e:
         raise ConfigError(f"{where}.args: {name} rejects its arguments: {e}") from None
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ConfigError(f"{where}.checkpoint: weights do not fit {name}: {first}") from None
+    except Exception as e:   # a truncated, zeroed or garbage weights file
+        if checkpoint is None:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise ConfigError(f"{where}.checkpoint: cannot read the weights in {checkpoint} "
+                          f"({type(e).__name__}: {first})") from None
 
 
 def data_spec(model: nn.Module, img_size: Optional[int] = None) -> DataSpec:

@@ -286,6 +286,8 @@ def execute(jobs: List[Job], n_jobs: int, progress: bool = True, log=print, done
                 key, wall, err = f.result()
                 walls[key] = wall
                 bar.update(1)
+                if not err:   # a line per run, also when no terminal shows the bar
+                    log(f"run {key} done in {wall:.0f}s ({bar.n}/{len(jobs)})")
                 if err:
                     failures.append(f"{key}: {err}")
                     log(f"run failed: {key}: {err}")

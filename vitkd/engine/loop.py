@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from ..config import ConfigError, RunCfg, to_dict
 from ..data import EpochSampler, MixedDataset, MixSpec, sample_seed
 from ..losses import Batch
-from ..rundir import RunDir
+from ..rundir import RunDir, ensure_writable
 from .build import build_run, versions
 from .checkpoint import load_checkpoint, resume_changes, rng_state, save_checkpoint, set_rng_state
 from .dist import Reducer, World, current_world, reducer_for
@@ -80,6 +80,30 @@ def epoch_means(sums: Dict[str, float], seen: float, reducer: Reducer) -> Dict[s
     return {k: v / n for k, v in total.items()}
 
 
+@torch.no_grad()
+def dry_run(distiller, train_ds, cfg: RunCfg) -> None:
+    """One forward of two training images through the distiller in eval mode (RNG states restored): input
+    sizes, heads and connectors that cannot work fail here in one line, before any file is written."""
+    from ..data import seeded
+    device = next(distiller.parameters()).device
+    items = [train_ds[i] for i in range(min(2, len(train_ds)))]
+    x = torch.stack([it[0] for it in items]).to(device)
+    y = torch.tensor([int(it[1]) for it in items], device=device)
+    was = distiller.training
+    try:
+        with seeded(0):
+            distiller.eval()
+            distiller(Batch(images=x, target=y, index=torch.arange(len(items)), progress=0.0))
+    except ConfigError:
+        raise
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"model {cfg.model.name} cannot train on data.img_size {tuple(x.shape[-2:])} with these "
+                          f"terms ({type(e).__name__}: {first})") from None
+    finally:
+        distiller.train(was)
+
+
 def _check_target(run: RunDir, resume: bool, overwrite: bool) -> None:
     if resume:
         if not run.has_checkpoint():
@@ -99,6 +123,8 @@ def train(cfg: RunCfg, out_dir, resume: bool = False, overwrite: bool = False,
     run_dir = RunDir(out_dir)
     world = current_world()
     _check_target(run_dir, resume, overwrite)
+    if world.is_main:
+        ensure_writable(run_dir.path)
     ckpt, changes = None, {}
     if resume:
         ckpt = load_checkpoint(run_dir.path)
@@ -117,6 +143,7 @@ def train(cfg: RunCfg, out_dir, resume: bool = False, overwrite: bool = False,
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise ConfigError(f"data.batch_size: {dc.batch_size} is larger than the {len(train_ds)} train images")
+    dry_run(distiller, train_ds, cfg)   # a model/data mismatch fails here, before anything is written
     optimizer, sched = build_optimizer(distiller, tc, steps_per_epoch)
     ema = None
     if tc.ema_decay is not None:
