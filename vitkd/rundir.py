@@ -224,10 +224,14 @@ class RunDir:
 
 
 def ensure_writable(path: Path) -> None:
-    """One line naming the folder when it cannot be created or written."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"--out {path}: cannot create the folder ({e.strerror})") from None
-    if not os.access(path, os.W_OK):
-        raise ConfigError(f"--out {path}: the folder is not writable")
+    """One line naming the folder when it could not be created or written; creates nothing."""
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ConfigError(f"--out {path}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {path}: {probe} is not writable")
