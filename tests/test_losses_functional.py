@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 import pytest
+
+from vitkd.connectors import resize_tokens
 import torch
 
 from vitkd.losses import functional as L
@@ -269,16 +271,17 @@ def test_manifold_resamples_teacher_grid():
     fs = rnd(2, 16, 6)   # student 4x4
     ft = rnd(2, 64, 10)  # teacher 8x8: bilinear 2x downsampling == 2x2 average pooling
     pooled = avgpool2_tokens(ft, 8, 8)
-    close(L.manifold_intra(fs, ft), ref_manifold_intra(fs, pooled))
-    close(L.manifold_inter(fs, ft), ref_manifold_inter(fs, pooled))
-    # non-square grids passed explicitly
+    on_grid = resize_tokens(ft, (8, 8), (4, 4))   # the term resamples through the connectors
+    close(L.manifold_intra(fs, on_grid), ref_manifold_intra(fs, pooled))
+    close(L.manifold_inter(fs, on_grid), ref_manifold_inter(fs, pooled))
+    # non-square grids
     fs2, ft2 = rnd(2, 8, 6), rnd(2, 32, 10)  # student 2x4, teacher 4x8
     pooled2 = avgpool2_tokens(ft2, 4, 8)
-    close(L.manifold_intra(fs2, ft2, s_grid=(2, 4), t_grid=(4, 8)), ref_manifold_intra(fs2, pooled2))
+    close(L.manifold_intra(fs2, resize_tokens(ft2, (4, 8), (2, 4))), ref_manifold_intra(fs2, pooled2))
+    with pytest.raises(ValueError, match="resize_tokens"):
+        L.manifold_intra(fs2, ft2)  # token counts differ: no grid is guessed from a token count
     with pytest.raises(ValueError):
-        L.manifold_intra(fs2, ft2)  # 8 and 32 tokens are not squares
-    with pytest.raises(ValueError):
-        L.manifold_intra(fs2, ft2, s_grid=(3, 3), t_grid=(4, 8))  # grid does not match N
+        resize_tokens(ft2, (3, 3), (2, 4))  # the grid does not hold the tokens
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,7 +503,7 @@ def _cases():
         ("manifold_intra", lambda s, t: L.manifold_intra(s, t), (4, 9, 5), (4, 9, 7)),
         ("manifold_inter", lambda s, t: L.manifold_inter(s, t), (4, 9, 5), (4, 9, 7)),
         ("manifold_random", lambda s, t: L.manifold_random(s, t, k=8), (4, 9, 5), (4, 9, 7)),
-        ("manifold_resample", lambda s, t: L.manifold_intra(s, t), (4, 4, 5), (4, 16, 7)),
+        ("manifold_resample", lambda s, t: L.manifold_intra(s, resize_tokens(t, (4, 4), (2, 2))), (4, 4, 5), (4, 16, 7)),
         ("hint_mse", lambda s, t: L.hint_mse(s, t), (4, 9, 5), (4, 9, 5)),
         ("vitkd_mimic", lambda s, t: L.vitkd_mimic(s, t), (4, 9, 5), (4, 9, 5)),
         ("vitkd_generation", lambda s, t: L.vitkd_generation(s, t, mask), (4, 9, 5), (4, 9, 5)),

@@ -15,39 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from .config import ConfigError, DistillCfg, RunCfg
-from .losses import Batch, LossTerm, ModelInfo, build_term
+from .losses import Batch, LossTerm, build_term
 from .teachers import LiveTeacher, TeacherSource, build_teacher_source
-from .taps import TapOutput, TapRequest, Tapped, is_vit_like, model_name, num_blocks, prefix_token_names, \
-    stage_reductions
+from .taps import TapOutput, TapRequest, Tapped, describe
 
-__all__ = ["Distiller", "build_distiller", "model_info", "term_defaults"]
-
-
-def model_info(model: nn.Module, name: str, img_size: Tuple[int, int]) -> ModelInfo:
-    vit = is_vit_like(model)
-    grid = None
-    heads = ["cls"]
-    if vit:
-        pe = model.patch_embed
-        grid = tuple(pe.dynamic_feat_size(img_size)) if hasattr(pe, "dynamic_feat_size") else tuple(pe.grid_size)
-        if hasattr(model, "forward_heads"):
-            heads = list(getattr(model, "head_names", None) or [])
-            if not heads:
-                with torch.no_grad():
-                    was = model.training
-                    model.eval()
-                    probe = torch.zeros(1, 3, *img_size, device=next(model.parameters()).device)
-                    heads = list(model.forward_heads(model.forward_features(probe)))
-                    model.train(was)
-        elif getattr(model, "head_dist", None) is not None:
-            heads = ["cls", "dist"]
-    blk0 = model.blocks[0] if vit else None
-    attn = getattr(blk0, "attn", None)
-    return ModelInfo(name=model_name(model), vit=vit, depth=num_blocks(model),
-                     embed_dim=getattr(model, "embed_dim", None) if vit else None,
-                     num_heads=getattr(attn, "num_heads", None), num_classes=getattr(model, "num_classes", 0),
-                     grid=grid, prefix_names=prefix_token_names(model) if vit else [],
-                     stages=stage_reductions(model), head_names=heads, model=model)
+__all__ = ["Distiller", "build_distiller", "term_defaults"]
 
 
 class Distiller(nn.Module):
@@ -63,7 +35,7 @@ class Distiller(nn.Module):
         self.terms = nn.ModuleList(terms)
         self.img_size = tuple(img_size)
         self.student_spec = student_spec
-        infos = {"student": model_info(student, "student", self.img_size)}
+        infos = {"student": describe(student, self.img_size)}
         infos.update({k: t.describe(self.img_size) for k, t in self.teachers.items()})
         requests: Dict[str, List[TapRequest]] = {k: [] for k in infos}
         self._readers: Dict[str, List[int]] = {k: [] for k in self.teachers}   # teacher -> indices of its terms

@@ -32,7 +32,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ["TapError", "TapRequest", "TapOutput", "Tapped", "prefix_token_names", "num_blocks",
+__all__ = ["TapError", "TapRequest", "TapOutput", "Tapped", "ModelInfo", "describe", "patch_grid", "head_names", "prefix_token_names", "num_blocks",
            "is_vit_like", "stage_reductions", "model_name"]
 
 
@@ -88,6 +88,63 @@ def _as_set(v) -> frozenset:
     if isinstance(v, int):
         return frozenset([v])
     return frozenset(int(i) for i in v)
+
+
+def patch_grid(model: nn.Module, img_size: Tuple[int, int]) -> Tuple[int, int]:
+    """The patch grid (H, W) a ViT-like model lays ``img_size`` out on, from its patch embedding."""
+    pe = model.patch_embed
+    if hasattr(pe, "dynamic_feat_size"):
+        return tuple(int(v) for v in pe.dynamic_feat_size(tuple(img_size)))
+    return tuple(int(v) for v in pe.grid_size)
+
+
+@dataclass
+class ModelInfo:
+    """Shapes of a model that loss terms check and build connectors from (no live module)."""
+    name: str
+    vit: bool
+    depth: int
+    embed_dim: Optional[int]
+    num_heads: Optional[int]
+    num_classes: int
+    grid: Optional[tuple]
+    prefix_names: list
+    stages: Dict[int, tuple]             # reduction -> (module, channels)
+    head_names: list
+    device: torch.device = torch.device("cpu")
+
+
+def head_names(model: nn.Module, img_size: Tuple[int, int]) -> List[str]:
+    """The classifier heads by name: the model's own ``head_names``, DeiT's cls + dist, a probe of
+    ``forward_heads`` when the model names its heads only there, else the single ``cls``."""
+    if hasattr(model, "forward_heads"):
+        names = list(getattr(model, "head_names", None) or [])
+        if names:
+            return names
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            probe = torch.zeros(1, 3, *img_size, device=next(model.parameters()).device)
+            names = list(model.forward_heads(model.forward_features(probe)))
+            model.train(was)
+        return names
+    if getattr(model, "head_dist", None) is not None:
+        return ["cls", "dist"]
+    return ["cls"]
+
+
+def describe(model: nn.Module, img_size: Tuple[int, int]) -> ModelInfo:
+    """What loss terms need to know of ``model`` at input ``img_size``, from its own metadata."""
+    vit = is_vit_like(model)
+    attn = getattr(model.blocks[0], "attn", None) if vit else None
+    param = next(model.parameters(), None)
+    return ModelInfo(name=model_name(model), vit=vit, depth=num_blocks(model),
+                     embed_dim=getattr(model, "embed_dim", None) if vit else None,
+                     num_heads=getattr(attn, "num_heads", None), num_classes=getattr(model, "num_classes", 0),
+                     grid=patch_grid(model, img_size) if vit else None,
+                     prefix_names=prefix_token_names(model) if vit else [],
+                     stages=stage_reductions(model), head_names=head_names(model, img_size) if vit else ["cls"],
+                     device=param.device if param is not None else torch.device("cpu"))
 
 
 @dataclass(frozen=True)
@@ -154,13 +211,31 @@ class TapOutput:
     final_prefix: Dict[str, Tensor] = field(default_factory=dict)   # ViTs: forward_features' prefix tokens
     final_patches: Optional[Tensor] = None                          # ViTs: forward_features' patch tokens
     grid_size: Optional[Tuple[int, int]] = None
+    num_prefix: int = 0                                             # prefix tokens before the patch tokens
 
     def grid(self, block: int) -> Tensor:
         """Patch tokens of ``block`` as a map [B, D, H, W] on the model's own patch grid."""
-        x = self.patches[block]
-        B, N, D = x.shape
-        H, W = self.grid_size
-        return x.transpose(1, 2).reshape(B, D, H, W)
+        from .connectors import tokens_to_map
+        return tokens_to_map(self.patches[block], self.grid_size)
+
+    def tokens(self, block: int, prefix: bool = True) -> Tensor:
+        """Output tokens of ``block`` [B, N, D]: the prefix tokens (in sequence order) then the patch tokens,
+        or the patch tokens alone with ``prefix=False``."""
+        pre = self.prefix.get(block) or {}
+        if not prefix or not pre:
+            return self.patches[block]
+        return torch.cat([torch.stack(list(pre.values()), dim=1), self.patches[block]], dim=1)
+
+    def attention(self, block: int, prefix: bool = True) -> Tensor:
+        """Attention probabilities of ``block`` [B, heads, N, N]; ``prefix=False``: the patch-to-patch block
+        only (rows as they are: not re-normalised)."""
+        a = self.attn[block]
+        return a if prefix else a[:, :, self.num_prefix:, self.num_prefix:]
+
+    def qkv_tokens(self, block: int, prefix: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
+        """Per-head (q, k, v) of ``block``, each [B, heads, N, d]; ``prefix=False``: patch tokens only."""
+        q, k, v = self.qkv[block]
+        return (q, k, v) if prefix else tuple(x[:, :, self.num_prefix:] for x in (q, k, v))
 
 
 def _pre_hook_calling(fns):
@@ -340,18 +415,15 @@ class Tapped(nn.Module):
                 qkv=BlockDict(self.depth, {i: (self._q[i], self._k[i], self._v[i]) for i in self.qkv_blocks
                                            if i in self._v}),
                 stages=dict(self._stages), features=feats if r.features else None, final_prefix=final_prefix,
-                final_patches=final_patches, grid_size=grid_size)
+                final_patches=final_patches, grid_size=grid_size,
+                num_prefix=len(self.prefix_names) if self.vit else 0)
         finally:
             self._clear_buffers()
             self._active = None
         return out
 
     def _grid_size(self, x: Tensor, n: int) -> Tuple[int, int]:
-        pe = self.model.patch_embed
-        if hasattr(pe, "dynamic_feat_size"):
-            hw = tuple(pe.dynamic_feat_size(tuple(x.shape[-2:])))
-        else:
-            hw = tuple(pe.grid_size)
+        hw = patch_grid(self.model, tuple(x.shape[-2:]))
         if hw[0] * hw[1] != n:
             raise TapError(f"{model_name(self.model)}: patch grid {hw} does not hold {n} patch tokens")
         return hw

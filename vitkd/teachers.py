@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from . import models as model_lib
 from .config import ConfigError, TeacherCfg
 from .data import DataSpec
-from .taps import TapOutput, TapRequest, Tapped, model_name
+from .taps import TapOutput, TapRequest, Tapped, describe
 
 __all__ = ["TeacherSource", "LiveTeacher", "build_teacher_source", "load_teacher_model"]
 
@@ -62,8 +62,7 @@ class LiveTeacher(TeacherSource):
         self._tapped: Optional[Tapped] = None
 
     def describe(self, img_size):
-        from .distiller import model_info
-        return model_info(self.model, model_name(self.model), img_size)
+        return describe(self.model, img_size)
 
     def set_request(self, request: TapRequest) -> None:
         if self._tapped is not None:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ConfigError
-from ..taps import TapOutput, TapRequest
+from ..taps import ModelInfo, TapOutput, TapRequest
 
 __all__ = ["LOSSES", "register_loss", "LossTerm", "Batch", "build_term", "WeightSchedule", "ModelInfo"]
 
@@ -46,22 +46,6 @@ class Batch:
     index: Optional[Tensor] = None       # dataset indices [B]
     epoch: int = 0
     progress: float = 0.0                # fraction of training done, in [0, 1]
-
-
-@dataclass
-class ModelInfo:
-    """Shapes of a model that terms need to build connectors (probed once at build time)."""
-    name: str
-    vit: bool
-    depth: int
-    embed_dim: Optional[int]
-    num_heads: Optional[int]
-    num_classes: int
-    grid: Optional[tuple]
-    prefix_names: list
-    stages: Dict[int, tuple]             # reduction -> (module, channels)
-    head_names: list
-    model: nn.Module
 
 
 class WeightSchedule:

@@ -53,7 +53,7 @@ class _PairedFeatures(LossTerm):
                 self.aligners.append(FeatureAligner(fs, ft, self.connector, self.resize))
             except ValueError as e:
                 self.fail(f"{fs.describe()} -> {ft.describe()}: {e}")
-        device = next(s.model.parameters()).device
+        device = s.device
         self.aligners.to(device)
 
     def requests(self) -> Dict[str, TapRequest]:
@@ -180,7 +180,7 @@ class ViTKD(LossTerm):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dt))
         self.generator = nn.Sequential(nn.Conv2d(dt, dt, 3, padding=1), nn.ReLU(inplace=True),
                                        nn.Conv2d(dt, dt, 3, padding=1))
-        self.to(next(s.model.parameters()).device)
+        self.to(s.device)
 
     @staticmethod
     def _on_grid(tokens: Tensor, own_grid, grid) -> Tensor:
@@ -225,7 +225,6 @@ class AttnKL(LossTerm):
             raise ValueError(f"tokens must be 'all' or 'patches', got {tokens!r}")
         self.match, self.tokens, self.eps = match, tokens, float(eps)
         self.mixers = nn.ModuleList()
-        self._np = (0, 0)
 
     def requests(self) -> Dict[str, TapRequest]:
         return {"student": TapRequest(attn={s for s, _ in self.pairs}),
@@ -239,21 +238,20 @@ class AttnKL(LossTerm):
                       f"'{self.teacher}' {t.num_heads}; use match: mean or mix")
         if self.match == "mix":
             self.mixers = nn.ModuleList(HeadMixer(s.num_heads, t.num_heads) for _ in self.pairs)
-            self.mixers.to(next(s.model.parameters()).device)
-        self._np = (len(s.prefix_names), len(t.prefix_names))
+            self.mixers.to(s.device)
 
     @staticmethod
-    def _patches(a: Tensor, p: int) -> Tensor:
-        a = a[:, :, p:, p:]
+    def _renormalised(a: Tensor) -> Tensor:
         return a / a.sum(-1, keepdim=True).clamp_min(1e-12)
 
     def forward(self, outs: Dict[str, TapOutput], batch: Batch) -> Tensor:
         so, to = outs["student"], outs[self.teacher]
         total = 0.0
         for i, (sb, tb) in enumerate(self.pairs):
-            a_s, a_t = so.attn[sb].float(), to.attn[tb].float()
-            if self.tokens == "patches":
-                a_s, a_t = self._patches(a_s, self._np[0]), self._patches(a_t, self._np[1])
+            with_prefix = self.tokens == "all"
+            a_s, a_t = so.attention(sb, with_prefix).float(), to.attention(tb, with_prefix).float()
+            if not with_prefix:   # the patch-to-patch block, rows re-normalised
+                a_s, a_t = self._renormalised(a_s), self._renormalised(a_t)
             match = self.match
             if match == "mix":
                 a_s, match = self.mixers[i](a_s), "heads"

@@ -38,7 +38,6 @@ __all__ = [
     "ofa_loss",
 ]
 
-Grid = Optional[Tuple[int, int]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -71,44 +70,14 @@ def _kl_rows(log_p_s: Tensor, log_p_t: Tensor) -> Tensor:
     return F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(-1)
 
 
-def _infer_grid(n: int, grid: Grid, who: str) -> Tuple[int, int]:
-    if grid is not None:
-        h, w = int(grid[0]), int(grid[1])
-        if h * w != n:
-            raise ValueError(f"{who}_grid={tuple(grid)} has {h * w} cells but there are {n} tokens")
-        return h, w
-    r = math.isqrt(n)
-    if r * r != n:
-        raise ValueError(f"cannot infer the {who} patch grid: {n} tokens is not a perfect square; "
-                         f"pass {who}_grid=(H, W)")
-    return r, r
-
-
-def _resample_tokens(ft: Tensor, s_n: int, s_grid: Grid, t_grid: Grid) -> Tensor:
-    """Bring teacher patch tokens [B, N', C] onto the student's patch grid (bilinear)."""
-    t_n = ft.shape[1]
-    if t_n == s_n:
-        # same token count: a missing grid is taken to be the other side's
-        if s_grid is None and t_grid is None:
-            return ft
-        s_grid = s_grid if s_grid is not None else t_grid
-        t_grid = t_grid if t_grid is not None else s_grid
-    sh, sw = _infer_grid(s_n, s_grid, "s")
-    th, tw = _infer_grid(t_n, t_grid, "t")
-    if (sh, sw) == (th, tw):
-        return ft
-    b, _, c = ft.shape
-    x = ft.transpose(1, 2).reshape(b, c, th, tw)
-    x = F.interpolate(x, size=(sh, sw), mode="bilinear", align_corners=False)
-    return x.flatten(2).transpose(1, 2)
-
-
-def _manifold_prepare(fs: Tensor, ft: Tensor, s_grid: Grid, t_grid: Grid, what: str):
+def _manifold_prepare(fs: Tensor, ft: Tensor, what: str):
     if fs.dim() != 3 or ft.dim() != 3:
         raise ValueError(f"{what}: expected patch tokens [B, N, C], got {tuple(fs.shape)} and {tuple(ft.shape)}")
     if fs.shape[0] != ft.shape[0]:
         raise ValueError(f"{what}: batch sizes differ ({fs.shape[0]} vs {ft.shape[0]})")
-    ft = _resample_tokens(ft, fs.shape[1], s_grid, t_grid)
+    if fs.shape[1] != ft.shape[1]:
+        raise ValueError(f"{what}: {fs.shape[1]} student tokens vs {ft.shape[1]} teacher tokens; bring the teacher "
+                         f"onto the student's patch grid first (vitkd.connectors.resize_tokens)")
     return F.normalize(fs, dim=-1), F.normalize(ft, dim=-1)
 
 
@@ -292,26 +261,25 @@ def ofa_loss(s: Tensor, t: Tensor, target: Tensor, eps: float = 1.0, T: float = 
 # --------------------------------------------------------------------------------------------
 # manifold distillation (Hao et al., NeurIPS 2022)
 # --------------------------------------------------------------------------------------------
-def manifold_intra(fs: Tensor, ft: Tensor, s_grid: Grid = None, t_grid: Grid = None) -> Tensor:
+def manifold_intra(fs: Tensor, ft: Tensor) -> Tensor:
     """Manifold KD, intra-image (patch-level) relation: ``MSE(F_s F_s^T, F_t F_t^T)`` per image.
 
-    ``fs`` [B, N, Cs], ``ft`` [B, N', Ct] patch tokens (prefix tokens stripped by the caller);
-    widths may differ. Each token is L2-normalised over channels; relation [B, N, N].
-    If ``N != N'`` the teacher tokens are resampled bilinearly (before normalisation) onto the
-    student grid; ``s_grid``/``t_grid`` = (H, W) give the real grids, otherwise square grids are
-    inferred (ValueError if N or N' is not a perfect square).
+    ``fs`` [B, N, Cs], ``ft`` [B, N, Ct] patch tokens on the same patch grid (prefix tokens stripped by
+    the caller; a teacher on another grid is resampled by the caller with
+    :func:`vitkd.connectors.resize_tokens`); widths may differ. Each token is L2-normalised over channels;
+    relation [B, N, N].
     Reduction: mean of the squared differences over all B*N*N elements.
     Reference (Efficient-Computing ManifoldKD ``layer_mf_loss``, its ``loss_mf_patch``) weight:
     ``--w-patch 4`` times ``--distillation-beta 1``, averaged over the distilled layer pairs
     (``--s-id 0 1 2 3 8 9 10 11``).
     """
-    fs, ft = _manifold_prepare(fs, ft, s_grid, t_grid, "manifold_intra")
+    fs, ft = _manifold_prepare(fs, ft, "manifold_intra")
     m_s = fs @ fs.transpose(1, 2)
     m_t = ft @ ft.transpose(1, 2)
     return (m_t - m_s).pow(2).mean()
 
 
-def manifold_inter(fs: Tensor, ft: Tensor, s_grid: Grid = None, t_grid: Grid = None) -> Tensor:
+def manifold_inter(fs: Tensor, ft: Tensor) -> Tensor:
     """Manifold KD, inter-image relation: per patch position, the [B, B] relation across the batch.
 
     Same inputs, normalisation and grid handling as :func:`manifold_intra`; relation [N, B, B].
@@ -319,15 +287,14 @@ def manifold_inter(fs: Tensor, ft: Tensor, s_grid: Grid = None, t_grid: Grid = N
     Reference (ManifoldKD ``loss_mf_sample``) weight: ``--w-sample 0.1`` times
     ``--distillation-beta 1``, averaged over the distilled layer pairs.
     """
-    fs, ft = _manifold_prepare(fs, ft, s_grid, t_grid, "manifold_inter")
+    fs, ft = _manifold_prepare(fs, ft, "manifold_inter")
     fs, ft = fs.transpose(0, 1), ft.transpose(0, 1)  # [N, B, C]
     m_s = fs @ fs.transpose(1, 2)
     m_t = ft @ ft.transpose(1, 2)
     return (m_t - m_s).pow(2).mean()
 
 
-def manifold_random(fs: Tensor, ft: Tensor, k: int = 192, generator: Optional[torch.Generator] = None,
-                    s_grid: Grid = None, t_grid: Grid = None) -> Tensor:
+def manifold_random(fs: Tensor, ft: Tensor, k: int = 192, generator: Optional[torch.Generator] = None) -> Tensor:
     """Manifold KD, randomly sampled relation: K tokens drawn from all B*N, relation [K, K].
 
     The same K indices (``torch.randperm(B*N, generator=generator)[:k]``, drawn on the
@@ -338,7 +305,7 @@ def manifold_random(fs: Tensor, ft: Tensor, k: int = 192, generator: Optional[to
     Reference (ManifoldKD ``loss_mf_rand``) weight: ``--w-rand 0.2`` times
     ``--distillation-beta 1``, averaged over the distilled layer pairs.
     """
-    fs, ft = _manifold_prepare(fs, ft, s_grid, t_grid, "manifold_random")
+    fs, ft = _manifold_prepare(fs, ft, "manifold_random")
     b, n = fs.shape[:2]
     gen_device = generator.device if generator is not None else torch.device("cpu")
     idx = torch.randperm(b * n, generator=generator, device=gen_device)[:k].to(fs.device)

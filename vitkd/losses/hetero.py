@@ -111,7 +111,7 @@ class OFA(LossTerm):
         if self.pool == "cls" and s.vit and "cls" not in s.prefix_names:
             self.fail(f"pool: cls but student model {s.name} has no cls token (prefix tokens: {s.prefix_names})")
         self.exits = nn.ModuleList(_Exit(f, s.num_classes, self.pool, self.projector, self.hidden) for f in self._feats)
-        self.exits.to(next(s.model.parameters()).device)
+        self.exits.to(s.device)
 
     def forward(self, outs: Dict[str, TapOutput], batch: Batch) -> Tensor:
         so = outs["student"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Dict, Optional
 
-import torch
 from torch import Tensor
 
 from ..taps import TapOutput, TapRequest
@@ -25,7 +24,6 @@ class _RelationTerm(LossTerm):
         if tokens not in ("all", "patches"):
             raise ValueError(f"tokens must be 'all' or 'patches', got {tokens!r}")
         self.relation_heads, self.tokens = int(relation_heads), tokens
-        self._np = (0, 0)
 
     def setup(self, models: Dict[str, ModelInfo]) -> None:
         s, t = check_vit_pairs(self, models, self.pairs)
@@ -33,7 +31,6 @@ class _RelationTerm(LossTerm):
         for role, info in (("student", s), (f"teacher '{self.teacher}'", t)):
             if self._needs_divisible() and info.embed_dim % self.relation_heads:
                 self.fail(f"relation_heads={self.relation_heads} does not divide the {role} width {info.embed_dim}")
-        self._np = (len(s.prefix_names), len(t.prefix_names)) if self.tokens == "patches" else (0, 0)
 
     def _needs_divisible(self) -> bool:
         return True
@@ -65,11 +62,11 @@ class MiniViTAttn(_RelationTerm):
 
     def forward(self, outs: Dict[str, TapOutput], batch: Batch) -> Tensor:
         so, to = outs["student"], outs[self.teacher]
-        ps, pt = self._np
+        with_prefix = self.tokens == "all"
         total = 0.0
         for sb, tb in self.pairs:
-            qs = tuple(x[:, :, ps:].float() for x in so.qkv[sb])
-            qt = tuple(x[:, :, pt:].float() for x in to.qkv[tb])
+            qs = tuple(x.float() for x in so.qkv_tokens(sb, prefix=with_prefix))
+            qt = tuple(x.float() for x in to.qkv_tokens(tb, prefix=with_prefix))
             total = total + KF.minivit_attn_relation(qs, qt, self.relation_heads, self.qkv_pairs)
         return total / len(self.pairs)
 
@@ -98,10 +95,7 @@ class MiniViTHidden(_RelationTerm):
                 self.teacher: TapRequest(tokens={t for _, t in self.pairs})}
 
     def _tokens(self, out: TapOutput, block: int) -> Tensor:
-        x = out.patches[block]
-        if self.tokens == "all" and out.prefix.get(block):
-            x = torch.cat([torch.stack(list(out.prefix[block].values()), dim=1), x], dim=1)
-        return x.float()
+        return out.tokens(block, prefix=self.tokens == "all").float()
 
     def forward(self, outs: Dict[str, TapOutput], batch: Batch) -> Tensor:
         so, to = outs["student"], outs[self.teacher]

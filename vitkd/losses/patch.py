@@ -6,6 +6,7 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor
 
+from ..connectors import resize_tokens
 from ..taps import TapOutput, TapRequest
 from . import functional as KF
 from .base import Batch, LossTerm, ModelInfo, register_loss
@@ -44,8 +45,9 @@ class Manifold(LossTerm):
         so, to = outs["student"], outs[self.teacher]
         total = 0.0
         for sb, tb in self.pairs:
-            fs, ft = so.patches[sb].float(), to.patches[tb].float()
-            g = dict(s_grid=so.grid_size, t_grid=to.grid_size)
+            fs = so.patches[sb].float()
+            ft = resize_tokens(to.patches[tb].float(), to.grid_size, so.grid_size)   # onto the student's grid
+            g = {}
             loss = 0.0
             if self.intra:
                 loss = loss + self.intra * KF.manifold_intra(fs, ft, **g)
