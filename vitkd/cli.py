@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="start over in a folder that holds a run")
     t.set_defaults(fn=_cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a student (run folder, its checkpoint.pt, or a .safetensors weights "
+    e = sub.add_parser("eval", help="evaluate a student (run folder, its checkpoint, or a .safetensors weights "
                                     "file with --model) on val and test; no teacher is loaded")
     e.add_argument("checkpoint")
     e.add_argument("--model", help="timm/vitkd model name of a bare weights file")

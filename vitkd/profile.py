@@ -510,18 +510,22 @@ def _default_input_size(model: nn.Module, img_size: Optional[Union[int, Sequence
 
 
 def _create_timm(name: str, img_size=None, **create_kwargs) -> nn.Module:
-    import timm
+    """A model with random weights (never downloaded), built through :func:`vitkd.models.create`; a ViT is
+    built for ``img_size``, a model that takes no ``img_size`` (CNNs) is built as it is."""
+    from . import models as model_lib
+    from .config import ConfigError
 
     create_kwargs = dict(create_kwargs)
     create_kwargs.pop("pretrained", None)  # never download weights
+    num_classes = create_kwargs.pop("num_classes", None)
     if img_size is not None:
         try:
-            return timm.create_model(name, pretrained=False, img_size=img_size, **create_kwargs)
-        except TypeError as e:
+            return model_lib.create(name, num_classes, {**create_kwargs, "img_size": img_size})
+        except ConfigError as e:
             if "img_size" not in str(e):
                 raise
             # CNNs and other fully-convolutional models take no img_size
-    return timm.create_model(name, pretrained=False, **create_kwargs)
+    return model_lib.create(name, num_classes, create_kwargs)
 
 
 def profile_model(

@@ -48,7 +48,6 @@ Registered: ``minivit_deit_{tiny,small,base}_patch16_224`` (share=2) and ``miniv
 from __future__ import annotations
 
 import copy
-import math
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -99,17 +98,14 @@ class HeadMix(nn.Module):
 @torch.fx.wrap
 @register_notrace_function
 def _patch_grid(num_patches: int, grid_size: Tuple[int, int]) -> Tuple[int, int]:
-    """(H, W) of ``num_patches`` tokens: the model's ``grid_size`` if it matches, else a square grid.
+    """(H, W) of ``num_patches`` tokens: the model's own ``grid_size`` (its patch embedding's), checked.
 
-    A leaf for torch.fx (``torch.fx.wrap`` and timm's no-trace registry): the choice depends on the token
+    A leaf for torch.fx (``torch.fx.wrap`` and timm's no-trace registry): the check depends on the token
     count, which is only known when the model runs, so a traced graph calls it instead of baking one in."""
     if grid_size[0] * grid_size[1] == num_patches:
         return grid_size[0], grid_size[1]
-    side = math.isqrt(num_patches)
-    if side * side == num_patches:
-        return side, side
-    raise RuntimeError(f'LocalConvTransform: {num_patches} patch tokens do not form the {tuple(grid_size)} grid '
-                       f'nor a square one (patch dropout / non-square dynamic sizes are not supported)')
+    raise RuntimeError(f'LocalConvTransform: {num_patches} patch tokens do not form the model\'s '
+                       f'{tuple(grid_size)} patch grid (patch dropout / dynamic input sizes are not supported)')
 
 
 class LocalConvTransform(nn.Module):
