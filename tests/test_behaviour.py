@@ -1,6 +1,8 @@
 """The per-step losses of every digits config match the committed record (tests/behaviour/)."""
 import importlib.util
 import json
+
+import pytest
 import tempfile
 from pathlib import Path
 
@@ -14,6 +16,7 @@ def _module():
     return mod
 
 
+@pytest.mark.slow
 def test_per_step_losses_of_every_digits_config_match_the_record():
     mod = _module()
     with tempfile.TemporaryDirectory() as tmp:

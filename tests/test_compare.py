@@ -47,6 +47,7 @@ def suite_file(tmp_path):
     return p
 
 
+@pytest.mark.slow
 def test_suite_end_to_end_and_cache(tmp_path, suite_file, capsys):
     out, cache = tmp_path / "results", tmp_path / "cache"
     assert main(["compare", str(suite_file), "--out", str(out), "--cache", str(cache)]) == 0

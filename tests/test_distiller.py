@@ -12,16 +12,13 @@ from safetensors.torch import load_file, save_file
 from vitkd.cli import main as cli_main
 from vitkd.config import ConfigError, parse_config
 from vitkd.distiller import Distiller, build_distiller
+from factories import IMG, batch, vit  # noqa: F401
 from vitkd.losses import Batch, build_term
 from vitkd import models as model_lib
 from vitkd.rundir import RunDir
 
-IMG = (16, 16)
 
 
-def vit(embed_dim=32, depth=2, num_heads=2):
-    return timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=embed_dim, depth=depth,
-                             num_heads=num_heads, num_classes=10)
 
 
 def make(student, teachers, specs):
@@ -29,9 +26,6 @@ def make(student, teachers, specs):
     return Distiller(student, teachers, terms, IMG)
 
 
-def batch(b=4):
-    g = torch.Generator().manual_seed(0)
-    return Batch(images=torch.randn(b, 3, *IMG, generator=g), target=torch.randint(0, 10, (b,), generator=g))
 
 
 SPECS = [

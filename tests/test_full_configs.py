@@ -34,6 +34,7 @@ def _teacher_weights(path: Path, num_classes: int):
     save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config,kind,n_cls,val_size", [
     ("imagenet/deit_tiny_distilled_regnety160.yaml", "imagefolder", 3, 8),
     ("cifar100/deit_tiny_distilled_regnety160.yaml", "cifar100", 100, 26),

@@ -10,16 +10,13 @@ from vitkd.config import ConfigError
 from vitkd.connectors import (HeadMixer, Identity, make_connector, map_to_tokens, resize_tokens,
                               tokens_to_map)
 from vitkd.distiller import Distiller
+from factories import IMG, batch, vit  # noqa: F401
 from vitkd.losses import LOSSES, Batch, build_term
 from vitkd.losses import functional as KF
 from vitkd.taps import TapRequest, Tapped
 
-IMG = (16, 16)
 
 
-def vit(embed_dim=32, depth=2, num_heads=2, **kw):
-    return timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=embed_dim, depth=depth,
-                             num_heads=num_heads, num_classes=10, **kw)
 
 
 def deit(embed_dim=32, depth=2, num_heads=2):
@@ -38,9 +35,6 @@ def distiller(student, teachers, specs):
     return Distiller(student, teachers, terms, IMG)
 
 
-def batch(b=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return Batch(images=torch.randn(b, 3, *IMG, generator=g), target=torch.randint(0, 10, (b,), generator=g))
 
 
 def tap(model, request, x):
