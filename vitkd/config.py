@@ -295,7 +295,33 @@ def apply_overrides(data: dict, overrides: List[str]) -> dict:
     return data
 
 
-def read_yaml(path: Union[str, Path]) -> dict:
+def _merge(base: dict, child: dict) -> dict:
+    """``child`` over ``base``: mappings merge key by key, anything else is replaced."""
+    out = dict(base)
+    for k, v in child.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml(path: Union[str, Path], _chain: tuple = ()) -> dict:
+    """A YAML mapping, with ``base:`` inheritance resolved: ``base: other.yaml`` (or a list of files, applied
+    in order; paths relative to this file) is read first and this file's keys are merged over it."""
+    data = _read_yaml_file(path)
+    bases = data.pop("base", None) if isinstance(data, dict) else None
+    if bases is None:
+        return data
+    path = Path(path).resolve()
+    if path in _chain:
+        raise ConfigError(f"{path}: base: inheritance cycle ({' -> '.join(p.name for p in _chain + (path,))})")
+    merged: dict = {}
+    for b in [bases] if isinstance(bases, str) else bases if isinstance(bases, list) else [None]:
+        if not isinstance(b, str):
+            raise ConfigError(f"{path}: base: expected a file name or a list of them, got {bases!r}")
+        merged = _merge(merged, read_yaml(path.parent / b, _chain + (path,)))
+    return _merge(merged, data)
+
+
+def _read_yaml_file(path: Union[str, Path]) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
