@@ -12,10 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
 
-import yaml
-
 from .rundir import RunDir
-from .config import ConfigError, apply_overrides, build_dataclass, parse_config, read_yaml, to_dict
+from .config import ConfigError, apply_overrides, build_dataclass, check_paths, parse_config, read_yaml, to_dict
 
 __all__ = ["is_chain", "run_chain", "ChainStage"]
 
@@ -67,12 +65,12 @@ def run_chain(path, out, overrides: List[str] = (), overwrite: bool = False, log
     plans = []
     for stage in chain.chain:   # check every stage's config before training anything
         raw = _stage_raw(stage, path.parent, outs, list(overrides))
-        stripped = yaml.safe_load(yaml.safe_dump(raw))
-        for t in ((stripped.get("distill") or {}).get("teachers") or {}).values():
-            if isinstance(t, dict) and str(t.get("checkpoint", "")).startswith(str(out)):
-                t.pop("checkpoint")
         try:
-            parse_config(stripped, base=path.parent)
+            cfg = parse_config(raw, base=path.parent, paths=False)   # earlier stages are not trained yet
+            for t in (cfg.distill.teachers.values() if cfg.distill else []):
+                if t.checkpoint is not None and str(t.checkpoint).startswith(str(out)):
+                    t.checkpoint = None   # an earlier stage's run folder: it exists once that stage ran
+            check_paths(cfg)
         except ConfigError as e:
             raise ConfigError(f"chain stage '{stage.name}': {e}") from None
         outs[stage.name] = out / stage.name

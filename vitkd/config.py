@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Union
 import yaml
 
 __all__ = ["ConfigError", "ModelCfg", "DataCfg", "TrainCfg", "TeacherCfg", "DistillCfg", "RunCfg",
-           "load_config", "parse_config", "apply_overrides", "to_dict", "build_dataclass", "read_yaml"]
+           "load_config", "parse_config", "check_paths", "apply_overrides", "to_dict", "build_dataclass", "read_yaml"]
 
 
 class ConfigError(ValueError):
@@ -226,11 +226,9 @@ def _coerce(value, tp, key: str, base: Path, meta: dict):
             raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
         if meta.get("path"):
             p = Path(os.path.expanduser(value))
-            if not p.is_absolute():
+            if not p.is_absolute():   # relative to the config file when it is there, else to the cwd
                 p = (base / p) if (base / p).exists() else p
-            if not p.exists():
-                raise ConfigError(f"{key}: file or folder not found: {value}")
-            return str(p)
+            return str(p)   # existence is checked after parsing (check_paths), in one place
         return value
     raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
 
@@ -262,12 +260,31 @@ def build_dataclass(cls, data: Optional[dict], prefix: str = "", base: Union[str
     return _build(cls, data, prefix, Path(base))
 
 
-def parse_config(data: Optional[dict], base: Union[str, Path] = ".") -> RunCfg:
-    """Validate a raw mapping into a :class:`RunCfg`. Relative paths resolve against ``base`` first."""
+def parse_config(data: Optional[dict], base: Union[str, Path] = ".", paths: bool = True) -> RunCfg:
+    """Validate a raw mapping into a :class:`RunCfg` (the schema: pure). Relative paths resolve against
+    ``base`` first. ``paths``: then check that every file or folder it names exists (:func:`check_paths`);
+    planners that validate configs whose teachers are not trained yet pass ``paths=False``."""
     data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config: expected a mapping at the top level, got {type(data).__name__}")
-    return _build(RunCfg, data, "", Path(base))
+    cfg = _build(RunCfg, data, "", Path(base))
+    if paths:
+        check_paths(cfg)
+    return cfg
+
+
+def check_paths(node, prefix: str = "") -> None:
+    """Every path a config names (fields marked as paths) exists: the one place files are checked."""
+    if dataclasses.is_dataclass(node):
+        for f in dataclasses.fields(node):
+            key = f"{prefix}.{f.name}" if prefix else f.name
+            value = getattr(node, f.name)
+            if f.metadata.get("path") and value is not None and not Path(value).exists():
+                raise ConfigError(f"{key}: file or folder not found: {value}")
+            check_paths(value, key)
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            check_paths(v, f"{prefix}.{k}")
 
 
 def apply_overrides(data: dict, overrides: List[str]) -> dict:

@@ -621,7 +621,7 @@ def run_suite(path, out: Optional[str] = None, quick: bool = False, cache: Optio
     row_jobs = plan_rows(suite, base, cache_dir, quick, {})
     for j in teacher_jobs + tune_jobs + row_jobs:
         try:
-            parse_config(_strip_checkpoints(j.raw))
+            parse_config(j.raw, paths=False)   # teachers are not trained yet: schema only
         except ConfigError as e:
             raise ConfigError(f"suite {j.key}: {e}") from None
     t0 = time.perf_counter()
@@ -675,12 +675,3 @@ def _write_timing(path: Path, walls: Dict[str, float], wall_total: float) -> Non
         "wall_s_this_invocation": wall_total, "runs_trained_now": len(trained), "runs_reused": len(reused),
         "empty_cache_wall_s": wall_total if not reused else prev.get("empty_cache_wall_s"),
         "per_run_s": {**prev.get("per_run_s", {}), **trained}})
-
-
-def _strip_checkpoints(raw: dict) -> dict:
-    """Teacher checkpoints do not exist before the teachers are trained: validate everything else."""
-    raw = copy.deepcopy(raw)
-    for t in ((raw.get("distill") or {}).get("teachers") or {}).values():
-        if isinstance(t, dict):
-            t.pop("checkpoint", None)
-    return raw
