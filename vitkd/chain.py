@@ -7,13 +7,12 @@ config is unchanged is reused, so an interrupted chain continues where it stoppe
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
 
 from .rundir import RunDir
-from .config import ConfigError, apply_overrides, build_dataclass, check_paths, parse_config, read_yaml, to_dict
+from .config import ConfigError, apply_mapping, apply_overrides, build_dataclass, check_paths, parse_config, read_yaml, to_dict
 
 __all__ = ["is_chain", "run_chain", "ChainStage"]
 
@@ -38,7 +37,7 @@ def is_chain(path) -> bool:
 
 def _stage_raw(stage: ChainStage, base: Path, outs: Dict[str, Path], overrides: List[str]) -> dict:
     raw = read_yaml(base / stage.config)
-    raw = apply_overrides(raw, [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in stage.set.items()])
+    raw = apply_mapping(raw, stage.set)
     raw = apply_overrides(raw, overrides)
     for tname, t in ((raw.get("distill") or {}).get("teachers") or {}).items():
         ck = t.get("checkpoint") if isinstance(t, dict) else None

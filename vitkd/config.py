@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Union
 import yaml
 
 __all__ = ["ConfigError", "ModelCfg", "DataCfg", "TrainCfg", "TeacherCfg", "DistillCfg", "RunCfg",
-           "load_config", "parse_config", "check_paths", "apply_overrides", "to_dict", "build_dataclass", "read_yaml"]
+           "load_config", "parse_config", "check_paths", "apply_overrides", "apply_mapping", "to_dict", "build_dataclass", "read_yaml"]
 
 
 class ConfigError(ValueError):
@@ -285,6 +285,12 @@ def check_paths(node, prefix: str = "") -> None:
     elif isinstance(node, dict):
         for k, v in node.items():
             check_paths(v, f"{prefix}.{k}")
+
+
+def apply_mapping(data: dict, values: Dict[str, Any]) -> dict:
+    """Apply ``{dotted.key: value}`` overrides (a suite's or a chain stage's ``set:``) to a raw mapping."""
+    import json
+    return apply_overrides(data, [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in values.items()])
 
 
 def apply_overrides(data: dict, overrides: List[str]) -> dict:

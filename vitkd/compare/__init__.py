@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from ..config import ConfigError, apply_overrides, build_dataclass, parse_config, read_yaml, to_dict
+from ..config import ConfigError, apply_mapping, build_dataclass, parse_config, read_yaml, to_dict
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
 from ..rundir import RunDir
 from . import verdicts
@@ -126,15 +126,11 @@ class Job:
     seed: Optional[int] = None
 
 
-def _flatten_set(d: Dict[str, Any]) -> List[str]:
-    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in d.items()]
-
-
 def _resolve(config: str, base: Path, *sets: Dict[str, Any]) -> dict:
     p = (base / config) if not Path(config).is_absolute() else Path(config)
     raw = read_yaml(p)
     for s in sets:
-        raw = apply_overrides(raw, _flatten_set(s))
+        raw = apply_mapping(raw, s)
     return raw
 
 
