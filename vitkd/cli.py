@@ -115,23 +115,14 @@ def _profile_config(args) -> int:
     """Training cost per image of a (distillation) run config: student fwd+bwd, teachers, overhead."""
     from .config import load_config
     from .engine import build_run
-    from .profile import distillation_cost
+    from .profile import distillation_cost, format_report
     cfg = load_config(args.model)
     cfg.train.device = "cpu"
     run = build_run(cfg)
     cost = distillation_cost(run.distiller, (3, *run.spec.img_size))
     run.distiller.close()
-    if args.json:
-        print(json.dumps(cost, indent=2, default=str))
-        return 0
-    g = lambda v: f"{v / 1e6:12.3f} M"   # noqa: E731
-    print(f"training cost per image of {args.model} ({cost['unit']})")
-    print(f"  student forward      {g(cost['student_forward_macs'])}")
-    print(f"  student backward     {g(cost['student_backward_macs'])}")
-    for k, v in cost["teachers_forward_macs"].items():
-        print(f"  teacher {k:12s} {g(v)}  (forward only)")
-    print(f"  connectors/overhead  {g(cost['connectors_macs'])}  (forward {cost['connectors_forward_macs'] / 1e6:.3f} M, trained)")
-    print(f"  total                {g(cost['total_macs_per_image'])}")
+    print(json.dumps(cost, indent=2, default=str) if args.json else
+          f"training cost per image of {args.model} ({cost['unit']})\n{format_report(cost)}")
     return 0
 
 

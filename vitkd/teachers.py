@@ -46,6 +46,10 @@ class TeacherSource(nn.Module):
     def close(self) -> None:
         pass
 
+    def forward_macs(self, input_size) -> float:  # pragma: no cover - interface
+        """MACs per image this source spends on one batch of student inputs of ``input_size`` (C, H, W)."""
+        raise NotImplementedError
+
     def train(self, mode: bool = True):
         return super().train(False)   # teachers stay in eval mode (no dropout, frozen BN statistics)
 
@@ -81,6 +85,12 @@ class LiveTeacher(TeacherSource):
         if fixed is not None and strict and tuple(x.shape[-2:]) != tuple(fixed):
             x = F.interpolate(x, size=tuple(fixed), mode="bicubic", align_corners=False)
         return x
+
+    def forward_macs(self, input_size) -> float:
+        """The frozen model's forward MACs at the input it really gets (after :meth:`adapt_input`)."""
+        from .profile import count_macs
+        x = self.adapt_input(torch.zeros(1, *input_size))
+        return float(count_macs(self.model, tuple(x.shape[1:]), batch_size=1, cross_check=False).total_macs)
 
     @torch.no_grad()
     def forward(self, images: Tensor, batch=None) -> TapOutput:
