@@ -58,9 +58,50 @@ def _without(raw: dict, dotted: Iterable[str]) -> dict:
     return out
 
 
+def _non_default(value: Any, schema) -> Any:
+    """``value`` (a dict-form config node) without the keys that hold their schema default, so that a
+    new config key added with a default does not change the digest of existing runs (a changed default
+    is what :data:`BEHAVIOUR_VERSION` records)."""
+    import dataclasses
+    import typing
+    if not (isinstance(value, dict) and dataclasses.is_dataclass(schema)):
+        return value
+    hints = typing.get_type_hints(schema)
+    out = {}
+    for f in dataclasses.fields(schema):
+        if f.name not in value:
+            continue
+        v = value[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        if dataclasses.is_dataclass(default):
+            default = dataclasses.asdict(default)
+        if v == default:
+            continue
+        out[f.name] = _non_default_typed(v, hints[f.name])
+    out.update({k: v for k, v in value.items() if k not in {f.name for f in dataclasses.fields(schema)}})
+    return out
+
+
+def _non_default_typed(v: Any, tp) -> Any:
+    import dataclasses
+    import typing
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if dataclasses.is_dataclass(tp):
+        return _non_default(v, tp)
+    if typing.get_origin(tp) is typing.Union and args:
+        return _non_default_typed(v, args[0])
+    if typing.get_origin(tp) in (dict, typing.Dict) and len(args) == 2 and dataclasses.is_dataclass(args[1]) \
+            and isinstance(v, dict):
+        return {k: _non_default(x, args[1]) for k, x in v.items()}
+    return v
+
+
 def config_digest(config: dict) -> str:
-    """sha256 of a (validated, dict-form) config, keys in :data:`NON_RESULT_KEYS` left out."""
-    body = json.dumps(_without(config, NON_RESULT_KEYS), sort_keys=True, default=str)
+    """sha256 of a (validated, dict-form) config: keys in :data:`NON_RESULT_KEYS` and keys at their
+    schema default left out."""
+    from .config import RunCfg
+    body = json.dumps(_non_default(_without(config, NON_RESULT_KEYS), RunCfg), sort_keys=True, default=str)
     return hashlib.sha256(body.encode()).hexdigest()
 
 

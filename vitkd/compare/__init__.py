@@ -88,6 +88,13 @@ class SuiteCfg:
     # families of comparisons, Holm-corrected together: {family: [row, ...]}; rows not named: "main"
     test_families: Dict[str, List[str]] = field(default_factory=dict)
     alpha: float = 0.05
+    # the taxonomy the report and plots use: group order, a colour per method family, the family of the
+    # no-distillation baselines (a row's default baseline: that family's row at the same student size),
+    # and families that are references rather than methods (not named among the best rows in the plot)
+    groups: List[str] = field(default_factory=list)
+    family_colors: Dict[str, str] = field(default_factory=dict)
+    baseline_family: str = "none"
+    reference_families: List[str] = field(default_factory=list)
 
 
 def load_suite(path) -> Tuple[SuiteCfg, Path]:
@@ -394,7 +401,7 @@ def summarize(suite: SuiteCfg, teacher_jobs: List[Job], row_jobs: List[Job], wal
         })
     # each row against its baseline (no-KD of the same student size unless named), paired by seed
     for r in results:
-        r["baseline"] = r["baseline"] or next((x["row"] for x in results if x["family"] == "none"
+        r["baseline"] = r["baseline"] or next((x["row"] for x in results if x["family"] == suite.baseline_family
                                                and x["size"] == r["size"]), "")
     seeds_of = {name: verdicts.per_seed(jobs) for name, jobs in by_row.items()}
     families = {m: fam for fam, members in suite.test_families.items() for m in members}
@@ -403,9 +410,6 @@ def summarize(suite: SuiteCfg, teacher_jobs: List[Job], row_jobs: List[Job], wal
     meta["seed_plan"] = verdicts.seed_plan(results, alpha=suite.alpha)
     _write_outputs(suite, teachers, results, curves, tuning, meta, out_dir)
     return results
-
-
-GROUP_ORDER = ["baseline", "reference", "homomorphic", "heteromorphic", "capacity", "size"]
 
 
 def _write_outputs(suite, teachers, results, curves, tuning, meta, out_dir: Path):
@@ -417,7 +421,7 @@ def _write_outputs(suite, teachers, results, curves, tuning, meta, out_dir: Path
     atomic_write_json(out_dir / "environment.json", {"versions": versions(), "cpu_count": os.cpu_count(),
                                                      "jobs": suite.jobs, **meta})
     atomic_write_json(out_dir / "curves.json", curves)
-    _plots(teachers, results, curves, out_dir)
+    _plots(suite, teachers, results, curves, out_dir)
 
 
 def _fmt_delta(r) -> str:
@@ -454,7 +458,8 @@ def _markdown(suite, teachers, results, tuning, meta) -> str:
     L.append("| group | row | family | student | teacher | test top-1 | Δ vs baseline [CI] | p raw / Holm | verdict | "
              "val top-1 | params (M) | MACs (M) | train MMACs/img | img/s | wall s |")
     L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for g in GROUP_ORDER + sorted({r["group"] for r in results} - set(GROUP_ORDER)):
+    order = [g for g in suite.groups] + sorted({r["group"] for r in results} - set(suite.groups))
+    for g in order:
         for r in [x for x in results if x["group"] == g]:
             L.append(f"| {g} | {r['row']} | {r['family']} | {r['student']} | {r['teachers'] or '-'} | "
                      f"{r['test_top1_mean']:.2f} ± {r['test_top1_std']:.2f} | {_fmt_delta(r)} | {_fmt_p(r)} | "
@@ -506,12 +511,9 @@ def _plan_section(plan, alpha) -> List[str]:
     return L
 
 
-FAMILY_COLORS = {"none": "black", "logit": "tab:blue", "token": "tab:orange", "patch": "tab:green",
-                 "feature": "tab:red", "minivit": "tab:purple", "hetero": "tab:brown", "capacity": "tab:pink",
-                 "cnn": "tab:gray"}
-
-
-def _plots(teachers, results, curves, out_dir: Path):
+def _plots(suite, teachers, results, curves, out_dir: Path):
+    colors = suite.family_colors
+    not_methods = {suite.baseline_family, *suite.reference_families}
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -526,21 +528,21 @@ def _plots(teachers, results, curves, out_dir: Path):
         for i, r in enumerate(sorted(group, key=lambda r: r["test_top1_mean"])):
             xs[r["row"]] = r["macs_m"] * (1 + 0.012 * (i - (len(group) - 1) / 2))
     for r in results:
-        c = FAMILY_COLORS.get(r["family"], "gray")
+        c = colors.get(r["family"], "gray")
         lab = r["family"] if r["family"] not in seen else None
         seen.add(r["family"])
         ax.errorbar(xs[r["row"]], r["test_top1_mean"], yerr=r["test_top1_std"], fmt="o", color=c, label=lab,
                     capsize=2, alpha=0.85, ms=5)
     for name in sorted({r["curve"] for r in results if r.get("curve")}):
         pts = sorted((r for r in results if r.get("curve") == name), key=lambda r: r["macs_m"])
-        c = FAMILY_COLORS.get(pts[0]["family"], "gray")
+        c = colors.get(pts[0]["family"], "gray")
         ax.plot([xs[r["row"]] for r in pts], [r["test_top1_mean"] for r in pts], color=c, lw=1, alpha=0.6)
         ax.annotate(name, (xs[pts[-1]["row"]], pts[-1]["test_top1_mean"]), fontsize=8, xytext=(5, 0),
                     textcoords="offset points", color=c)
     # name the three best rows and the baselines; the table has the rest
-    best = sorted((r for r in results if r["family"] not in ("none", "cnn") and not r.get("curve")),
+    best = sorted((r for r in results if r["family"] not in not_methods and not r.get("curve")),
                   key=lambda r: -r["test_top1_mean"])[:3]
-    for r in best + [r for r in results if r["family"] == "none" and not r.get("curve")]:
+    for r in best + [r for r in results if r["family"] == suite.baseline_family and not r.get("curve")]:
         ax.annotate(r["row"], (xs[r["row"]], r["test_top1_mean"]), fontsize=7, xytext=(4, 3),
                     textcoords="offset points")
     for t in teachers:
@@ -562,7 +564,7 @@ def _plots(teachers, results, curves, out_dir: Path):
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
     for name, cv in curves.items():
-        c = FAMILY_COLORS.get(cv["family"], "gray")
+        c = colors.get(cv["family"], "gray")
         for ax, split in zip(axes, ("val", "test")):
             ax.plot(cv["epoch"], cv[split], color=c, alpha=0.7, lw=1.2, marker=".", ms=3)
     for ax, split in zip(axes, ("val", "test")):
@@ -570,7 +572,7 @@ def _plots(teachers, results, curves, out_dir: Path):
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("top-1 (%)")
-    handles = [plt.Line2D([], [], color=c, label=f) for f, c in FAMILY_COLORS.items()
+    handles = [plt.Line2D([], [], color=c, label=f) for f, c in colors.items()
                if any(cv["family"] == f for cv in curves.values())]
     axes[1].legend(handles=handles, fontsize=8, loc="lower right")
     fig.tight_layout()
