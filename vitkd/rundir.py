@@ -180,9 +180,10 @@ class RunDir:
     def save_weights(self, state_dict: dict, metadata: dict, ema: bool = False) -> None:
         atomic_save_safetensors(state_dict, self.ema_weights_path if ema else self.weights_path, metadata)
 
-    def finished_weights(self) -> Path:
+    def finished_weights(self, key: str = "checkpoint") -> Path:
+        """The weights of a finished run; ``key`` names the config key that pointed here in the error."""
         if not self.is_finished():
-            raise ConfigError(f"checkpoint: run folder {self.path} holds no finished run "
+            raise ConfigError(f"{key}: run folder {self.path} holds no finished run "
                               f"(no {self.STAMP} beside {self.WEIGHTS}: did its training finish?)")
         return self.weights_path
 
@@ -224,10 +225,14 @@ class RunDir:
 
 
 def ensure_writable(path: Path) -> None:
-    """One line naming the folder when it cannot be created or written."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"--out {path}: cannot create the folder ({e.strerror})") from None
-    if not os.access(path, os.W_OK):
-        raise ConfigError(f"--out {path}: the folder is not writable")
+    """One line naming the folder when it cannot be created or written. Nothing is created here: a run that
+    fails its later checks (the dry forward) leaves no empty folder behind; the first write creates it."""
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe != probe.parent:   # the nearest part of the path that exists
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"--out {path}: cannot create the folder ({probe} is not a folder)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "the folder is not writable" if probe == path else f"cannot create the folder ({probe} is not writable)"
+        raise ConfigError(f"--out {path}: {what}")
