@@ -106,8 +106,8 @@ class RunDir:
 
     def run_files(self) -> Tuple[str, ...]:
         """Every file name a run may write (the ones a fresh start clears)."""
-        return (self.STAMP, self.WEIGHTS, self.EMA_WEIGHTS, self.CHECKPOINT, self.METRICS_CSV, self.METRICS_JSON,
-                self.META, self.CONFIG) + tuple(self.PREDICTIONS.format(split=s) for s in ("val", "test"))
+        return (self.CONFIG, self.STAMP, self.WEIGHTS, self.EMA_WEIGHTS, self.CHECKPOINT, self.METRICS_CSV,
+                self.METRICS_JSON, self.META) + tuple(self.PREDICTIONS.format(split=s) for s in ("val", "test"))
 
     # ------------------------------------------------------------------ state
     def exists(self) -> bool:
@@ -117,15 +117,17 @@ class RunDir:
         return self.checkpoint_path.is_file()
 
     def is_finished(self) -> bool:
-        return (self.path / self.STAMP).is_file() and self.weights_path.is_file()
+        """The stamp, the weights and the config are all there (a clear removes the config first)."""
+        return all(p.is_file() for p in (self.path / self.STAMP, self.weights_path, self.config_path))
 
     def holds_a_run(self) -> bool:
         """Anything a run writes is there (finished or not)."""
         return any((self.path / n).exists() for n in (self.STAMP, self.WEIGHTS, self.CHECKPOINT, self.CONFIG))
 
     def clear(self) -> None:
-        """Remove a previous run's files, the stamp and weights first, so an interrupted overwrite can never
-        leave a folder that reads as the old, finished run. Stray temp files of killed writes go too."""
+        """Remove a previous run's files, the config first and then the stamp and weights, so an overwrite
+        killed at any moment leaves a folder that neither reads as a finished run (teachers, reuse) nor as a
+        run folder (``vitkd eval``). Stray temp files of killed writes go too."""
         for name in self.run_files():
             with contextlib.suppress(FileNotFoundError):
                 (self.path / name).unlink()
