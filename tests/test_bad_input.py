@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -332,11 +333,18 @@ def _(t, fx):
 @case("--out on a read-only folder", "--out", "readonly")
 def _(t, fx):
     if os.geteuid() == 0:
-        pytest.skip("running as root: root ignores mode bits, so no folder can be made read-only here "
-                    "(the '--out under a file' case covers an output folder that cannot be written)")
+        pytest.skip("running as root: root ignores mode bits, so no folder can be made read-only here (the cases "
+                    "'--out under a file' and '--out where even root cannot write' cover unwritable folders)")
     (t / "readonly").mkdir()
     (t / "readonly").chmod(0o555)
     return train_args(t, tiny(), out="readonly/run")
+
+
+@case("--out where even root cannot write", "--out", "/proc/vitkd-test-run", "cannot write there")
+def _(t, fx):
+    if not (sys.platform.startswith("linux") and Path("/proc/self").is_dir()):
+        pytest.skip("needs Linux's /proc (no folder can be made there, whoever asks)")
+    return train_args(t, tiny(), out="/proc/vitkd-test-run")
 
 
 # -- teachers and weights files
@@ -450,6 +458,21 @@ def _(t, fx):
 @case("compare --jobs -1", "--jobs", "-1")
 def _(t, fx):
     return suite_args(t, [{"name": "a", "family": "none"}], "--jobs", "-1")
+
+
+@case("compare --cache under a file", "--cache", "a_file")
+def _(t, fx):
+    (t / "a_file").write_text("not a folder\n")
+    argv = suite_args(t, [{"name": "a", "family": "none"}])
+    return argv[:argv.index("--cache") + 1] + [str(t / "a_file" / "cache")]
+
+
+@case("compare --out under a file", "--out", "a_file")
+def _(t, fx):
+    (t / "a_file").write_text("not a folder\n")
+    argv = suite_args(t, [{"name": "a", "family": "none"}])
+    argv[argv.index("--out") + 1] = str(t / "a_file" / "results")
+    return argv
 
 
 @case("suite row with a bad term argument", "rows/b", "'TT'")

@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Tuple, Union
 
@@ -226,15 +227,25 @@ class RunDir:
         return all(stamp.get(k) == v for k, v in want.items())
 
 
-def ensure_writable(path: Path) -> None:
-    """One line naming the folder when it cannot be created or written. Nothing is created here: a run that
-    fails its later checks (the dry forward) leaves no empty folder behind; the first write creates it."""
+def ensure_writable(path: Path, option: str = "--out") -> None:
+    """One line naming the folder (and the ``option`` that chose it) when it cannot be created or written. It is tried for real (mode bits,
+    read-only filesystems, a file in the way, places even root cannot write), and left as it was: folders made
+    for the test are removed again, so a run that fails its later checks leaves nothing behind."""
     path = Path(path)
-    probe = path
-    while not probe.exists() and probe != probe.parent:   # the nearest part of the path that exists
+    made, probe = [], path
+    while not probe.exists() and probe != probe.parent:   # the folders the test would create
+        made.append(probe)
         probe = probe.parent
     if not probe.is_dir():
-        raise ConfigError(f"--out {path}: cannot create the folder ({probe} is not a folder)")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        what = "the folder is not writable" if probe == path else f"cannot create the folder ({probe} is not writable)"
-        raise ConfigError(f"--out {path}: {what}")
+        raise ConfigError(f"{option} {path}: cannot create the folder ({probe} is not a folder)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=str(path))
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise ConfigError(f"{option} {path}: cannot write there ({e.strerror or type(e).__name__})") from None
+    finally:
+        for folder in made:   # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()

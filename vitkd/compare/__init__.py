@@ -29,7 +29,7 @@ import yaml
 
 from ..config import ConfigError, apply_overrides, build_dataclass, parse_config, read_yaml, to_dict
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
-from ..rundir import RunDir
+from ..rundir import RunDir, ensure_writable
 from . import verdicts
 
 __all__ = ["SuiteCfg", "load_suite", "run_suite", "summarize"]
@@ -620,6 +620,8 @@ def run_suite(path, out: Optional[str] = None, quick: bool = False, cache: Optio
     tune_jobs = plan_tune(suite, base, cache_dir, quick)
     row_jobs = plan_rows(suite, base, cache_dir, quick, {})
     check_jobs(teacher_jobs + tune_jobs + row_jobs)
+    ensure_writable(cache_dir, "--cache")
+    ensure_writable(out_dir, "--out")
     t0 = time.perf_counter()
     # teachers that wait for the tuned knob (and the assistants distilled from them) run after tuning
     waiting = {n for n, t in suite.teachers.items() if t.tuned and tune_jobs}
