@@ -228,9 +228,9 @@ class RunDir:
 
 
 def ensure_writable(path: Path, option: str = "--out") -> None:
-    """One line naming the folder (and the ``option`` that chose it) when it cannot be created or written. It is tried for real (mode bits,
-    read-only filesystems, a file in the way, places even root cannot write), and left as it was: folders made
-    for the test are removed again, so a run that fails its later checks leaves nothing behind."""
+    """One line naming the folder (and the ``option`` that chose it) when it cannot be created or written. It
+    is tried for real (mode bits, read-only filesystems, a file in the way, places even root cannot write) and
+    left as it was: folders made for the test are removed again, so a run that fails later leaves nothing."""
     path = Path(path)
     made, probe = [], path
     while not probe.exists() and probe != probe.parent:   # the folders the test would create
