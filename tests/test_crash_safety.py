@@ -149,6 +149,9 @@ def test_killed_three_times_then_resumed_equals_an_uninterrupted_run(tmp_path, r
     assert sha256(run / RunDir.WEIGHTS) == sha256(reference / RunDir.WEIGHTS)
     assert epochs_of(run) == epochs_of(reference)
     assert temp_files(run) == []
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (run / RunDir.WEIGHTS).stat().st_mode & 0o777 == 0o666 & ~umask   # outputs follow the umask
     # every resume says how many epochs are done; each epoch printed a line though no terminal was attached
     texts = [p.read_text() for p in logs]
     assert all("resumed " in t and "epochs done" in t for t in texts[1:]), texts

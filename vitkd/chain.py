@@ -109,10 +109,9 @@ def _stage_action(name: str, run: RunDir, raw: dict, base: Path, overwrite: bool
     if want is not None and not retrained:
         if run.matches(want):
             return "reuse"
-        if run.has_checkpoint() and not run.is_finished() and run.read_config() == want:
+        if run.has_checkpoint() and run.config_path.is_file() and not run.is_finished() and run.read_config() == want:
             return "resume"
     if not overwrite:
-        why = f"its teacher stage '{retrained[0]}' trains again" if retrained and want is not None \
-            else "it holds a run of another config"
+        why = f"its teacher stage '{retrained[0]}' trains again" if retrained else "it holds a run of another config"
         raise ConfigError(f"chain stage '{name}': {run.path} would be replaced ({why}; use --overwrite)")
     return "train"
