@@ -2,8 +2,10 @@
 
 A chain file has a top-level ``chain:`` list; each stage is ``{name, config, set}`` (a vitkd train config,
 relative to the chain file, plus dotted overrides). A teacher checkpoint written ``@<stage>`` means the
-run folder of that earlier stage. Stages run in order into ``<out>/<stage>/``; a finished stage whose
-config is unchanged is reused, so an interrupted chain continues where it stopped.
+run folder of that earlier stage. Every stage is dry-built before the first trains. Stages run in order into
+``<out>/<stage>/``; a finished stage whose config and teacher stages are unchanged is reused and an unfinished
+one resumed, so an interrupted chain continues where it stopped; any other run in a stage's folder is replaced
+only with ``--overwrite``.
 """
 from __future__ import annotations
 
@@ -59,35 +61,56 @@ def run_chain(path, out, overrides: List[str] = (), overwrite: bool = False, log
     names = [s.name for s in chain.chain]
     if len(set(names)) != len(names):
         raise ConfigError(f"chain: duplicate stage names in {names}")
+    from .engine.build import dry_build, planned_teachers
     out = Path(out)
     outs: Dict[str, Path] = {}
+    planned: Dict[str, Any] = {}   # run folder of an earlier stage -> its config
     plans = []
-    for stage in chain.chain:   # check every stage's config before training anything
+    for stage in chain.chain:   # build every stage (teachers of earlier stages untrained) before training any
         raw = _stage_raw(stage, path.parent, outs, list(overrides))
+        stripped, teachers = planned_teachers(raw, planned)
         try:
-            cfg = parse_config(raw, base=path.parent, paths=False)   # earlier stages are not trained yet
-            for t in (cfg.distill.teachers.values() if cfg.distill else []):
-                if t.checkpoint is not None and str(t.checkpoint).startswith(str(out)):
-                    t.checkpoint = None   # an earlier stage's run folder: it exists once that stage ran
-            check_paths(cfg)
+            cfg = parse_config(stripped, base=path.parent)
+            dry_build(cfg, teachers)
         except ConfigError as e:
             raise ConfigError(f"chain stage '{stage.name}': {e}") from None
+        reads = [s for s, o in outs.items() if any(c is planned[str(o)] for c in teachers.values())]
         outs[stage.name] = out / stage.name
-        plans.append((stage, raw))
+        planned[str(out / stage.name)] = cfg
+        plans.append((stage, raw, reads))
+    actions: Dict[str, str] = {}
+    for stage, raw, reads in plans:   # what each stage does, refused before anything trains
+        actions[stage.name] = _stage_action(stage.name, RunDir(out / stage.name), raw, path.parent, overwrite,
+                                            [r for r in reads if actions[r] != "reuse"])
     finals = []
-    for stage, raw in plans:
+    for stage, raw, _ in plans:
         run = RunDir(out / stage.name)
-        cfg = parse_config(raw, base=path.parent)
-        want = to_dict(cfg)
-        if run.matches(want):
+        if actions[stage.name] == "reuse":
             log(f"chain stage '{stage.name}': reusing {run.path}")
             finals.append(run.final())
             continue
-        resume = run.has_checkpoint() and not run.is_finished() and run.config_path.is_file() \
-            and run.read_config() == want
-        if run.holds_a_run() and not resume and not overwrite:
-            raise ConfigError(f"chain stage '{stage.name}': {run.path} holds a run of another config "
-                              f"(use --overwrite to replace it)")
         log(f"chain stage '{stage.name}' -> {run.path}")
-        finals.append(train(cfg, run.path, resume=resume, overwrite=not resume, log=log))
+        resume = actions[stage.name] == "resume"
+        finals.append(train(parse_config(raw, base=path.parent), run.path, resume=resume, overwrite=not resume,
+                            log=log))
     return finals
+
+
+def _stage_action(name: str, run: RunDir, raw: dict, base: Path, overwrite: bool, retrained: List[str]) -> str:
+    """``reuse`` a finished run of this config, ``resume`` an unfinished one, or ``train`` (a folder holding
+    any other run, or a run whose teacher stage is trained again, is replaced only with ``overwrite``)."""
+    if not run.holds_a_run():
+        return "train"
+    try:
+        want = to_dict(parse_config(raw, base=base))
+    except ConfigError:   # a teacher stage's folder is not there: this folder holds a run of something else
+        want = None
+    if want is not None and not retrained:
+        if run.matches(want):
+            return "reuse"
+        if run.has_checkpoint() and run.config_path.is_file() and not run.is_finished() and run.read_config() == want:
+            return "resume"
+    if not overwrite:
+        why = f"its teacher stage '{retrained[0]}' trains again" if retrained else "it holds a run of another config"
+        raise ConfigError(f"chain stage '{name}': {run.path} would be replaced ({why}; use --overwrite)")
+    return "train"

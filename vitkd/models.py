@@ -15,13 +15,14 @@ from .rundir import RunDir
 __all__ = ["create", "resolve_weights", "run_model_spec", "data_spec", "freeze"]
 
 
-def resolve_weights(path: str) -> Path:
-    """A finished run folder (its exported student weights) or a weights file."""
+def resolve_weights(path: str, key: str = "checkpoint") -> Path:
+    """A finished run folder (its exported student weights) or a weights file (``key``: the config key named
+    in errors)."""
     p = Path(path)
     if p.is_dir():
-        return RunDir(p).finished_weights()
+        return RunDir(p).finished_weights(key)
     if not p.is_file():
-        raise ConfigError(f"checkpoint: file or folder not found: {path}")
+        raise ConfigError(f"{key}: file or folder not found: {path}")
     return p
 
 
@@ -48,7 +49,7 @@ def create(name: str, num_classes: Optional[int] = None, args: Optional[Dict[str
         raise ConfigError(f"{where}.name: unknown timm model '{name}'{extra}")
     try:
         if checkpoint is not None:
-            weights = resolve_weights(checkpoint)
+            weights = resolve_weights(checkpoint, f"{where}.checkpoint")
             overlay = dict(file=str(weights), custom_load=False)   # a plain state dict, never a model's npz loader
             if num_classes is not None:
                 # timm drops the classifier weights when num_classes differs from the pretrained cfg's
@@ -59,9 +60,11 @@ def create(name: str, num_classes: Optional[int] = None, args: Optional[Dict[str
         raise
     except TypeError as e:
         raise ConfigError(f"{where}.args: {name} rejects its arguments: {e}") from None
-    except RuntimeError as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f"{where}.checkpoint: weights do not fit {name}: {first}") from None
+    except RuntimeError as e:   # load_state_dict: a title line, then the missing / unexpected keys
+        detail = (" ".join(line.strip() for line in str(e).strip().splitlines()[:2]) or type(e).__name__)[:240]
+        if checkpoint is None:
+            raise ConfigError(f"{where}.args: {name} cannot be built with these arguments ({detail})") from None
+        raise ConfigError(f"{where}.checkpoint: weights in {checkpoint} do not fit {name}: {detail}") from None
     except Exception as e:   # a truncated, zeroed or garbage weights file
         if checkpoint is None:
             raise

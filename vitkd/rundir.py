@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Tuple, Union
 
@@ -147,8 +148,8 @@ class RunDir:
 
     def run_files(self) -> Tuple[str, ...]:
         """Every file name a run may write (the ones a fresh start clears)."""
-        return (self.STAMP, self.WEIGHTS, self.EMA_WEIGHTS, self.CHECKPOINT, self.METRICS_CSV, self.METRICS_JSON,
-                self.META, self.CONFIG) + tuple(self.PREDICTIONS.format(split=s) for s in ("val", "test"))
+        return (self.CONFIG, self.STAMP, self.WEIGHTS, self.EMA_WEIGHTS, self.CHECKPOINT, self.METRICS_CSV,
+                self.METRICS_JSON, self.META) + tuple(self.PREDICTIONS.format(split=s) for s in ("val", "test"))
 
     # ------------------------------------------------------------------ state
     def exists(self) -> bool:
@@ -158,15 +159,17 @@ class RunDir:
         return self.checkpoint_path.is_file()
 
     def is_finished(self) -> bool:
-        return (self.path / self.STAMP).is_file() and self.weights_path.is_file()
+        """The stamp, the weights and the config are all there (a clear removes the config first)."""
+        return all(p.is_file() for p in (self.path / self.STAMP, self.weights_path, self.config_path))
 
     def holds_a_run(self) -> bool:
         """Anything a run writes is there (finished or not)."""
         return any((self.path / n).exists() for n in (self.STAMP, self.WEIGHTS, self.CHECKPOINT, self.CONFIG))
 
     def clear(self) -> None:
-        """Remove a previous run's files, the stamp and weights first, so an interrupted overwrite can never
-        leave a folder that reads as the old, finished run. Stray temp files of killed writes go too."""
+        """Remove a previous run's files, the config first and then the stamp and weights, so an overwrite
+        killed at any moment leaves a folder that neither reads as a finished run (teachers, reuse) nor as a
+        run folder (``vitkd eval``). Stray temp files of killed writes go too."""
         for name in self.run_files():
             with contextlib.suppress(FileNotFoundError):
                 (self.path / name).unlink()
@@ -221,9 +224,10 @@ class RunDir:
     def save_weights(self, state_dict: dict, metadata: dict, ema: bool = False) -> None:
         atomic_save_safetensors(state_dict, self.ema_weights_path if ema else self.weights_path, metadata)
 
-    def finished_weights(self) -> Path:
+    def finished_weights(self, key: str = "checkpoint") -> Path:
+        """The weights of a finished run; ``key`` names the config key that pointed here in the error."""
         if not self.is_finished():
-            raise ConfigError(f"checkpoint: run folder {self.path} holds no finished run "
+            raise ConfigError(f"{key}: run folder {self.path} holds no finished run "
                               f"(no {self.STAMP} beside {self.WEIGHTS}: did its training finish?)")
         return self.weights_path
 
@@ -264,15 +268,25 @@ class RunDir:
         return all(stamp.get(k) == v for k, v in want.items())
 
 
-def ensure_writable(path: Path) -> None:
-    """One line naming the folder when it could not be created or written; creates nothing."""
+def ensure_writable(path: Path, option: str = "--out") -> None:
+    """One line naming the folder (and the ``option`` that chose it) when it cannot be created or written. It
+    is tried for real (mode bits, read-only filesystems, a file in the way, places even root cannot write) and
+    left as it was: folders made for the test are removed again, so a run that fails later leaves nothing."""
     path = Path(path)
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
+    made, probe = [], path
+    while not probe.exists() and probe != probe.parent:   # the folders the test would create
+        made.append(probe)
         probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise ConfigError(f"--out {path}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {path}: {probe} is not writable")
+    if not probe.is_dir():
+        raise ConfigError(f"{option} {path}: cannot create the folder ({probe} is not a folder)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=str(path))
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise ConfigError(f"{option} {path}: cannot write there ({e.strerror or type(e).__name__})") from None
+    finally:
+        for folder in made:   # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()

@@ -29,7 +29,7 @@ import yaml
 
 from ..config import ConfigError, apply_mapping, build_dataclass, parse_config, read_yaml, to_dict
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
-from ..rundir import RunDir
+from ..rundir import RunDir, ensure_writable
 from . import verdicts
 
 __all__ = ["SuiteCfg", "load_suite", "run_suite", "summarize"]
@@ -617,11 +617,9 @@ def run_suite(path, out: Optional[str] = None, quick: bool = False, cache: Optio
     teacher_jobs = plan_teachers(suite, base, cache_dir, quick)
     tune_jobs = plan_tune(suite, base, cache_dir, quick)
     row_jobs = plan_rows(suite, base, cache_dir, quick, {})
-    for j in teacher_jobs + tune_jobs + row_jobs:
-        try:
-            parse_config(j.raw, paths=False)   # teachers are not trained yet: schema only
-        except ConfigError as e:
-            raise ConfigError(f"suite {j.key}: {e}") from None
+    check_jobs(teacher_jobs + tune_jobs + row_jobs)
+    ensure_writable(cache_dir, "--cache")
+    ensure_writable(out_dir, "--out")
     t0 = time.perf_counter()
     # teachers that wait for the tuned knob (and the assistants distilled from them) run after tuning
     waiting = {n for n, t in suite.teachers.items() if t.tuned and tune_jobs}
@@ -673,3 +671,37 @@ def _write_timing(path: Path, walls: Dict[str, float], wall_total: float) -> Non
         "wall_s_this_invocation": wall_total, "runs_trained_now": len(trained), "runs_reused": len(reused),
         "empty_cache_wall_s": wall_total if not reused else prev.get("empty_cache_wall_s"),
         "per_run_s": {**prev.get("per_run_s", {}), **trained}})
+
+
+def check_jobs(jobs: List[Job]) -> None:
+    """Every job's config is validated, and every one not finished in the cache is dry-built (its suite teachers
+    built untrained from their configs), before any run trains: a row's bad term argument or model name fails
+    here, in one line naming the run."""
+    from ..engine.build import dry_build, planned_teachers
+    cfgs = {}
+    for j in jobs:
+        try:
+            cfgs[j.key] = parse_config(_strip_checkpoints(j.raw))
+        except ConfigError as e:
+            raise ConfigError(f"suite {j.key}: {e}") from None
+    planned = {str(j.out): cfgs[j.key] for j in jobs}
+    built = set()
+    for j in jobs:
+        stripped, teachers = planned_teachers(j.raw, planned)
+        key = json.dumps({**stripped, "seed": None}, sort_keys=True, default=str)   # seeds build the same
+        if key in built or _is_done(j):
+            continue
+        built.add(key)
+        try:
+            dry_build(parse_config(stripped), teachers)
+        except ConfigError as e:
+            raise ConfigError(f"suite {j.key}: {e}") from None
+
+
+def _strip_checkpoints(raw: dict) -> dict:
+    """Teacher checkpoints do not exist before the teachers are trained: validate everything else."""
+    raw = copy.deepcopy(raw)
+    for t in ((raw.get("distill") or {}).get("teachers") or {}).values():
+        if isinstance(t, dict):
+            t.pop("checkpoint", None)
+    return raw

@@ -1,20 +1,22 @@
 """Building what a run needs from a validated config: device, datasets, student, distiller."""
 from __future__ import annotations
 
+import copy
 import platform
 from dataclasses import dataclass
-from typing import Dict
+from pathlib import Path
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from .. import models as model_lib
-from ..config import ConfigError, RunCfg
-from ..data import DataSpec, build_datasets
-from ..distiller import Distiller, build_distiller
+from ..config import ConfigError, DistillCfg, RunCfg
+from ..data import DataSpec, build_datasets, class_count, seeded
+from ..distiller import Distiller, build_distiller, term_defaults
 
-__all__ = ["Run", "build_run", "build_student", "resolve_device", "versions"]
+__all__ = ["Run", "build_run", "build_student", "resolve_device", "versions", "dry_build", "planned_teachers"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,3 +75,49 @@ def build_student(cfg: RunCfg, weights: str):
     device = resolve_device(cfg.train.device)
     student, datasets, num_classes, spec = _student_and_data(cfg, weights)
     return student.to(device).eval(), datasets, num_classes, spec, device
+
+
+def planned_teachers(raw: dict, planned: Dict[str, RunCfg]) -> Tuple[dict, Dict[str, RunCfg]]:
+    """The teachers of a raw config that read a run folder not trained yet (``planned``: run folder -> the
+    config that will train it): (the raw config without their checkpoints, {teacher name: that config})."""
+    raw = copy.deepcopy(raw)
+    found = {}
+    for name, t in ((raw.get("distill") or {}).get("teachers") or {}).items():
+        ck = t.get("checkpoint") if isinstance(t, dict) else None
+        if isinstance(ck, str) and str(Path(ck)) in planned:
+            found[name] = planned[str(Path(ck))]
+            t.pop("checkpoint")
+    return raw, found
+
+
+def dry_build(cfg: RunCfg, planned: Optional[Dict[str, RunCfg]] = None) -> None:
+    """Build ``cfg``'s student, teachers and loss terms and run one forward of zeros through them, on the CPU,
+    reading no data and writing nothing: model names and arguments, term arguments, blocks, stages and input
+    sizes fail here in one line. Suites and chains dry-build every run before the first trains.
+    ``planned``: teachers whose run is not trained yet (a suite teacher, an earlier chain stage), with the
+    config that will train it; they are built from it, untrained. Other teachers load their weights."""
+    from ..teachers import load_teacher_model
+    from ..losses import build_term
+    from .loop import dry_run
+    planned = planned or {}
+    n = class_count(cfg.data)
+    dcfg = cfg.distill or DistillCfg()
+    with seeded(cfg.seed):
+        student = model_lib.create(cfg.model.name, n, cfg.model.args, where="model")
+        spec = model_lib.data_spec(student, cfg.data.img_size)
+        teachers = {}
+        for name, t in dcfg.teachers.items():
+            if name in planned:
+                p = planned[name]
+                teachers[name] = model_lib.freeze(model_lib.create(
+                    t.model or p.model.name, class_count(p.data), {**p.model.args, **t.args},
+                    where=f"distill.teachers.{name}"))
+            else:
+                teachers[name] = load_teacher_model(name, t, n)
+        specs = dcfg.terms or [{"type": "ce"}]
+        terms = [build_term(spec, i, list(teachers), term_defaults(cfg)) for i, spec in enumerate(specs)]
+        distiller = Distiller(student, teachers, terms, spec.img_size, spec)
+        try:
+            dry_run(distiller, [(torch.zeros(3, *spec.img_size), 0)] * 2, cfg)
+        finally:
+            distiller.close()

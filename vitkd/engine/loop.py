@@ -104,13 +104,16 @@ def dry_run(distiller, train_ds, cfg: RunCfg) -> None:
         distiller.train(was)
 
 
-def _check_target(run: RunDir, resume: bool, overwrite: bool) -> None:
+def _check_target(run: RunDir, resume: bool, overwrite: bool) -> bool:
+    """Whether the run continues from a checkpoint. A resume of a run killed before its first checkpoint
+    (its config is there, no checkpoint) starts it again from the beginning."""
     if resume:
-        if not run.has_checkpoint():
+        if not run.has_checkpoint() and not (run.config_path.is_file() and not run.is_finished()):
             raise ConfigError(f"--resume: no checkpoint in {run.path} (nothing to continue)")
-        return
+        return run.has_checkpoint()
     if run.holds_a_run() and not overwrite:
         raise ConfigError(f"--out {run.path}: already holds a run (use --resume to continue or --overwrite)")
+    return False
 
 
 def train(cfg: RunCfg, out_dir, resume: bool = False, overwrite: bool = False,
@@ -122,13 +125,15 @@ def train(cfg: RunCfg, out_dir, resume: bool = False, overwrite: bool = False,
     config may differ only in the keys of :data:`vitkd.engine.checkpoint.RESUME_MAY_CHANGE`)."""
     run_dir = RunDir(out_dir)
     world = current_world()
-    _check_target(run_dir, resume, overwrite)
+    from_checkpoint = _check_target(run_dir, resume, overwrite)
     if world.is_main:
         ensure_writable(run_dir.path)
     ckpt, changes = None, {}
-    if resume:
+    if from_checkpoint:
         ckpt = load_checkpoint(run_dir.path)
         changes = resume_changes(ckpt["config"], to_dict(cfg))
+    elif resume:   # killed before its first checkpoint: the same policy, then a fresh start
+        resume_changes(run_dir.read_config(), to_dict(cfg))
     run = build_run(cfg)
     tc, dc = cfg.train, cfg.data
     device, distiller, student = run.device, run.distiller, run.student
@@ -180,6 +185,8 @@ def train(cfg: RunCfg, out_dir, resume: bool = False, overwrite: bool = False,
         done = f"{start_epoch} of {tc.epochs} epochs done" + (f" and {start_step} steps" if start_step else "")
         log(f"resumed {run_dir.path}: {done}")
     else:
+        if resume:
+            log(f"resumed {run_dir.path}: 0 of {tc.epochs} epochs done (no checkpoint yet: starting from the start)")
         if world.is_main:
             run_dir.clear()
             run_dir.write_config(to_dict(cfg))
@@ -208,6 +215,9 @@ def train(cfg: RunCfg, out_dir, resume: bool = False, overwrite: bool = False,
         sampler.set_epoch(epoch, start=first * dc.batch_size)
         if first == 0:
             sums, seen = {}, 0.0
+        # a DataLoader iterator draws a seed from the torch RNG as it starts; a run resumed inside an epoch restored
+        # the RNG state that followed that draw, so its iterator draws from a generator of its own
+        loader.generator = torch.Generator() if first else None
         distiller.train()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False, disable=None if tc.progress else True,
                    file=sys.stderr)
@@ -264,6 +274,7 @@ def train(cfg: RunCfg, out_dir, resume: bool = False, overwrite: bool = False,
         evals = f" val {row['val_top1']:.2f} test {row['test_top1']:.2f}" if "val_top1" in row else ""
         log(f"epoch {epoch + 1}/{tc.epochs} loss {row['train_loss']:.4f}{evals} ({row['epoch_time_s']:.1f}s)")
     if world.is_main:
+        run_dir.write_metrics(history, meta)   # again: a kill after the last checkpoint may have cut its write
         weights_meta = {"model": cfg.model.name, "num_classes": run.num_classes}
         run_dir.save_weights(student.state_dict(), weights_meta)
         if ema is not None:

@@ -1,0 +1,606 @@
+"""The bad-input sweep (issue 12): every mistake a user can make on the command line gets exit code 2, exactly one
+line on stderr naming the offending key, file or value, and leaves every folder byte-identical to before (a
+folder that did not exist stays absent).
+
+One table, one test. A case builds its inputs in a fresh folder (real on-disk formats: YAML files, ImageFolder
+PNGs written with PIL, safetensors and torch files), runs ``vitkd.cli.main`` in-process, and the whole folder is
+compared byte for byte before and after. Shared fixtures (a finished tiny run, bare weights files) live outside
+that folder and are checked unchanged too. The real process's exit code is covered in test_config_errors.py
+and test_crash_safety.py (a process would cost some 5 s of imports per case).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import pytest
+import torch
+import yaml
+
+from vitkd.cli import main
+
+VIT_ARGS = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
+TINY = {
+    "seed": 0,
+    "model": {"name": "vit_tiny_patch16_224", "args": dict(VIT_ARGS)},
+    "data": {"name": "digits", "train_subset": 32, "batch_size": 16},
+    "train": {"epochs": 1, "progress": False, "threads": 1},
+}
+
+
+def tiny(**sections) -> dict:
+    """TINY with sections replaced key by key (``data={"img_size": 64}`` keeps the other data keys)."""
+    raw = yaml.safe_load(yaml.safe_dump(TINY))
+    for k, v in sections.items():
+        if isinstance(v, dict) and isinstance(raw.get(k), dict):
+            raw[k].update(v)
+        else:
+            raw[k] = v
+    return raw
+
+
+def write_yaml(path: Path, obj) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(obj if isinstance(obj, str) else yaml.safe_dump(obj, sort_keys=False))
+    return path
+
+
+def write_png(path: Path, seed: int = 0, size: int = 12) -> None:
+    from PIL import Image
+    g = torch.Generator().manual_seed(seed)
+    arr = (torch.rand(size, size, 3, generator=g) * 255).to(torch.uint8).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def image_folder(root: Path, classes=("a", "b"), per_class: int = 3) -> Path:
+    for split in ("train", "val"):
+        for c in classes:
+            for i in range(per_class):
+                write_png(root / split / c / f"{i}.png", seed=hash((split, c, i)) % 1000)
+    return root
+
+
+def snapshot(path: Path) -> Optional[Dict[str, object]]:
+    """Every file's bytes and every folder under ``path`` (None: ``path`` does not exist)."""
+    if not path.exists():
+        return None
+    out: Dict[str, object] = {}
+    for p in sorted(path.rglob("*")):
+        rel = str(p.relative_to(path))
+        out[rel] = "<dir>" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- shared fixtures
+@dataclass
+class Fixtures:
+    root: Path
+    run: Path            # a finished tiny run (config, checkpoint, weights, stamp)
+    vit_weights: Path    # bare weights of a vit_tiny_patch16_224 with VIT_ARGS (10 classes)
+    cnn_weights: Path    # bare weights of a resnet_digits_s (10 classes)
+    state_pt: Path       # a plain state dict saved with torch.save
+
+
+@pytest.fixture(scope="module")
+def fx(tmp_path_factory) -> Fixtures:
+    import timm
+    from safetensors.torch import save_file
+
+    import vitkd.archs  # noqa: F401  (registers resnet_digits_s)
+    from vitkd.config import parse_config
+    from vitkd.engine import train
+
+    root = tmp_path_factory.mktemp("fixtures")
+    threads = torch.get_num_threads()
+    try:
+        train(parse_config(tiny()), root / "run", log=lambda m: None)
+    finally:
+        torch.set_num_threads(threads)
+    vit = timm.create_model("vit_tiny_patch16_224", num_classes=10, **VIT_ARGS)
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, root / "vit.safetensors")
+    cnn = timm.create_model("resnet_digits_s", num_classes=10)
+    save_file({k: v.contiguous() for k, v in cnn.state_dict().items()}, root / "cnn.safetensors")
+    torch.save(vit.state_dict(), root / "state.pt")
+    return Fixtures(root, root / "run", root / "vit.safetensors", root / "cnn.safetensors", root / "state.pt")
+
+
+# ---------------------------------------------------------------------------------------------- the table
+@dataclass
+class Case:
+    id: str
+    expect: List[str]                           # every piece must be in the one stderr line
+    build: Callable[[Path, Fixtures], List[str]]   # writes the inputs under the case folder, returns argv
+
+
+CASES: List[Case] = []
+
+
+def case(id: str, *expect: str):
+    def register(fn):
+        CASES.append(Case(id, list(expect), fn))
+        return fn
+    return register
+
+
+def train_args(t: Path, raw, *extra: str, out: str = "run") -> List[str]:
+    return ["train", str(write_yaml(t / "cfg.yaml", raw)), "--out", str(t / out), *extra]
+
+
+def kd(teacher: dict, *terms: dict) -> dict:
+    """A distillation config reading one teacher 't'."""
+    return tiny(distill={"teachers": {"t": teacher}, "terms": [{"type": "ce"}, *terms]})
+
+
+# -- the config file itself
+@case("yaml top-level list", "cfg.yaml", "list")
+def _(t, fx):
+    return train_args(t, "- model\n- data\n")
+
+
+@case("yaml top-level scalar", "cfg.yaml", "int")
+def _(t, fx):
+    return train_args(t, "42\n")
+
+
+@case("empty config", "cfg.yaml", "empty")
+def _(t, fx):
+    return train_args(t, "")
+
+
+@case("comment-only config", "cfg.yaml", "empty")
+def _(t, fx):
+    return train_args(t, "# nothing here yet\n# train: {epochs: 1}\n")
+
+
+@case("malformed yaml", "cfg.yaml", "line 3", "invalid YAML")
+def _(t, fx):
+    return train_args(t, "train:\n  epochs: [1, 2\nmodel: {name: x}\n")
+
+
+@case("config file missing", "nope.yaml", "not found")
+def _(t, fx):
+    return ["train", str(t / "nope.yaml"), "--out", str(t / "run")]
+
+
+# -- unknown keys at every level
+@case("unknown top-level key", "'trian'", "train")
+def _(t, fx):
+    return train_args(t, {**tiny(), "trian": {"epochs": 1}})
+
+
+@case("unknown model key", "model.nmae", "name")
+def _(t, fx):
+    return train_args(t, tiny(model={"nmae": "vit_tiny_patch16_224"}))
+
+
+@case("unknown data key", "data.img_szie", "img_size")
+def _(t, fx):
+    return train_args(t, tiny(data={"img_szie": 16}))
+
+
+@case("unknown train key", "train.lrr", "lr")
+def _(t, fx):
+    return train_args(t, tiny(train={"lrr": 0.1}))
+
+
+@case("unknown distill key", "distill.termz", "terms")
+def _(t, fx):
+    return train_args(t, tiny(distill={"termz": [{"type": "ce"}]}))
+
+
+@case("unknown term argument", "distill.terms[1] (kd)", "'TT'", "'T'")
+def _(t, fx):
+    return train_args(t, kd({"checkpoint": str(fx.run)}, {"type": "kd", "TT": 4.0}))
+
+
+@case("unknown teacher key", "distill.teachers.t.chekpoint", "checkpoint")
+def _(t, fx):
+    return train_args(t, kd({"chekpoint": str(fx.run)}, {"type": "kd"}))
+
+
+@case("unknown --set key", "train.epoch", "epochs")
+def _(t, fx):
+    return train_args(t, tiny(), "--set", "train.epoch=3")
+
+
+# -- wrong types
+@case("wrong type: integer", "train.epochs", "'ten'")
+def _(t, fx):
+    return train_args(t, tiny(train={"epochs": "ten"}))
+
+
+@case("wrong type: bool", "train.amp", "'yes'")
+def _(t, fx):
+    return train_args(t, tiny(train={"amp": "yes"}))
+
+
+@case("wrong type: section is a scalar", "data", "mapping")
+def _(t, fx):
+    return train_args(t, tiny(data=5))
+
+
+@case("wrong type: model.args a list", "model.args", "mapping")
+def _(t, fx):
+    return train_args(t, tiny(model={"args": [16, 4]}))
+
+
+@case("wrong type: --set value", "train.lr", "'fast'")
+def _(t, fx):
+    return train_args(t, tiny(), "--set", "train.lr=fast")
+
+
+@case("wrong type: term weight", "weight", "'heavy'")
+def _(t, fx):
+    return train_args(t, tiny(distill={"terms": [{"type": "ce", "weight": "heavy"}]}))
+
+
+# -- values out of range
+@case("negative clip_grad", "train.clip_grad", "-1")
+def _(t, fx):
+    return train_args(t, tiny(train={"clip_grad": -1}))
+
+
+@case("negative term weight", "distill.terms[1] (kd).weight", "-0.5")
+def _(t, fx):
+    return train_args(t, kd({"checkpoint": str(fx.run)}, {"type": "kd", "weight": -0.5}))
+
+
+@case("negative mixup_prob", "train.mixup_prob", "-1")
+def _(t, fx):
+    return train_args(t, tiny(train={"mixup": 0.8, "mixup_prob": -1}))
+
+
+@case("train.threads=-1", "train.threads", "-1")
+def _(t, fx):
+    return train_args(t, tiny(), "--set", "train.threads=-1")
+
+
+@case("data.num_workers=-1", "data.num_workers", "-1")
+def _(t, fx):
+    return train_args(t, tiny(), "--set", "data.num_workers=-1")
+
+
+@case("unknown auto_augment policy", "data.auto_augment", "rand-q9")
+def _(t, fx):
+    return train_args(t, tiny(data={"augment": "timm", "auto_augment": "rand-q9"}))
+
+
+@case("unknown model name", "model.name", "vit_tinny_patch16_224")
+def _(t, fx):
+    return train_args(t, tiny(model={"name": "vit_tinny_patch16_224"}))
+
+
+@case("img_size 64 on a ViT built for 16", "data.img_size", "64")
+def _(t, fx):
+    return train_args(t, tiny(data={"img_size": 64}))
+
+
+@case("student block out of range", "student", "block 7")
+def _(t, fx):
+    return train_args(t, kd({"checkpoint": str(fx.run)},
+                            {"type": "fitnet", "student_layers": [7], "teacher_layers": [0]}))
+
+
+@case("teacher stage out of range", "teacher", "stride 64")
+def _(t, fx):
+    return train_args(t, kd({"model": "resnet_digits_s", "checkpoint": str(fx.cnn_weights)},
+                            {"type": "fitnet", "student_layers": [1], "teacher_layers": [64]}))
+
+
+# -- data on disk
+@case("missing dataset root", "data.root", "no_such_folder")
+def _(t, fx):
+    return train_args(t, tiny(data={"name": "imagefolder", "root": str(t / "no_such_folder"), "val_size": 2}))
+
+
+@case("empty ImageFolder train/", "data.root", "train")
+def _(t, fx):
+    root = image_folder(t / "images")
+    shutil.rmtree(root / "train")
+    (root / "train").mkdir()
+    return train_args(t, tiny(data={"name": "imagefolder", "root": str(root), "val_size": 2, "train_subset": None}))
+
+
+@case("empty class folder", "data.root", "b")
+def _(t, fx):
+    root = image_folder(t / "images")
+    for p in (root / "train" / "b").iterdir():
+        p.unlink()
+    return train_args(t, tiny(data={"name": "imagefolder", "root": str(root), "val_size": 2, "train_subset": None}))
+
+
+@case("broken .png", "1.png")
+def _(t, fx):
+    root = image_folder(t / "images", per_class=4)
+    png = root / "train" / "b" / "1.png"
+    png.write_bytes(png.read_bytes()[: len(png.read_bytes()) // 2])   # truncated: the header still reads
+    return train_args(t, tiny(data={"name": "imagefolder", "root": str(root), "val_size": 2, "train_subset": None,
+                                    "batch_size": 2}))
+
+
+@case("--out under a file", "--out", "a_file")
+def _(t, fx):
+    (t / "a_file").write_text("not a folder\n")
+    return train_args(t, tiny(), out="a_file/run")
+
+
+@case("--out on a read-only folder", "--out", "readonly")
+def _(t, fx):
+    if os.geteuid() == 0:
+        pytest.skip("running as root: root ignores mode bits, so no folder can be made read-only here (the cases "
+                    "'--out under a file' and '--out where even root cannot write' cover unwritable folders)")
+    (t / "readonly").mkdir()
+    (t / "readonly").chmod(0o555)
+    return train_args(t, tiny(), out="readonly/run")
+
+
+@case("--out where even root cannot write", "--out", "/proc/vitkd-test-run", "cannot write there")
+def _(t, fx):
+    if not (sys.platform.startswith("linux") and Path("/proc/self").is_dir()):
+        pytest.skip("needs Linux's /proc (no folder can be made there, whoever asks)")
+    return train_args(t, tiny(), out="/proc/vitkd-test-run")
+
+
+# -- teachers and weights files
+@case("truncated teacher .safetensors", "distill.teachers.t.checkpoint", "teacher.safetensors")
+def _(t, fx):
+    data = fx.vit_weights.read_bytes()
+    (t / "teacher.safetensors").write_bytes(data[: len(data) // 2])
+    return train_args(t, kd({"model": "vit_tiny_patch16_224", "args": VIT_ARGS,
+                             "checkpoint": str(t / "teacher.safetensors")}, {"type": "kd"}))
+
+
+@case("zeroed teacher .safetensors", "distill.teachers.t.checkpoint", "teacher.safetensors")
+def _(t, fx):
+    (t / "teacher.safetensors").write_bytes(bytes(fx.vit_weights.stat().st_size))
+    return train_args(t, kd({"model": "vit_tiny_patch16_224", "args": VIT_ARGS,
+                             "checkpoint": str(t / "teacher.safetensors")}, {"type": "kd"}))
+
+
+@case("garbage teacher .safetensors", "distill.teachers.t.checkpoint", "teacher.safetensors")
+def _(t, fx):
+    (t / "teacher.safetensors").write_bytes(os.urandom(4096))
+    return train_args(t, kd({"model": "vit_tiny_patch16_224", "args": VIT_ARGS,
+                             "checkpoint": str(t / "teacher.safetensors")}, {"type": "kd"}))
+
+
+@case("teacher weights of another model", "distill.teachers.t.checkpoint", "vit.safetensors", "resnet_digits_s",
+      "Missing key")
+def _(t, fx):
+    return train_args(t, kd({"model": "resnet_digits_s", "checkpoint": str(fx.vit_weights)}, {"type": "kd"}))
+
+
+@case("teacher run folder not finished", "distill.teachers.t.checkpoint", "teacher_run", "no finished run")
+def _(t, fx):
+    shutil.copytree(fx.run, t / "teacher_run")
+    (t / "teacher_run" / "stamp.json").unlink()
+    return train_args(t, kd({"checkpoint": str(t / "teacher_run")}, {"type": "kd"}))
+
+
+@case("teacher read by no term", "distill.teachers.t", "no loss term")
+def _(t, fx):
+    return train_args(t, kd({"checkpoint": str(fx.run)}))
+
+
+# -- run folders: refusals that must not touch them
+@case("resume with a differing key", "train.weight_decay", "0.05", "0.2")
+def _(t, fx):
+    shutil.copytree(fx.run, t / "run")
+    return train_args(t, tiny(train={"weight_decay": 0.2}), "--resume")
+
+
+@case("resume with nothing to resume", "--resume", "run")
+def _(t, fx):
+    return train_args(t, tiny(), "--resume")
+
+
+@case("train into a folder holding a run", "--out", "already holds a run")
+def _(t, fx):
+    shutil.copytree(fx.run, t / "run")
+    return train_args(t, tiny(seed=1))
+
+
+# -- eval
+@case("eval a bare model.safetensors without --model", "model.safetensors", "--model")
+def _(t, fx):
+    (t / "w").mkdir()
+    shutil.copy(fx.run / "model.safetensors", t / "w" / "model.safetensors")
+    return ["eval", str(t / "w" / "model.safetensors")]
+
+
+@case("eval a plain state-dict .pt", "state.pt")
+def _(t, fx):
+    shutil.copy(fx.state_pt, t / "state.pt")
+    return ["eval", str(t / "state.pt"), "--model", "vit_tiny_patch16_224"]
+
+
+@case("eval a plain state-dict .pt without --model", "state.pt")
+def _(t, fx):
+    shutil.copy(fx.state_pt, t / "state.pt")
+    return ["eval", str(t / "state.pt")]
+
+
+# -- profile
+@case("profile --img-size 0", "--img-size", "0")
+def _(t, fx):
+    return ["profile", "vit_tiny_patch16_224", "--img-size", "0", "--no-throughput"]
+
+
+@case("profile --img-size -16", "--img-size", "-16")
+def _(t, fx):
+    return ["profile", "vit_tiny_patch16_224", "--img-size", "-16", "--no-throughput"]
+
+
+# -- suites (vitkd compare): checked before any run trains
+def suite_args(t: Path, rows: list, *extra: str, **suite) -> List[str]:
+    write_yaml(t / "student.yaml", tiny())
+    body = {"name": "tiny", "student": "student.yaml", "seeds": [0], "jobs": 1, "rows": rows, **suite}
+    return ["compare", str(write_yaml(t / "suite.yaml", body)), "--out", str(t / "results"),
+            "--cache", str(t / "cache"), *extra]
+
+
+@case("suite row without name", "suite.rows[0].name", "missing")
+def _(t, fx):
+    return suite_args(t, [{"family": "none"}])
+
+
+@case("suite unknown key", "suite.rowz", "rows")
+def _(t, fx):
+    return suite_args(t, [{"name": "a", "family": "none"}], rowz=[])
+
+
+@case("compare --jobs -1", "--jobs", "-1")
+def _(t, fx):
+    return suite_args(t, [{"name": "a", "family": "none"}], "--jobs", "-1")
+
+
+@case("compare --cache under a file", "--cache", "a_file")
+def _(t, fx):
+    (t / "a_file").write_text("not a folder\n")
+    argv = suite_args(t, [{"name": "a", "family": "none"}])
+    return argv[:argv.index("--cache") + 1] + [str(t / "a_file" / "cache")]
+
+
+@case("compare --out under a file", "--out", "a_file")
+def _(t, fx):
+    (t / "a_file").write_text("not a folder\n")
+    argv = suite_args(t, [{"name": "a", "family": "none"}])
+    argv[argv.index("--out") + 1] = str(t / "a_file" / "results")
+    return argv
+
+
+@case("suite row with a bad term argument", "rows/b", "'TT'")
+def _(t, fx):
+    return suite_args(t, [{"name": "a", "family": "none"},
+                          {"name": "b", "family": "logit", "teachers": {"t": "big"},
+                           "set": {"distill.terms": [{"type": "ce"}, {"type": "kd", "TT": 4}]}}],
+                      teachers={"big": {"config": "student.yaml"}})
+
+
+@case("suite row with an unknown model", "rows/b", "vit_nope")
+def _(t, fx):
+    return suite_args(t, [{"name": "a", "family": "none"}, {"name": "b", "family": "none",
+                                                           "set": {"model.name": "vit_nope"}}])
+
+
+# -- chains: every stage checked before the first trains
+def chain_args(t: Path, stages: list, *extra: str) -> List[str]:
+    write_yaml(t / "student.yaml", tiny())
+    return ["train", str(write_yaml(t / "chain.yaml", {"chain": stages})), "--out", str(t / "chain"), *extra]
+
+
+@case("chain stage with a bad term argument", "stage 'student'", "'TT'")
+def _(t, fx):
+    return chain_args(t, [{"name": "teacher", "config": "student.yaml"},
+                          {"name": "student", "config": "student.yaml",
+                           "set": {"distill.teachers.t.checkpoint": "@teacher",
+                                   "distill.terms": [{"type": "ce"}, {"type": "kd", "TT": 4}]}}])
+
+
+@case("chain stage with an out-of-range block", "stage 'student'", "block 9")
+def _(t, fx):
+    return chain_args(t, [{"name": "teacher", "config": "student.yaml"},
+                          {"name": "student", "config": "student.yaml",
+                           "set": {"distill.teachers.t.checkpoint": "@teacher",
+                                   "distill.terms": [{"type": "ce"}, {"type": "fitnet", "student_layers": [1],
+                                                                      "teacher_layers": [9]}]}}])
+
+
+@case("chain stage refers to a later stage", "@student", "not an earlier stage")
+def _(t, fx):
+    return chain_args(t, [{"name": "teacher", "config": "student.yaml",
+                           "set": {"distill.teachers.t.checkpoint": "@student",
+                                   "distill.terms": [{"type": "ce"}, {"type": "kd"}]}},
+                          {"name": "student", "config": "student.yaml"}])
+
+
+@case("chain stage without config", "chain[1].config", "missing")
+def _(t, fx):
+    return chain_args(t, [{"name": "teacher", "config": "student.yaml"}, {"name": "student"}])
+
+
+@case("chain stage folder holds a run of another config", "stage 'teacher'", "chain/teacher", "--overwrite")
+def _(t, fx):
+    shutil.copytree(fx.run, t / "chain" / "teacher")
+    return chain_args(t, [{"name": "teacher", "config": "student.yaml", "set": {"seed": 5}}])
+
+
+def _run(argv: List[str], capsys):
+    threads = torch.get_num_threads()
+    try:
+        code = main(argv)
+    finally:
+        torch.set_num_threads(threads)   # a run sets its own thread count
+    return code, capsys.readouterr().err
+
+
+def test_the_table_is_large_enough():
+    assert len(CASES) >= 40
+    assert len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
+def test_bad_input(c: Case, fx, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)   # default output folders (runs/, results/) would land here
+    argv = c.build(tmp_path, fx)
+    before, shared = snapshot(tmp_path), snapshot(fx.root)
+    code, err = _run(argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1, err
+    for piece in c.expect:
+        assert piece in lines[0], f"{piece!r} not in {lines[0]!r}"
+    assert lines[0].startswith("vitkd: error: ")
+    assert snapshot(tmp_path) == before
+    assert snapshot(fx.root) == shared
+
+
+# ---------------------------------------------------------------------------------------------- beside the table
+def test_python_train_refuses_a_folder_holding_another_run(fx, tmp_path):
+    from vitkd.config import ConfigError, parse_config
+    from vitkd.engine import train
+    shutil.copytree(fx.run, tmp_path / "run")
+    before = snapshot(tmp_path)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(parse_config(tiny(seed=1)), tmp_path / "run", log=lambda m: None)
+    assert snapshot(tmp_path) == before
+
+
+def test_numbers_written_1e_3_are_numbers(tmp_path):
+    from vitkd.config import load_config
+    cfg = write_yaml(tmp_path / "cfg.yaml", "model: {name: vit_tiny_patch16_224}\ntrain: {lr: 1e-3, min_lr: 5E-6}\n")
+    c = load_config(cfg)
+    assert (c.train.lr, c.train.min_lr) == (0.001, 5e-6)
+    assert load_config(cfg, ["train.lr=1e-3", "train.weight_decay=2e-2"]).train.weight_decay == 0.02
+
+
+def test_a_non_finite_loss_stops_in_one_line_with_exit_3(tmp_path, capsys, monkeypatch):
+    """The loss turns NaN at the third training step: one line naming the term and the step as the logs count
+    them (1-based), exit code 3, and the checkpoint of the last good step kept."""
+    from vitkd.distiller import Distiller
+    forward, calls = Distiller.forward, []
+
+    def poisoned(self, batch):
+        total, parts = forward(self, batch)
+        if self.training:
+            calls.append(1)
+            if len(calls) == 3:
+                parts = {**parts, "ce": parts["ce"] * float("nan")}
+                total = total * float("nan")
+        return total, parts
+    monkeypatch.setattr(Distiller, "forward", poisoned)
+    argv = train_args(tmp_path, tiny(data={"batch_size": 8}, train={"checkpoint_every": 1}))
+    code, err = _run(argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == 3 and len(lines) == 1, err
+    assert "term 'ce'" in lines[0] and "epoch 1 step 3" in lines[0] and "checkpoint is kept" in lines[0]
+    from vitkd.engine import load_checkpoint
+    ck = load_checkpoint(tmp_path / "run")
+    assert (ck["epoch"], ck["epoch_done"], ck["step_in_epoch"]) == (0, False, 2)
+    assert not (tmp_path / "run" / "stamp.json").exists()
