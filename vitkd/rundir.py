@@ -33,7 +33,7 @@ import yaml
 from .config import ConfigError
 from .io import atomic_save_safetensors, atomic_write_csv, atomic_write_json, atomic_write_text
 
-__all__ = ["RunDir", "BEHAVIOUR_VERSION", "NON_RESULT_KEYS", "config_digest"]
+__all__ = ["RunDir", "BEHAVIOUR_VERSION", "NON_RESULT_KEYS", "LATER_KEYS", "config_digest"]
 
 # History of behaviour changes (bump on every default that changes what a run computes):
 #   1  the first comparison suites
@@ -42,6 +42,11 @@ BEHAVIOUR_VERSION = 2
 
 # config keys that never change a run's numbers: left out of the reuse digest
 NON_RESULT_KEYS = ("train.progress", "train.threads", "data.num_workers")
+
+# config keys added after runs were already stamped, with the default they had implicitly before: while a
+# config holds that default the key is left out of the digest (old stamps stay valid), and a saved config
+# that lacks the key reads as having it (an older run resumes)
+LATER_KEYS = {"train.sync_bn": False}
 
 
 def _without(raw: dict, dotted: Iterable[str]) -> dict:
@@ -58,9 +63,20 @@ def _without(raw: dict, dotted: Iterable[str]) -> dict:
     return out
 
 
+def _get_dotted(raw: dict, key: str, default=None):
+    node: Any = raw
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
 def config_digest(config: dict) -> str:
-    """sha256 of a (validated, dict-form) config, keys in :data:`NON_RESULT_KEYS` left out."""
-    body = json.dumps(_without(config, NON_RESULT_KEYS), sort_keys=True, default=str)
+    """sha256 of a (validated, dict-form) config, keys in :data:`NON_RESULT_KEYS` left out, and keys of
+    :data:`LATER_KEYS` while they hold their implicit default."""
+    at_default = [k for k, v in LATER_KEYS.items() if _get_dotted(config, k, v) == v]
+    body = json.dumps(_without(config, NON_RESULT_KEYS + tuple(at_default)), sort_keys=True, default=str)
     return hashlib.sha256(body.encode()).hexdigest()
 
 
