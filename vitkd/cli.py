@@ -137,7 +137,8 @@ def _cmd_compare(args) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise ConfigError(f"--jobs: must be >= 1, got {args.jobs}")
     out = run_suite(args.suite, out=args.out, quick=args.quick, cache=args.cache, jobs=args.jobs,
-                    log=lambda m: print(m, flush=True), readme=args.readme, plan_seeds=args.plan_seeds)
+                    log=lambda m: print(m, flush=True), readme=args.readme, plan_seeds=args.plan_seeds,
+                    executor=args.executor, address=args.address, cpus_per_job=args.cpus_per_job)
     print(json.dumps({"out": str(out)}))
     return 0
 
@@ -208,7 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quick", action="store_true", help="every family, one seed, shorter schedule")
     c.add_argument("--cache", help="run folders, reused when a run's config is unchanged "
                                    "(default runs/compare/<suite>)")
-    c.add_argument("--jobs", type=int, help="runs in parallel (default: the suite's jobs)")
+    c.add_argument("--jobs", type=int, help="runs in parallel (default: the suite's jobs; with --executor ray: "
+                                            "no cap, the cluster queues runs by their resources)")
+    c.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: a pool of --jobs processes on this machine (default); ray: every run is a Ray "
+                        "task on a cluster (pip install 'vitkd[ray]'), --cache on a file system all nodes share")
+    c.add_argument("--address", metavar="HOST:PORT",
+                   help="with --executor ray: the running cluster's head (default: start Ray on this machine)")
+    c.add_argument("--cpus-per-job", type=int, metavar="N",
+                   help="CPU cores (torch threads) each run asks for (default: local, the cores shared evenly "
+                        "over --jobs; ray, 1); a run on CUDA also asks for one GPU")
     c.add_argument("--readme", help="also fill the results block of this README with the table and plot")
     c.add_argument("--plan-seeds", action="store_true",
                    help="train nothing: report from the cache and print the seeds each family of comparisons needs")
