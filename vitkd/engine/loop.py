@@ -158,8 +158,6 @@ def _train(cfg: RunCfg, out_dir, resume: bool, overwrite: bool, log: Callable[[s
     if not world.is_main:
         log = lambda m: None   # noqa: E731 - rank 0 alone prints
     check_target(run_dir, resume, overwrite)
-    if world.is_main:
-        ensure_writable(run_dir.path)
     ckpt, changes = None, {}
     if resume:
         ckpt = load_checkpoint(run_dir.path)
@@ -188,6 +186,8 @@ def _train(cfg: RunCfg, out_dir, resume: bool, overwrite: bool, log: Callable[[s
     if steps_per_epoch == 0:
         raise ConfigError(f"data.batch_size: {dc.batch_size} is larger than the {len(train_ds)} train images")
     dry_run(distiller, train_ds, cfg)   # a model/data mismatch fails here, before anything is written
+    if world.is_main:
+        ensure_writable(run_dir.path)   # the first thing created: a config that cannot train leaves no folder
     optimizer, sched = build_optimizer(distiller, tc, steps_per_epoch)
     model = wrap_for_ranks(distiller, world, device)   # the distiller itself for one process
     ema = None
