@@ -158,3 +158,91 @@ def test_teacher_assistant_chain(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
     assert main(["train", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "bad")]) == 2
     assert "refers to '@teacher'" in capsys.readouterr().err
+
+
+def _tiny_ray_suite(tmp_path):
+    (tmp_path / "student.yaml").write_text(yaml.safe_dump(STUDENT))
+    (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(TEACHER))
+    suite = {
+        "name": "tiny_ray", "student": "student.yaml", "seeds": [0], "set": {"data.train_subset": 64},
+        "teachers": {"cnn": {"config": "teacher.yaml"}},
+        "rows": [{"name": "no_kd", "family": "none", "group": "baseline"},
+                 {"name": "kd", "family": "logit", "teachers": {"t": "cnn"},
+                  "set": {"distill.terms": [{"type": "ce", "weight": 0.5}, {"type": "kd", "weight": 0.5, "T": 4.0}]}}],
+        "jobs": 2,
+    }
+    p = tmp_path / "suite.yaml"
+    p.write_text(yaml.safe_dump(suite, sort_keys=False))
+    return p
+
+
+def test_suite_on_a_local_ray_cluster_matches_the_local_pool(tmp_path, monkeypatch):
+    """A Ray head started here on loopback (``ray start --head --block``, one CPU, no dashboard, a small
+    object store); ``vitkd compare --executor ray --address 127.0.0.1:PORT`` runs every job (the teacher
+    first, then the rows that read it) as a Ray task into the shared cache, and the report's accuracies
+    equal the local pool's."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    ray = pytest.importorskip("ray")
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")   # a throwaway cluster on this machine: no token files
+    suite_file = _tiny_ray_suite(tmp_path)
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # the head's workers inherit PYTHONPATH, so they import this checkout's vitkd; its session files go to a
+    # short folder of its own (Ray's socket paths must stay under 108 characters)
+    ray_tmp = tempfile.mkdtemp(prefix="vitkd-ray-")
+    head_log = open(tmp_path / "ray_head.log", "w")
+    head = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block",
+                             f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0",
+                             "--include-dashboard=false", f"--object-store-memory={80 * 1024 ** 2}",
+                             "--disable-usage-stats", f"--temp-dir={ray_tmp}"],
+                            stdout=head_log, stderr=subprocess.STDOUT)
+    try:
+        # meanwhile the same suite on the local pool
+        assert main(["compare", str(suite_file), "--out", str(local / "results"), "--cache", str(local / "cache"),
+                     "--jobs", "1", "--cpus-per-job", "1"]) == 0
+        deadline = time.monotonic() + 90
+        while True:   # the head is up when its port answers
+            assert head.poll() is None, "the Ray head stopped: " + (tmp_path / "ray_head.log").read_text()[-2000:]
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the Ray head did not start"
+                time.sleep(0.5)
+        assert main(["compare", str(suite_file), "--executor", "ray", "--address", f"127.0.0.1:{port}",
+                     "--out", str(remote / "results"), "--cache", str(remote / "cache")]) == 0
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        head.terminate()   # --block: the head stops its own processes on SIGTERM
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
+        head_log.close()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    env = json.loads((remote / "results" / "environment.json").read_text())
+    assert env["executor"] == "ray"
+    assert json.loads((remote / "results" / "timing.json").read_text())["runs_trained_now"] == 3
+    # the teacher had finished (its stamp is written last) before a row that reads it started
+    cache = remote / "cache"
+    teacher_done = (cache / "teachers" / "cnn" / "stamp.json").stat().st_mtime
+    assert all(teacher_done <= (cache / "rows" / r / "s0" / "config.yaml").stat().st_mtime for r in ("kd", "no_kd"))
+
+    def accuracies(folder, name, keys):
+        return [{k: r[k] for k in keys} for r in csv.DictReader(open(folder / "results" / name))]
+    keys = ("row", "test_top1_mean", "val_top1_mean", "test_top1_all")
+    assert accuracies(remote, "results.csv", keys) == accuracies(local, "results.csv", keys)
+    assert accuracies(remote, "teachers.csv", ("teacher", "test_top1", "val_top1")) == \
+        accuracies(local, "teachers.csv", ("teacher", "test_top1", "val_top1"))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -21,10 +22,17 @@ class _Parser(argparse.ArgumentParser):
 def _cmd_train(args) -> int:
     from .config import load_config
     from .engine import train
+    from .engine.dist import env_world_size
     out = Path(args.out) if args.out else None
     if args.resume and out is None:
         raise ConfigError("--resume needs --out DIR (the run folder to continue)")
+    if args.nproc is not None and args.nproc < 1:
+        raise ConfigError(f"--nproc: must be >= 1, got {args.nproc}")
     from .chain import is_chain, run_chain
+    if is_chain(args.config) and ((args.nproc or 1) > 1 or env_world_size() > 1):
+        raise ConfigError("a chain runs its stages in one process (launch each stage's config with torchrun)")
+    if (args.nproc or 1) > 1:
+        return _launch_torchrun(args, out)
     if is_chain(args.config):
         out = out or Path("runs") / Path(args.config).stem
         finals = run_chain(args.config, out, args.set, overwrite=args.overwrite, log=lambda m: print(m, flush=True))
@@ -35,8 +43,31 @@ def _cmd_train(args) -> int:
     if out is None:
         out = Path("runs") / (cfg.name or Path(args.config).stem)
     final = train(cfg, out, resume=args.resume, overwrite=args.overwrite, log=lambda m: print(m, flush=True))
-    print(json.dumps({"out": str(out), **{k: final[k] for k in ("val_top1", "test_top1") if k in final}}))
+    if int(os.environ.get("RANK", "0") or 0) == 0:   # under torchrun: rank 0 alone reports
+        print(json.dumps({"out": str(out), **{k: final[k] for k in ("val_top1", "test_top1") if k in final}}))
     return 0
+
+
+def _launch_torchrun(args, out: Optional[Path]) -> int:
+    """``vitkd train --nproc N``: this node's N processes through PyTorch's own launcher (``torchrun
+    --standalone``, a free local port), each running ``vitkd train`` as one rank. The config and the
+    target folder are checked here first, so their errors are one line, not N tracebacks."""
+    import subprocess
+    from .config import load_config
+    from .engine.dist import env_world_size
+    from .engine.loop import check_target
+    from .rundir import RunDir
+    if env_world_size() > 1:
+        raise ConfigError("--nproc: this process is already one rank of a torchrun launch")
+    cfg = load_config(args.config, args.set)
+    out = out or Path("runs") / (cfg.name or Path(args.config).stem)
+    check_target(RunDir(out), args.resume, args.overwrite)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+           "-m", "vitkd", "train", str(args.config), "--out", str(out)]
+    for kv in args.set:
+        cmd += ["--set", kv]
+    cmd += ["--resume"] * bool(args.resume) + ["--overwrite"] * bool(args.overwrite)
+    return subprocess.call(cmd)
 
 
 def _cmd_eval(args) -> int:
@@ -106,7 +137,8 @@ def _cmd_compare(args) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise ConfigError(f"--jobs: must be >= 1, got {args.jobs}")
     out = run_suite(args.suite, out=args.out, quick=args.quick, cache=args.cache, jobs=args.jobs,
-                    log=lambda m: print(m, flush=True), readme=args.readme, plan_seeds=args.plan_seeds)
+                    log=lambda m: print(m, flush=True), readme=args.readme, plan_seeds=args.plan_seeds,
+                    executor=args.executor, address=args.address, cpus_per_job=args.cpus_per_job)
     print(json.dumps({"out": str(out)}))
     return 0
 
@@ -137,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key, e.g. --set train.epochs=5 (repeatable)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="start over in a folder that holds a run")
+    t.add_argument("--nproc", type=int, metavar="N",
+                   help="train with N processes on this machine through torchrun (DDP; gloo on CPU, nccl on "
+                        "CUDA, one GPU each); data.batch_size is per process, the global batch N x batch_size")
     t.set_defaults(fn=_cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a student (run folder, its checkpoint, or a .safetensors weights "
@@ -165,7 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quick", action="store_true", help="every family, one seed, shorter schedule")
     c.add_argument("--cache", help="run folders, reused when a run's config is unchanged "
                                    "(default runs/compare/<suite>)")
-    c.add_argument("--jobs", type=int, help="runs in parallel (default: the suite's jobs)")
+    c.add_argument("--jobs", type=int, help="runs in parallel (default: the suite's jobs; with --executor ray: "
+                                            "no cap, the cluster queues runs by their resources)")
+    c.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: a pool of --jobs processes on this machine (default); ray: every run is a Ray "
+                        "task on a cluster (pip install 'vitkd[ray]'), --cache on a file system all nodes share")
+    c.add_argument("--address", metavar="HOST:PORT",
+                   help="with --executor ray: the running cluster's head (default: start Ray on this machine)")
+    c.add_argument("--cpus-per-job", type=int, metavar="N",
+                   help="CPU cores (torch threads) each run asks for (default: local, the cores shared evenly "
+                        "over --jobs; ray, 1); a run on CUDA also asks for one GPU")
     c.add_argument("--readme", help="also fill the results block of this README with the table and plot")
     c.add_argument("--plan-seeds", action="store_true",
                    help="train nothing: report from the cache and print the seeds each family of comparisons needs")

@@ -110,6 +110,7 @@ class TrainCfg:
     progress: bool = True
     eval_every: int = 1                  # evaluate val/test every N epochs (the last epoch always)
     checkpoint_every: Optional[int] = None   # also checkpoint every N steps (besides every epoch)
+    sync_bn: bool = False                # several processes: the student's BatchNorm as SyncBatchNorm (CUDA)
 
     def __post_init__(self):
         _positive("train.epochs", self.epochs)

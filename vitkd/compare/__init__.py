@@ -9,11 +9,11 @@ Protocol (see ``configs/compare/digits.yaml``):
 4. params, MACs, training cost per image and img/s are measured for every student and teacher.
 
 Runs go to ``<cache>/<suite>/...`` as ordinary ``vitkd train`` run folders, executed as separate
-processes, ``jobs`` at a time (one thread each), so both cores are used.
+processes, ``jobs`` at a time (one thread each), so both cores are used; or, with ``--executor ray``, as
+Ray tasks on a cluster (:mod:`vitkd.compare.execute`).
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import copy
 import io
 import json
@@ -31,6 +31,7 @@ from ..config import ConfigError, apply_mapping, build_dataclass, parse_config, 
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
 from ..rundir import RunDir, ensure_writable
 from . import verdicts
+from .execute import Executor, LocalPool, make_executor, schedule
 
 __all__ = ["SuiteCfg", "load_suite", "run_suite", "summarize"]
 
@@ -230,12 +231,6 @@ def _is_done(job: Job) -> bool:
     return want is not None and RunDir(job.out).matches(want)
 
 
-def _init_worker(threads: int):
-    import torch
-    torch.set_num_threads(threads)
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-
-
 def _run_job(job: Job) -> Tuple[str, float, Optional[str]]:
     """Train one run inside a worker process (imports paid once per worker, not per run)."""
     from ..engine import train
@@ -251,12 +246,12 @@ def _run_job(job: Job) -> Tuple[str, float, Optional[str]]:
     return job.key, time.perf_counter() - t0, None
 
 
-def execute(jobs: List[Job], n_jobs: int, progress: bool = True, log=print, done_before=(),
-            train: bool = True) -> Dict[str, float]:
-    """Run jobs respecting dependencies, ``n_jobs`` processes at a time. Returns wall seconds per job.
+def execute(jobs: List[Job], n_jobs: Optional[int] = None, progress: bool = True, log=print, done_before=(),
+            train: bool = True, executor: Optional[Executor] = None) -> Dict[str, float]:
+    """Run the jobs the cache lacks on ``executor`` (default: a local pool of ``n_jobs`` processes), each
+    after the jobs it depends on. Returns wall seconds per job (0 for a job reused from the cache).
     ``train=False``: only check that every job is already finished in the cache (report-only runs)."""
     from tqdm import tqdm
-    todo = {j.key: j for j in jobs}
     walls: Dict[str, float] = {}
     done = set(done_before)
     for j in jobs:
@@ -267,38 +262,35 @@ def execute(jobs: List[Job], n_jobs: int, progress: bool = True, log=print, done
     if pending and not train:
         raise ConfigError(f"suite: {len(pending)} run(s) are not in the cache yet (first: {pending[0].key}); "
                           f"run the suite without --plan-seeds first")
-    threads = max(1, (os.cpu_count() or 2) // max(1, n_jobs))
-    bar = tqdm(total=len(jobs), initial=len(done), desc="runs", disable=None if progress else True,
-               file=sys.stderr)
-    failures = []
-    import multiprocessing as mp
-    with cf.ProcessPoolExecutor(max_workers=n_jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                initargs=(threads,)) as pool:
-        running: Dict[cf.Future, Job] = {}
-        while pending or running:
-            ready = [j for j in pending if all(d in done for d in j.deps)]
-            for j in ready[: max(0, n_jobs - len(running))]:
-                pending.remove(j)
-                running[pool.submit(_run_job, j)] = j
-            if not running:
-                blocked = ", ".join(j.key for j in pending[:3])
-                raise RuntimeError(f"suite: jobs blocked by failed dependencies: {blocked}")
-            fin, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)
-            for f in fin:
-                j = running.pop(f)
-                key, wall, err = f.result()
-                walls[key] = wall
-                bar.update(1)
-                if not err:   # a line per run, also when no terminal shows the bar
-                    log(f"run {key} done in {wall:.0f}s ({bar.n}/{len(jobs)})")
-                if err:
-                    failures.append(f"{key}: {err}")
-                    log(f"run failed: {key}: {err}")
-                    # drop everything that depends on it
-                    pending = [p for p in pending if key not in p.deps]
-                else:
-                    done.add(key)
-    bar.close()
+    if not pending:
+        return walls
+    bar = tqdm(total=len(jobs), initial=len(done & {j.key for j in jobs}), desc="runs",
+               disable=None if progress else True, file=sys.stderr)
+    failures: List[str] = []
+    finished = [len(jobs) - len(pending)]
+
+    def on_result(job: Job, value, err: Optional[str]) -> Optional[str]:
+        key, wall = job.key, 0.0
+        if value is not None:
+            key, wall, err = value
+        walls[key] = wall
+        bar.update(1)
+        finished[0] += 1
+        if err:
+            failures.append(f"{key}: {err}")
+            log(f"run failed: {key}: {err}")
+        else:   # a line per run, also when no terminal shows the bar
+            log(f"run {key} done in {wall:.0f}s ({finished[0]}/{len(jobs)})")
+        return err
+
+    own = executor is None
+    executor = executor or LocalPool(n_jobs or 2)
+    try:
+        schedule(pending, executor, _run_job, done, on_result)
+    finally:
+        bar.close()
+        if own:
+            executor.close()
     if failures:
         raise RuntimeError(f"suite: {len(failures)} run(s) failed, first: {failures[0]}")
     return walls
@@ -605,11 +597,26 @@ def update_readme(readme, out_dir: Path) -> None:
 
 def run_suite(path, out: Optional[str] = None, quick: bool = False, cache: Optional[str] = None,
               jobs: Optional[int] = None, progress: bool = True, log=print, readme: Optional[str] = None,
-              plan_seeds: bool = False) -> Path:
+              plan_seeds: bool = False, executor: str = "local", address: Optional[str] = None,
+              cpus_per_job: Optional[int] = None) -> Path:
     """Train what the cache lacks, then write the report. ``plan_seeds``: train nothing; report from the
-    cache and print how many seeds each family of comparisons needs."""
+    cache and print how many seeds each family of comparisons needs.
+
+    ``executor``: ``local`` (a pool of ``jobs`` processes, default the suite's ``jobs``) or ``ray`` (every
+    run a Ray task on the cluster at ``address``, or on a Ray instance started here; ``jobs`` then caps the
+    runs in flight, default none). ``cpus_per_job``: CPU cores (torch threads) per run; see
+    :mod:`vitkd.compare.execute`."""
     suite, base = load_suite(path)
     n_jobs = jobs or suite.jobs
+    runner = make_executor(executor, jobs if executor == "ray" else n_jobs, address, cpus_per_job)
+    try:
+        return _run_suite(suite, base, path, out, quick, cache, n_jobs, progress, log, readme, plan_seeds, runner)
+    finally:
+        runner.close()
+
+
+def _run_suite(suite, base, path, out, quick, cache, n_jobs, progress, log, readme, plan_seeds,
+               runner: Executor) -> Path:
     name = suite.name + ("-quick" if quick else "")
     out_dir = Path(out) if out else Path("results") / "compare" / name
     cache_dir = Path(cache) if cache else Path("runs") / "compare" / suite.name
@@ -629,16 +636,16 @@ def run_suite(path, out: Optional[str] = None, quick: bool = False, cache: Optio
             break
         waiting |= more
     first = [j for j in teacher_jobs if j.row not in waiting]
-    walls = execute(first + tune_jobs, n_jobs, progress, log, train=not plan_seeds)
+    walls = execute(first + tune_jobs, n_jobs, progress, log, train=not plan_seeds, executor=runner)
     tuned, tuning = _pick_tuned(suite, tune_jobs) if tune_jobs else ({}, [])
     if tuned:
         log(f"tuned on val: {tuned}")
     teacher_jobs = plan_teachers(suite, base, cache_dir, quick, tuned)
     row_jobs = plan_rows(suite, base, cache_dir, quick, tuned)
     walls.update(execute([j for j in teacher_jobs if j.row in waiting] + row_jobs, n_jobs, progress, log,
-                         done_before=[j.key for j in first], train=not plan_seeds))
+                         done_before=[j.key for j in first], train=not plan_seeds, executor=runner))
     recipe, seeds = recipe_of(suite, quick)
-    meta = {"recipe": recipe, "seeds": seeds, "tuned": tuned, "quick": quick,
+    meta = {"recipe": recipe, "seeds": seeds, "tuned": tuned, "quick": quick, "executor": runner.name,
             "suite_file": str(path), "wall_s_total": time.perf_counter() - t0}
     results = summarize(suite, teacher_jobs, row_jobs, walls, tuning, meta, out_dir, log)
     atomic_write_text(out_dir / "suite.yaml", Path(path).read_text())

@@ -15,15 +15,22 @@ from .. import models as model_lib
 from ..config import ConfigError, DistillCfg, RunCfg
 from ..data import DataSpec, build_datasets, class_count, seeded
 from ..distiller import Distiller, build_distiller, term_defaults
+from .dist import World
 
 __all__ = ["Run", "build_run", "build_student", "resolve_device", "versions", "dry_build", "planned_teachers"]
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: Optional[int] = None) -> torch.device:
+    """The run's device; with ``local_rank`` (one process of several on a node) CUDA means that GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device: 'cuda' asked for but no CUDA device is available")
+    if name == "cuda" and local_rank is not None:
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"train.device: local rank {local_rank} has no GPU of its own "
+                              f"({torch.cuda.device_count()} visible; use --nproc_per_node <= that)")
+        return torch.device("cuda", local_rank)
     return torch.device(name)
 
 
@@ -58,9 +65,11 @@ def _student_and_data(cfg: RunCfg, weights=None):
     return student, datasets, num_classes, spec
 
 
-def build_run(cfg: RunCfg) -> Run:
-    """Everything a training run needs (fails with ConfigError before any work)."""
-    device = resolve_device(cfg.train.device)
+def build_run(cfg: RunCfg, world: Optional[World] = None) -> Run:
+    """Everything a training run needs (fails with ConfigError before any work). Every rank of a
+    multi-process run builds the same student, connectors and teachers from the same seed."""
+    world = world or World()
+    device = resolve_device(cfg.train.device, world.local_rank if world.size > 1 else None)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     student, datasets, num_classes, spec = _student_and_data(cfg)

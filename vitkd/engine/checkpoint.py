@@ -66,7 +66,10 @@ def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
 def resume_changes(saved: dict, wanted: dict) -> Dict[str, Tuple[Any, Any]]:
     """The allowed differences between a run's own config and the one it is resumed with, as
     ``{key: (old, new)}``. A difference outside :data:`RESUME_MAY_CHANGE` is refused in one line."""
+    from ..rundir import LATER_KEYS
     a, b = _flatten(saved), _flatten(wanted)
+    for k, v in LATER_KEYS.items():   # a run saved before the key existed had its default
+        a.setdefault(k, v)
     changed: List[str] = [k for k in list(a) + [k for k in b if k not in a] if a.get(k, _MISSING) != b.get(k, _MISSING)]
     for key in changed:
         if key not in RESUME_MAY_CHANGE:

@@ -1,10 +1,13 @@
 """The training loop and evaluation: one loop for plain training and every distillation family.
 
-The loop only calls ``distiller(batch) -> (total, terms)``; it knows no method by name. Rank seams:
-each rank reads its shard of the epoch's permutation, sums are combined through one reducer, rank 0
-alone writes the run folder, and the checkpoint carries every rank's RNG state. Mixup/CutMix is drawn
-per sample from (seed, epoch, index), so it does not depend on the batch size or the process count.
-Nothing is selected on the test split.
+The loop only calls ``distiller(batch) -> (total, terms)``; it knows no method by name. Under
+``torchrun`` every process runs this loop as one rank of the run (see :mod:`.dist`): it joins the process
+group from the environment, reads its shard of the epoch's permutation (``data.batch_size`` images per
+rank and step, so the global batch is world size x batch), calls the distiller through
+DistributedDataParallel (student and connectors; teachers outside), combines sums through one reducer and
+evaluates its share of each split; rank 0 alone writes the run folder and prints, and the checkpoint
+carries every rank's RNG state. Mixup/CutMix is drawn per sample from (seed, epoch, index), so it does not
+depend on the batch size or the process count. Nothing is selected on the test split.
 """
 from __future__ import annotations
 
@@ -21,12 +24,13 @@ from ..config import ConfigError, RunCfg, to_dict
 from ..data import EpochSampler, MixedDataset, MixSpec, sample_seed
 from ..losses import Batch
 from ..rundir import RunDir, ensure_writable
-from .build import build_run, versions
+from .build import build_run, resolve_device, versions
 from .checkpoint import load_checkpoint, resume_changes, rng_state, save_checkpoint, set_rng_state
-from .dist import Reducer, World, current_world, reducer_for
+from .dist import (Reducer, World, barrier, convert_sync_batchnorm, current_world, join_from_env, leave,
+                   reducer_for, wrap_for_ranks)
 from .optim import build_optimizer
 
-__all__ = ["train", "evaluate", "NonFiniteLoss", "epoch_means"]
+__all__ = ["train", "evaluate", "NonFiniteLoss", "epoch_means", "check_target", "world_size_notes"]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -104,7 +108,7 @@ def dry_run(distiller, train_ds, cfg: RunCfg) -> None:
         distiller.train(was)
 
 
-def _check_target(run: RunDir, resume: bool, overwrite: bool) -> bool:
+def check_target(run: RunDir, resume: bool, overwrite: bool) -> bool:
     """Whether the run continues from a checkpoint. A resume of a run killed before its first checkpoint
     (its config is there, no checkpoint) starts it again from the beginning."""
     if resume:
@@ -116,27 +120,67 @@ def _check_target(run: RunDir, resume: bool, overwrite: bool) -> bool:
     return False
 
 
+def world_size_notes(distiller, student: nn.Module) -> Dict[str, str]:
+    """What makes this run's trajectory depend on the number of processes, by name: the loss terms that
+    declare it (``LossTerm.world_size_dependent``), a student with (unsynchronised) BatchNorm, and a
+    student with active dropout / drop-path (each rank draws its own masks)."""
+    notes = {}
+    for i, term in enumerate(distiller.terms):
+        if getattr(term, "world_size_dependent", False):
+            notes[f"terms[{i}] {term.label}"] = term.world_size_reason or "declared world-size dependent"
+    bn = [m for m in student.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if any(not isinstance(m, nn.SyncBatchNorm) for m in bn):
+        notes["student BatchNorm"] = "batch statistics of each rank's batch (train.sync_bn: true syncs them)"
+    drops = [m for m in student.modules() if (isinstance(m, nn.Dropout) and m.p > 0)
+             or (type(m).__name__ == "DropPath" and getattr(m, "drop_prob", 0.0) > 0)]
+    if drops:
+        notes["student dropout/drop-path"] = "each rank draws its own masks"
+    return notes
+
+
 def train(cfg: RunCfg, out_dir, resume: bool = False, overwrite: bool = False,
           log: Callable[[str], None] = print) -> dict:
     """Train ``cfg`` into the run folder ``out_dir``; returns the last epoch's metrics.
 
     A folder that holds another run is refused unless ``overwrite`` (its files are then cleared first, the
     stamp and weights before anything else) or ``resume`` (the run continues from its checkpoint; its
-    config may differ only in the keys of :data:`vitkd.engine.checkpoint.RESUME_MAY_CHANGE`)."""
+    config may differ only in the keys of :data:`vitkd.engine.checkpoint.RESUME_MAY_CHANGE`).
+
+    Launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment), each process joins the process group
+    first (gloo on CPU, nccl on CUDA, one GPU per process by ``LOCAL_RANK``) and leaves it at the end."""
+    joined = join_from_env(resolve_device(cfg.train.device))
+    try:
+        return _train(cfg, out_dir, resume, overwrite, log)
+    finally:
+        leave(joined)
+
+
+def _train(cfg: RunCfg, out_dir, resume: bool, overwrite: bool, log: Callable[[str], None]) -> dict:
     run_dir = RunDir(out_dir)
     world = current_world()
-    from_checkpoint = _check_target(run_dir, resume, overwrite)
+    if not world.is_main:
+        log = lambda m: None   # noqa: E731 - rank 0 alone prints
+    from_checkpoint = check_target(run_dir, resume, overwrite)
     if world.is_main:
         ensure_writable(run_dir.path)
     ckpt, changes = None, {}
     if from_checkpoint:
         ckpt = load_checkpoint(run_dir.path)
+        saved_world = int((ckpt.get("data_order") or {}).get("world_size", 1))
+        if saved_world != world.size:
+            raise ConfigError(f"--resume: {run_dir.path} was trained by {saved_world} process(es), not {world.size} "
+                              f"(resume it with the same number of processes)")
         changes = resume_changes(ckpt["config"], to_dict(cfg))
     elif resume:   # killed before its first checkpoint: the same policy, then a fresh start
         resume_changes(run_dir.read_config(), to_dict(cfg))
-    run = build_run(cfg)
+    barrier(world)   # every rank has checked the folder before rank 0 clears or writes it
+    run = build_run(cfg, world)
     tc, dc = cfg.train, cfg.data
     device, distiller, student = run.device, run.distiller, run.student
+    if tc.sync_bn and world.size > 1:
+        if device.type != "cuda":
+            raise ConfigError("train.sync_bn: SyncBatchNorm needs CUDA (this run is on the CPU)")
+        convert_sync_batchnorm(student)
     reducer = reducer_for(world, device)
     train_ds = run.datasets["train"]
     mix = MixSpec(tc.mixup, tc.cutmix, tc.mixup_prob, label_smoothing=tc.label_smoothing)
@@ -149,7 +193,10 @@ def train(cfg: RunCfg, out_dir, resume: bool = False, overwrite: bool = False,
     if steps_per_epoch == 0:
         raise ConfigError(f"data.batch_size: {dc.batch_size} is larger than the {len(train_ds)} train images")
     dry_run(distiller, train_ds, cfg)   # a model/data mismatch fails here, before anything is written
+    if world.is_main:
+        ensure_writable(run_dir.path)   # the first thing created: a config that cannot train leaves no folder
     optimizer, sched = build_optimizer(distiller, tc, steps_per_epoch)
+    model = wrap_for_ranks(distiller, world, device)   # the distiller itself for one process
     ema = None
     if tc.ema_decay is not None:
         from timm.utils import ModelEmaV3
@@ -162,6 +209,9 @@ def train(cfg: RunCfg, out_dir, resume: bool = False, overwrite: bool = False,
             "std": list(run.spec.std), "train_images": len(train_ds), "device": str(device),
             "versions": versions(), "model": cfg.model.name, "world_size": world.size,
             "batch_per_rank": dc.batch_size, "resumes": []}
+    if world.size > 1:
+        meta["global_batch"] = world.size * dc.batch_size
+        meta["world_size_dependent"] = world_size_notes(distiller, student)
     if ckpt is not None:
         student.load_state_dict(ckpt["student"])
         distiller.terms.load_state_dict(ckpt["connectors"])
@@ -190,7 +240,8 @@ def train(cfg: RunCfg, out_dir, resume: bool = False, overwrite: bool = False,
         if world.is_main:
             run_dir.clear()
             run_dir.write_config(to_dict(cfg))
-        torch.manual_seed(sample_seed(cfg.seed, 0xD0))   # dropout / drop-path stream of this run
+        # dropout / drop-path stream of this run; each further rank draws its own
+        torch.manual_seed(sample_seed(cfg.seed, 0xD0) if world.rank == 0 else sample_seed(cfg.seed, 0xD0, world.rank))
     if world.is_main:
         run_dir.remove_stray_temp_files()
         run_dir.write_meta(meta)
@@ -219,8 +270,8 @@ def train(cfg: RunCfg, out_dir, resume: bool = False, overwrite: bool = False,
         # the RNG state that followed that draw, so its iterator draws from a generator of its own
         loader.generator = torch.Generator() if first else None
         distiller.train()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False, disable=None if tc.progress else True,
-                   file=sys.stderr)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False,
+                   disable=None if tc.progress and world.is_main else True, file=sys.stderr)
         for step, item in enumerate(bar, start=first):
             x, y, idx = item[0].to(device), item[1].to(device), item[2]
             soft = item[3].to(device) if len(item) > 3 else None
@@ -228,7 +279,7 @@ def train(cfg: RunCfg, out_dir, resume: bool = False, overwrite: bool = False,
             batch = Batch(images=x, target=y, soft_target=soft, index=idx, epoch=epoch,
                           progress=gstep / total_steps)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss, parts = distiller(batch)
+                loss, parts = model(batch)
             if not torch.isfinite(loss):
                 bad = next((k for k, v in parts.items() if not torch.isfinite(v)), "total")
                 raise NonFiniteLoss(f"non-finite loss in term '{bad}' at epoch {epoch + 1} step {step + 1} "

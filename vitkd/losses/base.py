@@ -109,6 +109,14 @@ class LossTerm(nn.Module):
 
     type_name: str = "?"
     needs_teacher: bool = True
+    # Does the term's trajectory depend on how the global batch is split over processes? A per-sample
+    # term (a mean over the batch of per-image losses, no random draws: the default) gives the same
+    # gradients for any process count, since DDP averages the ranks' gradients. A term that couples the
+    # images of a batch (relations across images) or draws from the process's random stream declares
+    # itself dependent (``world_size_reason`` says why); a subclass may make it a property of its settings.
+    # Recorded in run.yaml when a run has several processes; listed in docs/scale_out.md.
+    world_size_dependent: bool = False
+    world_size_reason: str = ""
 
     def __init__(self, teacher: Optional[str] = None):
         super().__init__()

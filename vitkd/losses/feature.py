@@ -130,6 +130,9 @@ class ViTKD(LossTerm):
     resampled onto the student's grid. The connectors, mask token and generator train with the student.
     """
 
+    world_size_dependent = True
+    world_size_reason = "the generation mask is drawn from each rank's random stream"
+
     def __init__(self, student_blocks=(0, 1), teacher_blocks=(0, 1), student_deep: int = -1, teacher_deep: int = -1,
                  alpha: float = 3e-5, beta: float = 3e-6, mask_ratio: float = 0.5, connector: str = "auto",
                  deep: str = "final", teacher: Optional[str] = None):

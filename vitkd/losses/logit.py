@@ -128,6 +128,14 @@ class DIST(_LogitTerm):
             raise ValueError(f"T must be > 0, got {T}")
         self.beta, self.gamma, self.T = float(beta), float(gamma), float(T)
 
+    @property
+    def world_size_dependent(self) -> bool:   # beta alone (correlation over each image's classes) is per image
+        return bool(self.gamma)
+
+    @property
+    def world_size_reason(self) -> str:
+        return "gamma: each class's correlation is taken across the images of a rank's batch" if self.gamma else ""
+
     def forward(self, outs: Dict[str, TapOutput], batch: Batch) -> Tensor:
         s, t = self.pair(outs)
         return KF.dist(s, t, self.beta, self.gamma, self.T)

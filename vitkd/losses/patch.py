@@ -34,6 +34,16 @@ class Manifold(LossTerm):
             raise ValueError(f"k must be >= 1, got {k}")
         self.intra, self.inter, self.random, self.k = float(intra), float(inter), float(random), int(k)
 
+    @property
+    def world_size_dependent(self) -> bool:   # intra alone is per image
+        return bool(self.inter or self.random)
+
+    @property
+    def world_size_reason(self) -> str:
+        parts = (["inter: relations across the images of a rank's batch"] if self.inter else []) + \
+            (["random: k tokens sampled from a rank's batch with the rank's random stream"] if self.random else [])
+        return "; ".join(parts)
+
     def requests(self) -> Dict[str, TapRequest]:
         return {"student": TapRequest(tokens={s for s, _ in self.pairs}),
                 self.teacher: TapRequest(tokens={t for _, t in self.pairs})}
