@@ -1,0 +1,149 @@
+"""The report: results.csv / teachers.csv / results.md / environment.json / curves.json, the README block,
+and the timing record."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, List
+
+
+from ..config import ConfigError
+from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
+from .plots import plots
+
+
+def write_outputs(suite, teachers, results, curves, tuning, meta, out_dir: Path):
+    from ..engine import versions
+    atomic_write_csv(out_dir / "results.csv", results, "{:.4f}")
+    if teachers:
+        atomic_write_csv(out_dir / "teachers.csv", teachers, "{:.4f}")
+    atomic_write_text(out_dir / "results.md", _markdown(suite, teachers, results, tuning, meta))
+    atomic_write_json(out_dir / "environment.json", {"versions": versions(), "cpu_count": os.cpu_count(),
+                                                     "jobs": suite.jobs, **meta})
+    atomic_write_json(out_dir / "curves.json", curves)
+    plots(suite, teachers, results, curves, out_dir)
+
+
+def _fmt_delta(r) -> str:
+    if r.get("delta") is None:
+        return ""
+    if r.get("ci_low") is None or r["ci_low"] != r["ci_low"]:
+        return f"{r['delta']:+.2f} ({r.get('verdict') or 'n/a'})"
+    return f"{r['delta']:+.2f} [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]"
+
+
+def _fmt_p(r) -> str:
+    p, ph = r.get("p_raw"), r.get("p_holm")
+    if p is None or p != p:
+        return ""
+    return f"{p:.3g} / {ph:.3g}" if ph is not None and ph == ph else f"{p:.3g}"
+
+
+def _markdown(suite, teachers, results, tuning, meta) -> str:
+    L = [f"# Comparison suite `{suite.name}`{' (quick)' if meta.get('quick') else ''}", ""]
+    n_img = meta.get("test_images")
+    per = f" ({n_img} images: one image = {100.0 / n_img:.3g} points)" if n_img else ""
+    L.append(f"Test top-1 (%) on the held-out test split{per} at the last epoch, mean ± std over "
+             f"{len(meta['seeds'])} seed(s) {meta['seeds']}. Δ is row minus its baseline (no-KD at the same "
+             f"student size unless the row names one), paired by seed: mean Δ with its {100 * (1 - suite.alpha):.0f}% "
+             f"t-interval; p is the paired t-test's (raw / Holm-corrected within the row's family of comparisons). "
+             f"A row is called better or worse only when its family's Holm-corrected test rejects at "
+             f"α = {suite.alpha}. Recipe (frozen for every row): `{json.dumps(meta['recipe'])}`"
+             + (f", tuned on val: `{json.dumps(meta['tuned'])}`" if meta.get("tuned") else "") + ".")
+    L.append(f"MACs: one multiply-add = 1, per image, attention counted. Train cost = 3 x student forward + "
+             f"teachers' forward + 3 x distillation overhead (connectors, relation products). img/s: student "
+             f"inference, batch 32, CPU, measured after the runs. Wall: mean seconds of training per run "
+             f"({suite.jobs} runs in parallel, 1 thread each).")
+    L.append("")
+    L.append("| group | row | family | student | teacher | test top-1 | Δ vs baseline [CI] | p raw / Holm | verdict | "
+             "val top-1 | params (M) | MACs (M) | train MMACs/img | img/s | wall s |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    order = [g for g in suite.groups] + sorted({r["group"] for r in results} - set(suite.groups))
+    for g in order:
+        for r in [x for x in results if x["group"] == g]:
+            L.append(f"| {g} | {r['row']} | {r['family']} | {r['student']} | {r['teachers'] or '-'} | "
+                     f"{r['test_top1_mean']:.2f} ± {r['test_top1_std']:.2f} | {_fmt_delta(r)} | {_fmt_p(r)} | "
+                     f"{r.get('verdict', '')} | {r['val_top1_mean']:.2f} | {r['params_m']:.3f} | {r['macs_m']:.2f} | "
+                     f"{r['train_mmacs_per_image']:.2f} | {r['img_per_s']:.0f} | {r['wall_s_per_run']:.1f} |")
+    L += _per_image_section(results) + _plan_section(meta.get("seed_plan") or [], suite.alpha)
+    L += ["", "## Teachers", "", "| teacher | model | test top-1 | val top-1 | params (M) | MACs (M) | img/s | "
+                                   "distilled from |", "|---|---|---|---|---|---|---|---|"]
+    for t in teachers:
+        L.append(f"| {t['label']} | {t['model']} | {t['test_top1']:.2f} | {t['val_top1']:.2f} | {t['params_m']:.3f} "
+                 f"| {t['macs_m']:.2f} | {t['img_per_s']:.0f} | {t['distilled_from'] or '-'} |")
+    if tuning:
+        L += ["", "## Recipe tuning (no-KD student, validation split, one seed)", "", "| knob | value | val top-1 | "
+              "chosen |", "|---|---|---|---|"]
+        for t in tuning:
+            L.append(f"| {t['key']} | {t['value']} | {t['val_top1']:.2f} | {'yes' if t['chosen'] else ''} |")
+    L += ["", "![pareto](pareto.png)", "", "![curves](curves.png)", ""]
+    return "\n".join(L)
+
+
+def _per_image_section(results) -> List[str]:
+    rows = [r for r in results if r.get("fixed_share") is not None]
+    if not rows:
+        return []
+    L = ["", "## Per-image view (test split, all paired seeds pooled)", "",
+         "Fixes: share of (seed, image) pairs the row gets right and its baseline wrong; breaks: the reverse. "
+         "The bootstrap interval resamples seeds and test images (image draws shared across seeds); McNemar's "
+         "exact p treats the pooled pairs as independent, so it is descriptive only.", "",
+         "| row | baseline | fixes % | breaks % | McNemar b / c | McNemar p | bootstrap Δ interval |",
+         "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        L.append(f"| {r['row']} | {r['baseline']} | {100 * r['fixed_share']:.2f} | {100 * r['broken_share']:.2f} | "
+                 f"{r['mcnemar_b']} / {r['mcnemar_c']} | {r['mcnemar_p']:.3g} | "
+                 f"[{r['boot_ci_low']:+.1f}, {r['boot_ci_high']:+.1f}] |")
+    return L
+
+
+def _plan_section(plan, alpha) -> List[str]:
+    if not plan:
+        return []
+    L = ["", "## How many seeds (power 0.8, paired t-test at Holm's worst case α/m)", "",
+         f"From the paired SDs of Δ measured above (α = {alpha}). `vitkd compare --plan-seeds` prints this "
+         "table from the cache without training.", "",
+         "| family | comparisons m | target Δ | median paired SD | seeds needed | max paired SD | seeds needed | "
+         "critical abs(t) with 5 seeds |", "|---|---|---|---|---|---|---|---|"]
+    for p in plan:
+        L.append(f"| {p['family']} | {p['family_size']} | {p['delta']:.1f} | {p['median_sd']:.2f} | "
+                 f"{p['seeds_median_sd']} | {p['max_sd']:.2f} | {p['seeds_max_sd']} | {p['critical_t_5_seeds']:.2f} |")
+    return L
+
+
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def update_readme(readme, out_dir: Path) -> None:
+    """Replace the block between the results markers of ``readme`` with the suite's table and plot."""
+    readme = Path(readme)
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise ConfigError(f"--readme {readme}: no '{README_START}' ... '{README_END}' block to fill")
+    body = (out_dir / "results.md").read_text()
+    rel = os.path.relpath(out_dir, readme.parent)
+    body = body.replace("](pareto.png)", f"]({rel}/pareto.png)").replace("](curves.png)", f"]({rel}/curves.png)")
+    body = body.replace("# Comparison suite", "### Comparison suite", 1).replace("\n## ", "\n#### ")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    note = (f"\n<!-- generated by `vitkd compare --readme {readme.name}` from {rel}/results.md; "
+            f"do not edit by hand -->\n")
+    atomic_write_text(readme, head + README_START + note + body + "\n" + README_END + tail)
+
+
+def write_timing(path: Path, walls: Dict[str, float], wall_total: float) -> None:
+    """Seconds per run; runs reused from the cache keep the time measured when they were trained, and the
+    suite's wall time from an empty cache is kept from the invocation that trained every run."""
+    prev = {}
+    if path.is_file():
+        try:
+            prev = json.loads(path.read_text())
+        except ValueError:
+            prev = {}
+    trained = {k: v for k, v in walls.items() if v > 0}
+    reused = sorted(k for k, v in walls.items() if v == 0)
+    atomic_write_json(path, {
+        "wall_s_this_invocation": wall_total, "runs_trained_now": len(trained), "runs_reused": len(reused),
+        "empty_cache_wall_s": wall_total if not reused else prev.get("empty_cache_wall_s"),
+        "per_run_s": {**prev.get("per_run_s", {}), **trained}})
