@@ -176,19 +176,58 @@ def _tiny_ray_suite(tmp_path):
     return p
 
 
+RAY_DRIVER = """
+import os, shutil, socket, subprocess, sys, tempfile, time
+if {netns}:
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+ray_tmp = tempfile.mkdtemp(prefix="vitkd-ray-")   # Ray's socket paths must stay under 108 characters
+log = open({log!r}, "w")
+head = subprocess.Popen([{ray!r}, "start", "--head", "--block", "--port={port}", "--node-ip-address=127.0.0.1",
+                         "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false",
+                         "--object-store-memory=" + str(80 * 1024 ** 2), "--disable-usage-stats",
+                         "--temp-dir=" + ray_tmp], stdout=log, stderr=subprocess.STDOUT)
+code = 1
+try:
+    deadline = time.monotonic() + 90
+    while True:   # the head is up when its port answers
+        assert head.poll() is None, "the Ray head stopped"
+        try:
+            socket.create_connection(("127.0.0.1", {port}), timeout=1).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "the Ray head did not start"
+            time.sleep(0.5)
+    from vitkd.cli import main
+    code = main(["compare", {suite!r}, "--executor", "ray", "--address", "127.0.0.1:{port}",
+                 "--out", {out!r}, "--cache", {cache!r}])
+    import ray
+    if ray.is_initialized():
+        ray.shutdown()
+finally:
+    head.terminate()   # --block: the head stops its own processes on SIGTERM
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        head.kill()
+        head.wait()
+    log.close()
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+sys.exit(code)
+"""
+
+
 def test_suite_on_a_local_ray_cluster_matches_the_local_pool(tmp_path, monkeypatch):
-    """A Ray head started here on loopback (``ray start --head --block``, one CPU, no dashboard, a small
-    object store); ``vitkd compare --executor ray --address 127.0.0.1:PORT`` runs every job (the teacher
-    first, then the rows that read it) as a Ray task into the shared cache, and the report's accuracies
-    equal the local pool's."""
+    """A Ray head started on loopback (``ray start --head --block``, one CPU, no dashboard, a small object
+    store), in a network namespace that holds only loopback where the machine allows one;
+    ``vitkd compare --executor ray --address 127.0.0.1:PORT`` runs every job (the teacher first, then the
+    rows that read it) as a Ray task into the shared cache, and the report's accuracies equal the local
+    pool's."""
     import os
     import shutil
     import socket
     import subprocess
     import sys
-    import tempfile
-    import time
-    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray")
     root = Path(__file__).resolve().parents[1]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")   # a throwaway cluster on this machine: no token files
@@ -199,39 +238,20 @@ def test_suite_on_a_local_ray_cluster_matches_the_local_pool(tmp_path, monkeypat
         port = s.getsockname()[1]
     # the head's workers inherit PYTHONPATH, so they import this checkout's vitkd; its session files go to a
     # short folder of its own (Ray's socket paths must stay under 108 characters)
-    ray_tmp = tempfile.mkdtemp(prefix="vitkd-ray-")
-    head_log = open(tmp_path / "ray_head.log", "w")
-    head = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block",
-                             f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0",
-                             "--include-dashboard=false", f"--object-store-memory={80 * 1024 ** 2}",
-                             "--disable-usage-stats", f"--temp-dir={ray_tmp}"],
-                            stdout=head_log, stderr=subprocess.STDOUT)
-    try:
-        # meanwhile the same suite on the local pool
-        assert main(["compare", str(suite_file), "--out", str(local / "results"), "--cache", str(local / "cache"),
-                     "--jobs", "1", "--cpus-per-job", "1"]) == 0
-        deadline = time.monotonic() + 90
-        while True:   # the head is up when its port answers
-            assert head.poll() is None, "the Ray head stopped: " + (tmp_path / "ray_head.log").read_text()[-2000:]
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the Ray head did not start"
-                time.sleep(0.5)
-        assert main(["compare", str(suite_file), "--executor", "ray", "--address", f"127.0.0.1:{port}",
-                     "--out", str(remote / "results"), "--cache", str(remote / "cache")]) == 0
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        head.terminate()   # --block: the head stops its own processes on SIGTERM
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            head.kill()
-            head.wait()
-        head_log.close()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    # meanwhile the same suite on the local pool
+    assert main(["compare", str(suite_file), "--out", str(local / "results"), "--cache", str(local / "cache"),
+                 "--jobs", "1", "--cpus-per-job", "1"]) == 0
+    # The Ray head and the driver run in a network namespace of their own that holds only loopback (where
+    # this machine allows one: root, util-linux's unshare), so every Ray connection stays on 127.0.0.1;
+    # elsewhere they run here, on the loopback head address.
+    netns = ["unshare", "-n"] if shutil.which("unshare") and subprocess.run(
+        ["unshare", "-n", "true"], capture_output=True).returncode == 0 else []
+    script = RAY_DRIVER.format(ray=os.path.join(os.path.dirname(sys.executable), "ray"), port=port,
+                               suite=str(suite_file), out=str(remote / "results"), cache=str(remote / "cache"),
+                               log=str(tmp_path / "ray_head.log"), netns=bool(netns))
+    done = subprocess.run(netns + [sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:] + \
+        (tmp_path / "ray_head.log").read_text()[-2000:]
     env = json.loads((remote / "results" / "environment.json").read_text())
     assert env["executor"] == "ray"
     assert json.loads((remote / "results" / "timing.json").read_text())["runs_trained_now"] == 3

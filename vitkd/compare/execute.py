@@ -159,6 +159,11 @@ class RayExecutor(Executor):
             raise ConfigError("--executor ray: Ray is not installed (pip install 'vitkd[ray]')") from None
         if not ray.is_initialized():
             kw: Dict[str, Any] = {"address": self.address, "log_to_driver": False}
+            host = (self.address or "127.0.0.1").rsplit(":", 1)[0]
+            if host in ("127.0.0.1", "localhost", "::1") or host.startswith("127."):
+                # a cluster on this machine: the driver's node stays on loopback too (Ray would otherwise pick
+                # the address of the default network interface)
+                kw["_node_ip_address"] = "127.0.0.1"
             if not self.address:   # a new Ray instance on this machine: keep it small
                 kw.update(include_dashboard=False,
                           **{k: v for k, v in self._init_kw.items() if v is not None})
