@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from .rundir import RunDir
-from .config import ConfigError, apply_mapping, apply_overrides, build_dataclass, check_paths, parse_config, read_yaml, to_dict
+from .config import ConfigError, apply_mapping, apply_overrides, build_dataclass, parse_config, read_yaml, to_dict
 
 __all__ = ["is_chain", "run_chain", "ChainStage"]
 

@@ -72,7 +72,7 @@ def _launch_torchrun(args, out: Optional[Path]) -> int:
 
 def _cmd_eval(args) -> int:
     """The student alone, from a run folder (its config and weights) or a bare weights file (--model)."""
-    from .config import DataCfg, apply_overrides, parse_config
+    from .config import apply_overrides, parse_config
     from .engine import build_student, evaluate, load_checkpoint
     from .rundir import RunDir
     target = Path(args.checkpoint)

@@ -9,9 +9,8 @@ and are saved apart from it (``connector_state_dict``), never in the exported st
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
-import torch
 from torch import Tensor, nn
 
 from .config import ConfigError, DistillCfg, RunCfg

@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 __all__ = ["atomic_writer", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save",
            "atomic_save_safetensors", "atomic_write_json", "atomic_write_csv"]

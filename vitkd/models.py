@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 import timm
-import torch
 from torch import nn
 
 from .config import ConfigError

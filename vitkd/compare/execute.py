@@ -18,7 +18,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set
 
 __all__ = ["Resources", "Executor", "LocalPool", "RayExecutor", "make_executor", "schedule", "job_device",
            "EXECUTORS"]

@@ -16,7 +16,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Type
 
-import torch
 from torch import Tensor, nn
 
 from ..config import ConfigError

@@ -22,7 +22,6 @@ irfanICMLL/TorchDistiller ``CriterionCWD`` (CWD), microsoft/Cream ``MiniViT/Mini
 """
 from __future__ import annotations
 
-import math
 from typing import Iterable, Optional, Sequence, Tuple, Union
 
 import torch
@@ -37,7 +36,6 @@ __all__ = [
     "minivit_attn_relation", "minivit_hidden_relation",
     "ofa_loss",
 ]
-
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,12 +2,7 @@
 (through the distiller's teacher sources, at each teacher's real input), and the distillation overhead."""
 from __future__ import annotations
 
-import math
-import statistics
-import time
-import warnings
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn

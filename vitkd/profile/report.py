@@ -3,16 +3,12 @@ profiles and training costs."""
 from __future__ import annotations
 
 import math
-import statistics
-import time
-import warnings
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-from .macs import MacReport, count_macs, count_params
+from .macs import MacReport, count_macs
 from .throughput import measure_throughput
 
 __all__ = ["profile_model", "format_report"]

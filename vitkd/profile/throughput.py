@@ -4,12 +4,12 @@ from __future__ import annotations
 import math
 import statistics
 import time
-import warnings
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Union
 
 import torch
 import torch.nn as nn
+
+from .macs import InputSpec
 
 __all__ = ["measure_throughput"]
 
