@@ -28,8 +28,8 @@ def write_outputs(suite, teachers, results, curves, tuning, meta, out_dir: Path)
 def _fmt_delta(r) -> str:
     if r.get("delta") is None:
         return ""
-    if r.get("ci_low") is None or r["ci_low"] != r["ci_low"]:
-        return f"{r['delta']:+.2f} ({r.get('verdict') or 'n/a'})"
+    if r.get("ci_low") is None or r["ci_low"] != r["ci_low"]:   # no interval (one paired seed)
+        return f"{r['delta']:+.2f}"
     return f"{r['delta']:+.2f} [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]"
 
 
