@@ -29,12 +29,13 @@ from timm.task import LogitDistillationTask, TokenDistillationTask
 from vitkd import models as model_lib
 from vitkd.distiller import Distiller
 from vitkd.losses import Batch, build_term
+from vitkd.teachers import LiveTeacher
 
 
 def vitkd_step_fn(student, teacher, specs, img):
     terms = [build_term(s, i, ["teacher"]) for i, s in enumerate(specs)]
-    d = Distiller(student, {"teacher": teacher}, terms, (img, img), model_lib.data_spec(student, img),
-                  {"teacher": model_lib.data_spec(teacher, img)})
+    spec = model_lib.data_spec(student, img)
+    d = Distiller(student, {"teacher": LiveTeacher(teacher, spec)}, terms, (img, img), spec)
     d.train()
     return _loss_and_step(d.trainable_parameters(), lambda x, y: d(Batch(images=x, target=y))[0])
 

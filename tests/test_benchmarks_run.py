@@ -1,0 +1,25 @@
+"""The benchmark scripts still run against the current API (a smoke run each; no timing is asserted)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_distill_step_benchmark_runs_and_both_sides_compute_the_same_loss():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "distill_step.py"), "--steps", "1",
+                          "--warmup", "0", "--batch-size", "2"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [line for line in out.stdout.splitlines() if "ratio vitkd/timm" in line]
+    assert len(lines) == 2 and all("(same)" in line for line in lines), out.stdout
+
+
+@pytest.mark.slow
+def test_taps_benchmark_runs():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "taps.py"), "--reps", "1", "--batch", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ratio to plain" in out.stdout
