@@ -142,3 +142,17 @@ def test_a_zero_weight_term_runs_no_teacher():
     vitkd_term = d.terms[3]
     assert all(p.grad is not None and float(p.grad.abs().sum()) == 0.0
                for p in vitkd_term.parameters() if p.requires_grad)
+
+
+def test_repeated_augmentation_gives_each_copy_its_own_augmentation():
+    ds = _digits_train()
+    ds.set_epoch(1)
+    sampler = EpochSampler(len(ds), seed=0, repeats=3)
+    sampler.set_epoch(1)
+    order = list(sampler)
+    assert all(isinstance(i, tuple) for i in order) and len(order) == len(ds)
+    first = order[0][0]
+    copies = [ds[(first, c)][0] for c in range(3)]
+    assert torch.equal(copies[0], ds[first][0])          # copy 0 is the sample's own augmentation
+    assert not torch.equal(copies[0], copies[1]) and not torch.equal(copies[1], copies[2])
+    assert ds[(first, 2)][2] == first                      # the dataset index is what the batch carries

@@ -227,8 +227,11 @@ class SplitDataset(Dataset):
     def __len__(self):
         return len(self.targets)
 
-    def __getitem__(self, index: int):
-        img = self.transform(self.items[index], sample_seed(self.seed, self.epoch, index))
+    def __getitem__(self, index):
+        """``index``, or ``(index, copy)`` from a sampler with repeated augmentation: copy 0 is the sample's
+        own augmentation, every further copy draws its own."""
+        index, copy = index if isinstance(index, tuple) else (index, 0)
+        img = self.transform(self.items[index], sample_seed(self.seed, self.epoch, index, *((copy,) if copy else ())))
         return img, int(self.targets[index]), index
 
 
@@ -253,7 +256,8 @@ class EpochSampler(Sampler):
             idx = torch.randperm(self.n, generator=g).tolist()
         else:
             idx = list(range(self.n))
-        idx = [i for i in idx for _ in range(self.repeats)]
+        if self.repeats > 1:   # (index, copy): each copy of an image gets its own augmentation
+            idx = [(i, c) for i in idx for c in range(self.repeats)]
         idx += idx[: math.ceil(len(idx) / self.world) * self.world - len(idx)]   # same count on every rank
         return idx[self.rank::self.world][: len(self)]
 
@@ -345,9 +349,10 @@ def mix_partners(n: int, seed: int, epoch: int) -> np.ndarray:
     return partner
 
 
-def mix_draw(spec: MixSpec, seed: int, epoch: int, index: int, hw: Tuple[int, int]) -> Tuple[float, Optional[tuple]]:
-    """(lambda, CutMix box or None) of one sample, drawn from (seed, epoch, index) alone."""
-    rng = np.random.RandomState(sample_seed(seed, epoch, index, 0x31))
+def mix_draw(spec: MixSpec, seed: int, epoch: int, index: int, hw: Tuple[int, int],
+             copy: int = 0) -> Tuple[float, Optional[tuple]]:
+    """(lambda, CutMix box or None) of one sample, drawn from (seed, epoch, index[, copy]) alone."""
+    rng = np.random.RandomState(sample_seed(seed, epoch, index, 0x31, *((copy,) if copy else ())))
     if rng.rand() >= spec.prob:
         return 1.0, None
     use_cutmix = spec.cutmix > 0 and (spec.mixup <= 0 or rng.rand() < spec.switch_prob)
@@ -389,10 +394,11 @@ class MixedDataset(Dataset):
     def __len__(self):
         return len(self.base)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index):
         x, y, _ = self.base[index]
+        index, copy = index if isinstance(index, tuple) else (index, 0)
         j = int(self._partners[index])
-        lam, box = mix_draw(self.spec, self.base.seed, self.epoch, index, tuple(x.shape[-2:]))
+        lam, box = mix_draw(self.spec, self.base.seed, self.epoch, index, tuple(x.shape[-2:]), copy)
         n, s = self.base.num_classes, self.spec.label_smoothing
         soft = smoothed_one_hot(y, n, s)
         if lam < 1.0:

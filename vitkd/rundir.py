@@ -39,7 +39,8 @@ __all__ = ["RunDir", "BEHAVIOUR_VERSION", "NON_RESULT_KEYS", "LATER_KEYS", "conf
 # History of behaviour changes (bump on every default that changes what a run computes):
 #   1  the first comparison suites
 #   2  ViTKD's deep target and generator input are taken after the final norm (as in cls_KD)
-BEHAVIOUR_VERSION = 2
+#   3  repeated augmentation: each copy of an image draws its own augmentation (copies were identical)
+BEHAVIOUR_VERSION = 3
 
 # config keys that never change a run's numbers: left out of the reuse digest
 NON_RESULT_KEYS = ("train.progress", "train.threads", "data.num_workers")
