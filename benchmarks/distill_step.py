@@ -42,7 +42,8 @@ def vitkd_step_fn(student, teacher, specs, img):
 
 def timm_step_fn(task):
     task.train()
-    params = [p for p in task.trainable_module.parameters() if p.requires_grad]
+    teacher = {id(p) for p in task.teacher.parameters()}   # run under no_grad, but not marked frozen
+    params = [p for p in task.parameters() if p.requires_grad and id(p) not in teacher]
     return _loss_and_step(params, lambda x, y: task(x, y)["loss"])
 
 
