@@ -34,7 +34,7 @@ import yaml
 from .config import ConfigError
 from .io import atomic_save_safetensors, atomic_write_csv, atomic_write_json, atomic_write_text
 
-__all__ = ["RunDir", "BEHAVIOUR_VERSION", "NON_RESULT_KEYS", "LATER_KEYS", "config_digest"]
+__all__ = ["RunDir", "BEHAVIOUR_VERSION", "NON_RESULT_KEYS", "config_digest"]
 
 # History of behaviour changes (bump on every default that changes what a run computes):
 #   1  the first comparison suites
@@ -44,11 +44,6 @@ BEHAVIOUR_VERSION = 3
 
 # config keys that never change a run's numbers: left out of the reuse digest
 NON_RESULT_KEYS = ("train.progress", "train.threads", "data.num_workers")
-
-# config keys added after runs were already saved, with the default they had implicitly before: a saved
-# config that lacks the key reads as having it, so an older run resumes. (The reuse digest needs no list:
-# it leaves out every key at its schema default.)
-LATER_KEYS = {"train.sync_bn": False}
 
 
 def _without(raw: dict, dotted: Iterable[str]) -> dict:

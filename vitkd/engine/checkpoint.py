@@ -66,10 +66,12 @@ def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
 def resume_changes(saved: dict, wanted: dict) -> Dict[str, Tuple[Any, Any]]:
     """The allowed differences between a run's own config and the one it is resumed with, as
     ``{key: (old, new)}``. A difference outside :data:`RESUME_MAY_CHANGE` is refused in one line."""
-    from ..rundir import LATER_KEYS
+    from ..config import parse_config, to_dict
+    try:   # read through today's schema: a key added since the run was saved takes its default
+        saved = to_dict(parse_config(saved, paths=False))
+    except ConfigError:
+        pass   # a key since removed: compare as saved (the removed key is then named as differing)
     a, b = _flatten(saved), _flatten(wanted)
-    for k, v in LATER_KEYS.items():   # a run saved before the key existed had its default
-        a.setdefault(k, v)
     changed: List[str] = [k for k in list(a) + [k for k in b if k not in a] if a.get(k, _MISSING) != b.get(k, _MISSING)]
     for key in changed:
         if key not in RESUME_MAY_CHANGE:
