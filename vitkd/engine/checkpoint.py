@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -91,8 +91,3 @@ _MISSING = _Missing()
 
 def _show(v: Any) -> str:
     return repr(v) if not isinstance(v, _Missing) else "absent"
-
-
-def data_order(seed: int, next_epoch: int, repeats: int, train_images: int, world: int) -> Optional[dict]:
-    return {"sampler": "EpochSampler", "seed": seed, "next_epoch": next_epoch, "repeats": repeats,
-            "train_images": train_images, "world_size": world}
