@@ -455,6 +455,28 @@ def _(t, fx):
     return suite_args(t, [{"name": "a", "family": "none"}], rowz=[])
 
 
+@case("suite knob grid of 2 values", "suite.tune.knobs", "3 values")
+def _(t, fx):
+    return suite_args(t, [{"name": "a", "family": "none"}], tune={"knobs": {"train.lr": {"values": [0.001, 0.002]}}})
+
+
+@case("suite tuned with 1 seed", "suite.tune.seeds", "2 seeds")
+def _(t, fx):
+    return suite_args(t, [{"name": "a", "family": "none"}],
+                      tune={"knobs": {"train.lr": {"values": [1, 2, 3]}}, "seeds": [0]})
+
+
+@case("compare without its tuning record", "tuning.json", "vitkd tune")
+def _(t, fx):
+    return suite_args(t, [{"name": "a", "family": "none"}], tune={"knobs": {"train.lr": {"values": [1, 2, 3]}}})
+
+
+@case("tune a suite without knobs", "suite.yaml", "tune.knobs")
+def _(t, fx):
+    argv = suite_args(t, [{"name": "a", "family": "none"}])
+    return ["tune", argv[1], "--out", str(t / "tuning"), "--cache", str(t / "cache")]
+
+
 @case("compare --jobs -1", "--jobs", "-1")
 def _(t, fx):
     return suite_args(t, [{"name": "a", "family": "none"}], "--jobs", "-1")

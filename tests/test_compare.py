@@ -31,8 +31,9 @@ def suite_file(tmp_path):
         "student": "student.yaml",
         "seeds": [0, 1],
         "set": {"data.train_subset": 64},
-        "tune": {"key": "train.lr", "values": [0.001, 0.003]},
-        "quick": {"seeds": [0], "set": {"train.epochs": 1}},
+        "tune": {"knobs": {"train.lr": {"values": [0.001, 0.002, 0.004], "scale": "log"}},
+                 "seeds": [0, 1], "epochs": [1, 2], "max_extend": 1},
+        "quick": {"seeds": [0], "rows": ["kd"]},
         "teachers": {"cnn": {"config": "teacher.yaml", "label": "CNN-S"},
                      "cnn_tuned": {"config": "teacher.yaml", "tuned": True}},
         "rows": [
@@ -49,8 +50,24 @@ def suite_file(tmp_path):
 
 @pytest.mark.slow
 def test_suite_end_to_end_and_cache(tmp_path, suite_file, capsys):
-    out, cache = tmp_path / "results", tmp_path / "cache"
-    assert main(["compare", str(suite_file), "--out", str(out), "--cache", str(cache)]) == 0
+    out, cache, tuning = tmp_path / "results", tmp_path / "cache", tmp_path / "tuning"
+    # the suite reads its recipe from the tuning record: none yet -> one line, exit 2, nothing made
+    assert main(["compare", str(suite_file), "--out", str(out), "--cache", str(cache), "--tuning", str(tuning)]) == 2
+    assert "run `vitkd tune`" in capsys.readouterr().err and not cache.exists()
+    assert main(["tune", str(suite_file), "--out", str(tuning), "--cache", str(cache)]) == 0
+    record = json.loads((tuning / "tuning.json").read_text())
+    knob = record["knobs"]["train.lr"]
+    trows = list(csv.DictReader(open(tuning / "tuning.csv")))
+    lr_rows = [r for r in trows if r["stage"] == "knob"]
+    # chosen on mean val top-1 over the tuning seeds; the grid grows past an edge that wins
+    chosen = [r for r in lr_rows if r["chosen"] == "True"]
+    assert len(chosen) == 1 and float(chosen[0]["value"]) == knob["chosen"] == record["chosen"]["train.lr"]
+    assert float(chosen[0]["val_top1_mean"]) == max(float(r["val_top1_mean"]) for r in lr_rows)
+    assert len(knob["grid"]) in (3, 4) and (knob["interior"] or knob["extended"] == 1)
+    assert all(len(r["val_top1_all"].split()) == 2 for r in lr_rows)
+    assert [float(r["value"]) for r in trows if r["stage"] == "epochs"] == [1, 2]   # 1x and 2x the epochs
+    assert "test" not in (tuning / "tuning.csv").read_text().splitlines()[0]   # nothing read on test
+    assert main(["compare", str(suite_file), "--out", str(out), "--cache", str(cache), "--tuning", str(tuning)]) == 0
     for f in ("results.csv", "results.md", "teachers.csv", "pareto.png", "curves.png", "suite.yaml",
               "resolved_configs.yaml", "environment.json", "timing.json"):
         assert (out / f).is_file(), f
@@ -79,20 +96,28 @@ def test_suite_end_to_end_and_cache(tmp_path, suite_file, capsys):
     run = json.loads((cache / "rows" / "kd" / "s1" / "metrics.json").read_text())
     assert f"{run['final']['test_top1']:.2f}" in kd["test_top1_all"].split()
     md = (out / "results.md").read_text()
-    assert "| baseline | no_kd |" in md and "CNN-S" in md and "Recipe tuning" in md
+    assert "| baseline | no_kd |" in md and "CNN-S" in md and "vitkd tune" in md
     env = json.loads((out / "environment.json").read_text())
-    assert env["tuned"]["train.lr"] in (0.001, 0.003) and "timm" in env["versions"]
-    # a teacher marked `tuned` trains after the tuning runs, with the chosen value
+    assert env["tuned"]["train.lr"] == knob["chosen"] and "timm" in env["versions"]
+    # every row trains with the tuned value; no teacher reads it unless marked `tuned` (none here is read)
     resolved = yaml.safe_load((out / "resolved_configs.yaml").read_text())
-    assert resolved["teachers/cnn_tuned"]["train"]["lr"] == env["tuned"]["train.lr"]
-    assert "lr" not in resolved["teachers/cnn"]["train"]
+    assert resolved["rows/kd/s0"]["train"]["lr"] == knob["chosen"]
+    assert "lr" not in resolved["teachers/cnn"]["train"] and "teachers/cnn_tuned" not in resolved
+    # quick mode: its rows at seed 0 are the full suite's own runs (reused, nothing trained)
+    qout = tmp_path / "quick"
+    assert main(["compare", str(suite_file), "--quick", "--out", str(qout), "--cache", str(cache),
+                 "--tuning", str(tuning)]) == 0
+    q = list(csv.DictReader(open(qout / "results.csv")))
+    assert [r["row"] for r in q] == ["kd"] and q[0]["test_top1_all"] == kd["test_top1_all"].split()[0]
+    assert json.loads((qout / "timing.json").read_text())["runs_trained_now"] == 0
     # --readme fills the marked block from results.md (a second invocation below rewrites it in place)
     readme = tmp_path / "README.md"
     readme.write_text("# x\n<!-- results:start -->\nold\n<!-- results:end -->\ntail\n")
     # a second invocation reuses every finished run (nothing retrained)
     stamp = (cache / "teachers" / "cnn" / "model.safetensors").stat().st_mtime_ns
     row_stamp = (cache / "rows" / "kd" / "s0" / "model.safetensors").stat().st_mtime_ns
-    assert main(["compare", str(suite_file), "--out", str(out), "--cache", str(cache), "--readme", str(readme)]) == 0
+    assert main(["compare", str(suite_file), "--out", str(out), "--cache", str(cache), "--readme", str(readme),
+                 "--tuning", str(tuning)]) == 0
     assert (cache / "teachers" / "cnn" / "model.safetensors").stat().st_mtime_ns == stamp
     text = readme.read_text()
     assert "old" not in text and text.endswith("<!-- results:end -->\ntail\n")
@@ -100,7 +125,8 @@ def test_suite_end_to_end_and_cache(tmp_path, suite_file, capsys):
     assert (cache / "rows" / "kd" / "s0" / "model.safetensors").stat().st_mtime_ns == row_stamp
     # --plan-seeds reports from the cache alone (nothing trained) and prints the plan
     capsys.readouterr()
-    assert main(["compare", str(suite_file), "--out", str(out), "--cache", str(cache), "--plan-seeds"]) == 0
+    assert main(["compare", str(suite_file), "--out", str(out), "--cache", str(cache), "--plan-seeds",
+                 "--tuning", str(tuning)]) == 0
     assert "family main" in capsys.readouterr().out or "How many seeds" not in (out / "results.md").read_text()
     assert (cache / "rows" / "kd" / "s0" / "model.safetensors").stat().st_mtime_ns == row_stamp
     # a run made under another behaviour version is not reused
@@ -108,12 +134,14 @@ def test_suite_end_to_end_and_cache(tmp_path, suite_file, capsys):
     stamp_file = cache / "rows" / "kd" / "s0" / RunDir.STAMP
     st = json.loads(stamp_file.read_text())
     stamp_file.write_text(json.dumps({**st, "behaviour": st["behaviour"] - 1}))
-    assert main(["compare", str(suite_file), "--out", str(out), "--cache", str(cache), "--plan-seeds"]) == 2
+    assert main(["compare", str(suite_file), "--out", str(out), "--cache", str(cache), "--plan-seeds",
+                 "--tuning", str(tuning)]) == 2
     assert "not in the cache" in capsys.readouterr().err
 
 
 def test_suite_errors(tmp_path, suite_file, capsys):
     raw = yaml.safe_load(suite_file.read_text())
+    raw.pop("tune")   # a suite without a tune block reads no tuning record
     raw["rows"][1]["teachers"] = {"t": "nope"}
     suite_file.write_text(yaml.safe_dump(raw))
     assert main(["compare", str(suite_file), "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c")]) == 2

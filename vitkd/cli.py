@@ -138,7 +138,19 @@ def _cmd_compare(args) -> int:
         raise ConfigError(f"--jobs: must be >= 1, got {args.jobs}")
     out = run_suite(args.suite, out=args.out, quick=args.quick, cache=args.cache, jobs=args.jobs,
                     log=lambda m: print(m, flush=True), readme=args.readme, plan_seeds=args.plan_seeds,
-                    executor=args.executor, address=args.address, cpus_per_job=args.cpus_per_job)
+                    executor=args.executor, address=args.address, cpus_per_job=args.cpus_per_job,
+                    tuning=args.tuning)
+    print(json.dumps({"out": str(out)}))
+    return 0
+
+
+def _cmd_tune(args) -> int:
+    from .compare import tune_suite
+    if args.jobs is not None and args.jobs < 1:
+        raise ConfigError(f"--jobs: must be >= 1, got {args.jobs}")
+    out = tune_suite(args.suite, out=args.out, cache=args.cache, jobs=args.jobs,
+                     log=lambda m: print(m, flush=True), executor=args.executor, address=args.address,
+                     cpus_per_job=args.cpus_per_job)
     print(json.dumps({"out": str(out)}))
     return 0
 
@@ -213,7 +225,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--readme", help="also fill the results block of this README with the table and plot")
     c.add_argument("--plan-seeds", action="store_true",
                    help="train nothing: report from the cache and print the seeds each family of comparisons needs")
+    c.add_argument("--tuning", metavar="DIR",
+                   help="the tuning record to read (default results/compare/<suite>/tuning, from `vitkd tune`)")
     c.set_defaults(fn=_cmd_compare)
+
+    tu = sub.add_parser("tune", help="tune a suite's recipe for its no-KD student on validation (several knobs and "
+                                     "seeds, the epochs, the main data size) -> results/compare/<suite>/tuning/")
+    tu.add_argument("suite", nargs="?", default="configs/compare/digits.yaml")
+    tu.add_argument("--out", help="record folder (default results/compare/<suite>/tuning)")
+    tu.add_argument("--cache", help="run folders (default runs/compare/<suite>, shared with `vitkd compare`)")
+    tu.add_argument("--jobs", type=int, help="runs in parallel (default: the suite's jobs)")
+    tu.add_argument("--executor", choices=["local", "ray"], default="local", help="as for `vitkd compare`")
+    tu.add_argument("--address", metavar="HOST:PORT", help="as for `vitkd compare`")
+    tu.add_argument("--cpus-per-job", type=int, metavar="N", help="as for `vitkd compare`")
+    tu.set_defaults(fn=_cmd_tune)
     return p
 
 

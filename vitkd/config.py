@@ -68,6 +68,7 @@ class DataCfg:
     re_prob: float = 0.0                 # random erasing (augment: timm)
     hflip: float = 0.0                   # horizontal flip probability (augment: timm)
     repeated_aug: int = 1                # repeated augmentation: each image appears this many times per epoch
+    aug_strength: float = 1.0            # augment: light: scales its rotation, scale and shift ranges (0 = none)
 
     def __post_init__(self):
         _choice("data.name", self.name, ("digits", "cifar10", "cifar100", "imagefolder"))
@@ -87,6 +88,8 @@ class DataCfg:
             raise ConfigError(f"data.re_prob: must be in [0, 1], got {self.re_prob}")
         if not 0 <= self.hflip <= 1:
             raise ConfigError(f"data.hflip: must be in [0, 1], got {self.hflip}")
+        if not 0 <= self.aug_strength <= 4:
+            raise ConfigError(f"data.aug_strength: must be in [0, 4], got {self.aug_strength}")
         if self.auto_augment is not None:
             _check_auto_augment(self.auto_augment)
 

@@ -165,10 +165,11 @@ def _to_pil(item) -> Image.Image:
 
 
 class LightAugment:
-    """Seeded affine jitter on small tensors: shift up to 1/8 of the side, rotate +-10 deg, scale 0.9-1.1."""
+    """Seeded affine jitter on small tensors: at ``strength`` 1, shift up to 1/8 of the side, rotate +-10 deg,
+    scale 0.9-1.1; ``strength`` scales all three ranges."""
 
-    def __init__(self, spec: DataSpec, train: bool):
-        self.spec, self.train = spec, train
+    def __init__(self, spec: DataSpec, train: bool, strength: float = 1.0):
+        self.spec, self.train, self.strength = spec, train, float(strength)
         self.mean = torch.tensor(spec.mean).view(-1, 1, 1)
         self.std = torch.tensor(spec.std).view(-1, 1, 1)
 
@@ -183,7 +184,7 @@ class LightAugment:
                           antialias=True)
         if self.train:
             g = torch.Generator().manual_seed(seed)
-            u = torch.rand(4, generator=g) * 2 - 1
+            u = (torch.rand(4, generator=g) * 2 - 1) * self.strength
             angle, scale = u[0] * math.radians(10), 1 + 0.1 * u[1]
             tx, ty = u[2] * 0.25, u[3] * 0.25   # grid units: 2 = the whole side, so 0.25 = 1/8 side
             cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
@@ -289,7 +290,7 @@ def build_datasets(cfg: DataCfg, spec: DataSpec, seed: int) -> Tuple[Dict[str, S
         if cfg.augment == "timm" or cfg.name == "imagefolder":   # imagefolder items are files: PIL path
             tf = TimmAugment(spec, train and cfg.augment != "none", cfg)
         else:
-            tf = LightAugment(spec, train and cfg.augment == "light")
+            tf = LightAugment(spec, train and cfg.augment == "light", cfg.aug_strength)
         return SplitDataset(items, targets, tf, seed, n_cls, f"{cfg.name}/{split}")
 
     if cfg.name == "digits":

@@ -2,7 +2,8 @@
 
 Protocol (see ``configs/compare/digits.yaml``):
 1. teachers are trained once and cached (a run is reused when its config is unchanged);
-2. the recipe is tuned for the no-KD student on the validation split (one knob, one seed), then frozen;
+2. the recipe is tuned for the no-KD student on the validation split beforehand (``vitkd tune``: several
+   knobs, several seeds, the main data size; :mod:`.tune`, its own record), then frozen for every row;
 3. every row (method) runs with that recipe for every seed; top-1 is read on the held-out test split
    at the last epoch (nothing is selected on test); each row is compared with its baseline paired by
    seed, Holm-corrected within its family of comparisons (:mod:`.verdicts`, :mod:`.stats`);
@@ -25,71 +26,66 @@ import yaml
 from ..io import atomic_write_text
 from ..rundir import ensure_writable
 from .execute import Executor, make_executor
-from .measure import _mean_std, _pick_tuned, summarize  # noqa: F401  (_mean_std: used by the tests)
-from .plan import check_jobs, plan_rows, plan_teachers, plan_tune, recipe_of
+from .measure import _mean_std, summarize  # noqa: F401  (_mean_std: used by the tests)
+from .plan import check_jobs, plan_rows, plan_teachers, recipe_of
 from .report import update_readme, write_timing
 from .run import execute
 from .suite import SuiteCfg, load_suite
+from .tune import read_tuned, tune_suite
 
-__all__ = ["SuiteCfg", "load_suite", "run_suite", "summarize"]
+__all__ = ["SuiteCfg", "load_suite", "run_suite", "summarize", "tune_suite"]
 
 
 def run_suite(path, out: Optional[str] = None, quick: bool = False, cache: Optional[str] = None,
               jobs: Optional[int] = None, progress: bool = True, log=print, readme: Optional[str] = None,
               plan_seeds: bool = False, executor: str = "local", address: Optional[str] = None,
-              cpus_per_job: Optional[int] = None) -> Path:
+              cpus_per_job: Optional[int] = None, tuning: Optional[str] = None) -> Path:
     """Train what the cache lacks, then write the report. ``plan_seeds``: train nothing; report from the
-    cache and print how many seeds each family of comparisons needs.
+    cache and print how many seeds each family of comparisons needs. ``tuning``: the tuning record's folder
+    (default ``results/compare/<suite>/tuning``, written by ``vitkd tune``).
 
     ``executor``: ``local`` (a pool of ``jobs`` processes, default the suite's ``jobs``) or ``ray`` (every
     run a Ray task on the cluster at ``address``, or on a Ray instance started here; ``jobs`` then caps the
     runs in flight, default none). ``cpus_per_job``: CPU cores (torch threads) per run; see
     :mod:`vitkd.compare.execute`."""
     suite, base = load_suite(path)
+    tuned, sized = read_tuned(suite, tuning)
     n_jobs = jobs or suite.jobs
     runner = make_executor(executor, jobs if executor == "ray" else n_jobs, address, cpus_per_job)
     try:
-        return _run_suite(suite, base, path, out, quick, cache, n_jobs, progress, log, readme, plan_seeds, runner)
+        return _run_suite(suite, base, path, out, quick, cache, n_jobs, progress, log, readme, plan_seeds, runner,
+                          tuned, sized)
     finally:
         runner.close()
 
 
 def _run_suite(suite, base, path, out, quick, cache, n_jobs, progress, log, readme, plan_seeds,
-               runner: Executor) -> Path:
+               runner: Executor, tuned: dict, sized: dict) -> Path:
     name = suite.name + ("-quick" if quick else "")
     out_dir = Path(out) if out else Path("results") / "compare" / name
     cache_dir = Path(cache) if cache else Path("runs") / "compare" / suite.name
     # check every config before any work starts
-    teacher_jobs = plan_teachers(suite, base, cache_dir, quick)
-    tune_jobs = plan_tune(suite, base, cache_dir, quick)
-    row_jobs = plan_rows(suite, base, cache_dir, quick, {})
-    check_jobs(teacher_jobs + tune_jobs + row_jobs)
+    teacher_jobs = plan_teachers(suite, base, cache_dir, quick, tuned, sized)
+    row_jobs = plan_rows(suite, base, cache_dir, quick, tuned, sized, {j.row: j.out for j in teacher_jobs})
+    needed = {d for j in row_jobs for d in j.deps}
+    while True:   # the teachers the rows read, and the teachers those are distilled from
+        more = {d for j in teacher_jobs if j.key in needed for d in j.deps} - needed
+        if not more:
+            break
+        needed |= more
+    teacher_jobs = [j for j in teacher_jobs if j.key in needed]
+    check_jobs(teacher_jobs + row_jobs)
     ensure_writable(cache_dir, "--cache")
     ensure_writable(out_dir, "--out")
     t0 = time.perf_counter()
-    # teachers that wait for the tuned knob (and the assistants distilled from them) run after tuning
-    waiting = {n for n, t in suite.teachers.items() if t.tuned and tune_jobs}
-    while True:
-        more = {n for n, t in suite.teachers.items() if n not in waiting and set(t.distill_from.values()) & waiting}
-        if not more:
-            break
-        waiting |= more
-    first = [j for j in teacher_jobs if j.row not in waiting]
-    walls = execute(first + tune_jobs, n_jobs, progress, log, train=not plan_seeds, executor=runner)
-    tuned, tuning = _pick_tuned(suite, tune_jobs) if tune_jobs else ({}, [])
-    if tuned:
-        log(f"tuned on val: {tuned}")
-    teacher_jobs = plan_teachers(suite, base, cache_dir, quick, tuned)
-    row_jobs = plan_rows(suite, base, cache_dir, quick, tuned)
-    walls.update(execute([j for j in teacher_jobs if j.row in waiting] + row_jobs, n_jobs, progress, log,
-                         done_before=[j.key for j in first], train=not plan_seeds, executor=runner))
+    walls = execute(teacher_jobs + row_jobs, n_jobs, progress, log, train=not plan_seeds, executor=runner)
     recipe, seeds = recipe_of(suite, quick)
-    meta = {"recipe": recipe, "seeds": seeds, "tuned": tuned, "quick": quick, "executor": runner.name,
+    meta = {"recipe": {**recipe, **sized}, "seeds": seeds, "tuned": tuned, "quick": quick, "executor": runner.name,
             "suite_file": str(path), "wall_s_total": time.perf_counter() - t0}
-    results = summarize(suite, teacher_jobs, row_jobs, walls, tuning, meta, out_dir, log)
+    results = summarize(suite, teacher_jobs, row_jobs, walls, meta, out_dir, log)
     atomic_write_text(out_dir / "suite.yaml", Path(path).read_text())
     atomic_write_text(out_dir / "resolved_configs.yaml",
-                      yaml.safe_dump({j.key: j.raw for j in teacher_jobs + tune_jobs + row_jobs}, sort_keys=False))
+                      yaml.safe_dump({j.key: j.raw for j in teacher_jobs + row_jobs}, sort_keys=False))
     meta["wall_s_total"] = time.perf_counter() - t0
     write_timing(out_dir / "timing.json", walls, meta["wall_s_total"])
     if readme:

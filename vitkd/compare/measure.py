@@ -1,10 +1,10 @@
-"""Measuring finished runs: tuning choice, per-row accuracy over seeds, costs (params, MACs, training
+"""Measuring finished runs: per-row accuracy over seeds, costs (params, MACs, training
 cost, img/s), and each row against its baseline (verdicts)."""
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 
 from ..config import parse_config
@@ -17,27 +17,6 @@ from .suite import SuiteCfg
 
 def _metrics(out: Path) -> dict:
     return RunDir(out).metrics()
-
-
-def _pick_tuned(suite: SuiteCfg, tune_jobs: List[Job]) -> Tuple[Dict[str, Any], List[dict]]:
-    rows = []
-    for j in tune_jobs:
-        m = _metrics(j.out)["final"]
-        rows.append({"key": suite.tune.key, "value": _get(j.raw, suite.tune.key),
-                     "val_top1": m["val_top1"]})
-    if not rows:
-        return {}, []
-    best = max(rows, key=lambda r: r["val_top1"])   # chosen on val, never on test
-    for r in rows:
-        r["chosen"] = r is best
-    return {suite.tune.key: best["value"]}, rows
-
-
-def _get(raw: dict, dotted: str):
-    node = raw
-    for p in dotted.split("."):
-        node = node[p]
-    return node
 
 
 def _mean_std(xs: List[float]) -> Tuple[float, float]:
@@ -67,7 +46,7 @@ def measure_costs(raw: dict, throughput: bool = True) -> dict:
 
 
 def summarize(suite: SuiteCfg, teacher_jobs: List[Job], row_jobs: List[Job], walls: Dict[str, float],
-              tuning: List[dict], meta: dict, out_dir: Path, log=print) -> List[dict]:
+              meta: dict, out_dir: Path, log=print) -> List[dict]:
     out_dir.mkdir(parents=True, exist_ok=True)
     rowspec = {r.name: r for r in suite.rows}
     teachers = []
@@ -118,5 +97,5 @@ def summarize(suite: SuiteCfg, teacher_jobs: List[Job], row_jobs: List[Job], wal
     verdicts.compare_to_baselines(results, seeds_of, families, alpha=suite.alpha)
     meta["test_images"] = verdicts.observed_images(seeds_of)
     meta["seed_plan"] = verdicts.seed_plan(results, alpha=suite.alpha)
-    write_outputs(suite, teachers, results, curves, tuning, meta, out_dir)
+    write_outputs(suite, teachers, results, curves, meta, out_dir)
     return results

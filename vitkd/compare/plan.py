@@ -16,7 +16,7 @@ from .suite import SuiteCfg
 
 @dataclass
 class Job:
-    key: str                       # unique id: teachers/<name>, tune/<value>, rows/<row>/s<seed>
+    key: str                       # unique id: teachers/<name>, tune/<digest>/s<seed>, rows/<row>/s<seed>
     raw: dict                      # the resolved config mapping
     out: Path
     deps: List[str] = field(default_factory=list)
@@ -46,19 +46,26 @@ def recipe_of(suite: SuiteCfg, quick: bool) -> Tuple[dict, List[int]]:
     return recipe, list(suite.seeds)
 
 
-def _tag(quick: bool) -> str:
-    return "-quick" if quick else ""
+def quick_rows(suite: SuiteCfg, quick: bool) -> list:
+    """The rows a run of the suite trains: quick mode's subset when it names one."""
+    if quick and suite.quick.rows:
+        keep = set(suite.quick.rows)
+        return [r for r in suite.rows if r.name in keep]
+    return list(suite.rows)
 
 
-def plan_teachers(suite: SuiteCfg, base: Path, cache: Path, quick: bool,
-                  tuned: Optional[Dict[str, Any]] = None) -> List[Job]:
-    """Teacher jobs; those marked ``tuned`` get the tuned knob (``tuned`` None: not known yet)."""
+def plan_teachers(suite: SuiteCfg, base: Path, cache: Path, quick: bool, tuned: Dict[str, Any],
+                  sized: Dict[str, Any]) -> List[Job]:
+    """Teacher jobs: the recipe at the tuned data size (``sized``), then the teachers' own settings; those
+    marked ``tuned`` also get the tuned knobs. Quick mode trains the same teachers as the full suite
+    unless it sets anything of its own."""
     recipe, _ = recipe_of(suite, quick)
-    out = {name: cache / f"teachers{_tag(quick)}" / name for name in suite.teachers}
+    tdir = cache / ("teachers" + ("-quick" if quick and (suite.quick.set or suite.quick.teacher_set) else ""))
+    out = {name: tdir / name for name in suite.teachers}
     jobs = []
     for name, t in suite.teachers.items():
-        raw = _resolve(t.config, base, recipe, suite.teacher_set, suite.quick.teacher_set if quick else {}, t.set,
-                       (tuned or {}) if t.tuned else {})
+        raw = _resolve(t.config, base, recipe, sized, suite.teacher_set, suite.quick.teacher_set if quick else {},
+                       t.set, tuned if t.tuned else {})
         raw["seed"] = 0
         deps = []
         for key, src in t.distill_from.items():   # a teacher assistant distilled from a bigger teacher
@@ -68,32 +75,22 @@ def plan_teachers(suite: SuiteCfg, base: Path, cache: Path, quick: bool,
     return jobs
 
 
-def plan_tune(suite: SuiteCfg, base: Path, cache: Path, quick: bool) -> List[Job]:
-    if not suite.tune or not suite.tune.values or (quick and not suite.quick.tune):
-        return []
-    recipe, _ = recipe_of(suite, quick)
-    jobs = []
-    for v in suite.tune.values:
-        raw = _resolve(suite.student, base, recipe, {suite.tune.key: v})
-        raw["seed"] = suite.tune.seed
-        jobs.append(Job(f"tune/{v}", raw, cache / f"tune{_tag(quick)}" / _safe(str(v)), kind="tune", row=str(v)))
-    return jobs
-
-
-def plan_rows(suite: SuiteCfg, base: Path, cache: Path, quick: bool, tuned: Dict[str, Any]) -> List[Job]:
+def plan_rows(suite: SuiteCfg, base: Path, cache: Path, quick: bool, tuned: Dict[str, Any],
+              sized: Dict[str, Any], teacher_dirs: Dict[str, Path]) -> List[Job]:
+    """Row x seed jobs: the recipe, the tuned size and knobs, then the row's own settings. Quick mode's runs
+    are the full suite's runs at its seeds (the same folders) unless it sets anything of its own."""
     recipe, seeds = recipe_of(suite, quick)
-    recipe = {**recipe, **tuned}
-    tdir = cache / f"teachers{_tag(quick)}"
+    rdir = cache / ("rows" + ("-quick" if quick and suite.quick.set else ""))
     jobs = []
-    for r in suite.rows:
+    for r in quick_rows(suite, quick):
         for seed in seeds:
-            raw = _resolve(r.config or suite.student, base, recipe, r.set)
+            raw = _resolve(r.config or suite.student, base, recipe, sized, tuned, r.set)
             raw["seed"] = seed
             deps = []
             for key, t in r.teachers.items():
-                _set_teacher_checkpoint(raw, key, tdir / t)
+                _set_teacher_checkpoint(raw, key, teacher_dirs[t])
                 deps.append(f"teachers/{t}")
-            jobs.append(Job(f"rows/{r.name}/s{seed}", raw, cache / f"rows{_tag(quick)}" / r.name / f"s{seed}",
+            jobs.append(Job(f"rows/{r.name}/s{seed}", raw, rdir / r.name / f"s{seed}",
                             deps, kind="row", row=r.name, seed=seed))
     return jobs
 

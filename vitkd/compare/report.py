@@ -13,12 +13,12 @@ from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
 from .plots import plots
 
 
-def write_outputs(suite, teachers, results, curves, tuning, meta, out_dir: Path):
+def write_outputs(suite, teachers, results, curves, meta, out_dir: Path):
     from ..engine import versions
     atomic_write_csv(out_dir / "results.csv", results, "{:.4f}")
     if teachers:
         atomic_write_csv(out_dir / "teachers.csv", teachers, "{:.4f}")
-    atomic_write_text(out_dir / "results.md", _markdown(suite, teachers, results, tuning, meta))
+    atomic_write_text(out_dir / "results.md", _markdown(suite, teachers, results, meta))
     atomic_write_json(out_dir / "environment.json", {"versions": versions(), "cpu_count": os.cpu_count(),
                                                      "jobs": suite.jobs, **meta})
     atomic_write_json(out_dir / "curves.json", curves)
@@ -40,7 +40,7 @@ def _fmt_p(r) -> str:
     return f"{p:.3g} / {ph:.3g}" if ph is not None and ph == ph else f"{p:.3g}"
 
 
-def _markdown(suite, teachers, results, tuning, meta) -> str:
+def _markdown(suite, teachers, results, meta) -> str:
     L = [f"# Comparison suite `{suite.name}`{' (quick)' if meta.get('quick') else ''}", ""]
     n_img = meta.get("test_images")
     per = f" ({n_img} images: one image = {100.0 / n_img:.3g} points)" if n_img else ""
@@ -50,7 +50,8 @@ def _markdown(suite, teachers, results, tuning, meta) -> str:
              f"t-interval; p is the paired t-test's (raw / Holm-corrected within the row's family of comparisons). "
              f"A row is called better or worse only when its family's Holm-corrected test rejects at "
              f"α = {suite.alpha}. Recipe (frozen for every row): `{json.dumps(meta['recipe'])}`"
-             + (f", tuned on val: `{json.dumps(meta['tuned'])}`" if meta.get("tuned") else "") + ".")
+             + (f", tuned on val by `vitkd tune` (its record: `tuning/tuning.md`): `{json.dumps(meta['tuned'])}`"
+                if meta.get("tuned") else "") + ".")
     L.append(f"MACs: one multiply-add = 1, per image, attention counted. Train cost = 3 x student forward + "
              f"teachers' forward + 3 x distillation overhead (connectors, relation products). img/s: student "
              f"inference, batch 32, CPU, measured after the runs. Wall: mean seconds of training per run "
@@ -72,11 +73,6 @@ def _markdown(suite, teachers, results, tuning, meta) -> str:
     for t in teachers:
         L.append(f"| {t['label']} | {t['model']} | {t['test_top1']:.2f} | {t['val_top1']:.2f} | {t['params_m']:.3f} "
                  f"| {t['macs_m']:.2f} | {t['img_per_s']:.0f} | {t['distilled_from'] or '-'} |")
-    if tuning:
-        L += ["", "## Recipe tuning (no-KD student, validation split, one seed)", "", "| knob | value | val top-1 | "
-              "chosen |", "|---|---|---|---|"]
-        for t in tuning:
-            L.append(f"| {t['key']} | {t['value']} | {t['val_top1']:.2f} | {'yes' if t['chosen'] else ''} |")
     L += ["", "![pareto](pareto.png)", "", "![curves](curves.png)", ""]
     return "\n".join(L)
 

@@ -34,18 +34,57 @@ class RowSpec:
 
 
 @dataclass
+class KnobSpec:
+    values: List[float]
+    scale: str = "linear"                 # linear | log: how the grid is extended past an edge
+    min: Optional[float] = None           # bounds an extension may not cross
+    max: Optional[float] = None
+
+    def __post_init__(self):
+        if len(self.values) < 3:
+            raise ConfigError(f"suite.tune.knobs: a grid needs at least 3 values to have an interior, got {self.values}")
+        if self.scale not in ("linear", "log"):
+            raise ConfigError(f"suite.tune.knobs: scale must be linear or log, got {self.scale!r}")
+        if self.scale == "log" and min(self.values) <= 0:
+            raise ConfigError(f"suite.tune.knobs: a log-scale grid needs positive values, got {self.values}")
+        self.values = sorted(float(v) for v in self.values)
+
+    def extend(self, grid: List[float], upward: bool) -> Optional[float]:
+        """The next value past the grid's top (``upward``) or bottom edge, or None at a bound."""
+        a, b = (grid[-2], grid[-1]) if upward else (grid[1], grid[0])
+        v = b * (b / a) if self.scale == "log" else b + (b - a)
+        v = float(f"{v:.6g}")
+        if (self.min is not None and v < self.min) or (self.max is not None and v > self.max):
+            return None
+        return v
+
+
+@dataclass
 class TuneSpec:
-    key: str = "train.lr"
-    values: List[Any] = field(default_factory=list)
-    seed: int = 0
+    knobs: Dict[str, KnobSpec] = field(default_factory=dict)   # dotted recipe key -> grid, in search order
+    seeds: List[int] = field(default_factory=lambda: [0, 1])
+    rounds: int = 1
+    max_extend: int = 2
+    epochs: List[float] = field(default_factory=lambda: [1, 2, 4])   # multiples of train.epochs reported
+    sizes: List[int] = field(default_factory=list)                   # data.train_subset values scanned
+    size_seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
+    reference: Optional[str] = None        # the suite row of the CNN reference (no teacher)
+    max_std: float = 3.0
+    min_gap: float = 10.0
+
+    def __post_init__(self):
+        if len(self.seeds) < 2:
+            raise ConfigError(f"suite.tune.seeds: tune with at least 2 seeds, got {self.seeds}")
+        if self.rounds < 1 or self.max_extend < 0:
+            raise ConfigError("suite.tune: rounds must be >= 1 and max_extend >= 0")
 
 
 @dataclass
 class QuickSpec:
     seeds: List[int] = field(default_factory=lambda: [0])
+    rows: List[str] = field(default_factory=list)               # the rows quick mode runs (default: all)
     set: Dict[str, Any] = field(default_factory=dict)
     teacher_set: Dict[str, Any] = field(default_factory=dict)   # applied to teachers after the suite's
-    tune: bool = False
 
 
 @dataclass
@@ -85,6 +124,9 @@ def load_suite(path) -> Tuple[SuiteCfg, Path]:
             if t not in suite.teachers:
                 raise ConfigError(f"suite.rows.{r.name}.teachers.{key}: unknown suite teacher '{t}' "
                                   f"(defined: {', '.join(suite.teachers)})")
+    for m in suite.quick.rows:
+        if m not in names:
+            raise ConfigError(f"suite.quick.rows: unknown row '{m}'")
     for fam, members in suite.test_families.items():
         for m in members:
             if m not in names:
