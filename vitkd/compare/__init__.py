@@ -63,7 +63,7 @@ def _run_suite(suite, base, path, out, quick, cache, n_jobs, progress, log, read
                runner: Executor, tuned: dict, sized: dict) -> Path:
     name = suite.name + ("-quick" if quick else "")
     out_dir = Path(out) if out else Path("results") / "compare" / name
-    cache_dir = Path(cache) if cache else Path("runs") / "compare" / suite.name
+    cache_dir = Path(cache) if cache else Path("runs") / "compare" / suite.home
     # check every config before any work starts
     teacher_jobs = plan_teachers(suite, base, cache_dir, quick, tuned, sized)
     row_jobs = plan_rows(suite, base, cache_dir, quick, tuned, sized, {j.row: j.out for j in teacher_jobs})

@@ -84,6 +84,7 @@ def summarize(suite: SuiteCfg, teacher_jobs: List[Job], row_jobs: List[Job], wal
             "test_top1_all": " ".join(f"{t:.2f}" for t in tests), "val_top1_mean": vmean,
             "params_m": c["params"] / 1e6, "macs_m": c["macs"] / 1e6,
             "train_mmacs_per_image": c["train_macs_per_image"] / 1e6,
+            "epochs": int(jobs[0].raw["train"]["epochs"]),
             "img_per_s": c["img_per_s"],
             "wall_s_per_run": sum(sum(e["epoch_time_s"] for e in m["epochs"]) for m in ms) / len(ms),
             "baseline": spec.baseline or "", "curve": spec.curve or "",

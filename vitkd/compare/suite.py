@@ -91,6 +91,9 @@ class QuickSpec:
 class SuiteCfg:
     name: str
     student: str                                        # the no-KD student config (the recipe)
+    # another suite (by name) whose tuning record and run cache this one uses: a suite that extends the
+    # main one (``base: digits.yaml``) with more rows reuses its teachers and baselines instead of retraining
+    shares: Optional[str] = None
     seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
     set: Dict[str, Any] = field(default_factory=dict)   # the recipe, applied to every run (teachers too)
     teacher_set: Dict[str, Any] = field(default_factory=dict)   # applied to teachers only
@@ -109,6 +112,12 @@ class SuiteCfg:
     family_colors: Dict[str, str] = field(default_factory=dict)
     baseline_family: str = "none"
     reference_families: List[str] = field(default_factory=list)
+
+
+    @property
+    def home(self) -> str:
+        """The name the tuning record and the run cache are kept under."""
+        return self.shares or self.name
 
 
 def load_suite(path) -> Tuple[SuiteCfg, Path]:

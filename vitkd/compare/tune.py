@@ -42,7 +42,7 @@ TUNED_FILE = "tuning.json"
 
 
 def tuning_dir(suite, results: Optional[str] = None) -> Path:
-    return Path(results) if results else Path("results") / "compare" / suite.name / "tuning"
+    return Path(results) if results else Path("results") / "compare" / suite.home / "tuning"
 
 
 def read_tuned(suite, results: Optional[str] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -214,7 +214,7 @@ def tune_suite(path, out: Optional[str] = None, cache: Optional[str] = None, job
     if suite.tune is None or not suite.tune.knobs:
         raise ConfigError(f"{path}: the suite has no tune.knobs to search")
     out_dir = tuning_dir(suite, out)
-    cache_dir = Path(cache) if cache else Path("runs") / "compare" / suite.name
+    cache_dir = Path(cache) if cache else Path("runs") / "compare" / suite.home
     ensure_writable(out_dir, "--out")
     ensure_writable(cache_dir, "--cache")
     n_jobs = jobs or suite.jobs
