@@ -26,7 +26,7 @@ from ..io import atomic_write_text
 from ..rundir import ensure_writable
 from .execute import Executor, make_executor
 from .measure import _mean_std, _pick_tuned, summarize  # noqa: F401  (_mean_std: used by the tests)
-from .plan import check_jobs, plan_rows, plan_teachers, plan_tune, recipe_of
+from .plan import check_jobs, plan_rows, plan_synth, plan_teachers, plan_tune, recipe_of
 from .report import update_readme, write_timing
 from .run import execute
 from .suite import SuiteCfg, load_suite
@@ -63,7 +63,8 @@ def _run_suite(suite, base, path, out, quick, cache, n_jobs, progress, log, read
     teacher_jobs = plan_teachers(suite, base, cache_dir, quick)
     tune_jobs = plan_tune(suite, base, cache_dir, quick)
     row_jobs = plan_rows(suite, base, cache_dir, quick, {})
-    check_jobs(teacher_jobs + tune_jobs + row_jobs)
+    synth_jobs = plan_synth(suite, base, cache_dir, quick)   # data-free rows' train sets, after their teacher
+    check_jobs(teacher_jobs + tune_jobs + synth_jobs + row_jobs)
     ensure_writable(cache_dir, "--cache")
     ensure_writable(out_dir, "--out")
     t0 = time.perf_counter()
@@ -81,7 +82,7 @@ def _run_suite(suite, base, path, out, quick, cache, n_jobs, progress, log, read
         log(f"tuned on val: {tuned}")
     teacher_jobs = plan_teachers(suite, base, cache_dir, quick, tuned)
     row_jobs = plan_rows(suite, base, cache_dir, quick, tuned)
-    walls.update(execute([j for j in teacher_jobs if j.row in waiting] + row_jobs, n_jobs, progress, log,
+    walls.update(execute([j for j in teacher_jobs if j.row in waiting] + synth_jobs + row_jobs, n_jobs, progress, log,
                          done_before=[j.key for j in first], train=not plan_seeds, executor=runner))
     recipe, seeds = recipe_of(suite, quick)
     meta = {"recipe": recipe, "seeds": seeds, "tuned": tuned, "quick": quick, "executor": runner.name,
@@ -89,7 +90,8 @@ def _run_suite(suite, base, path, out, quick, cache, n_jobs, progress, log, read
     results = summarize(suite, teacher_jobs, row_jobs, walls, tuning, meta, out_dir, log)
     atomic_write_text(out_dir / "suite.yaml", Path(path).read_text())
     atomic_write_text(out_dir / "resolved_configs.yaml",
-                      yaml.safe_dump({j.key: j.raw for j in teacher_jobs + tune_jobs + row_jobs}, sort_keys=False))
+                      yaml.safe_dump({j.key: j.raw for j in teacher_jobs + tune_jobs + synth_jobs + row_jobs},
+                                                 sort_keys=False))
     meta["wall_s_total"] = time.perf_counter() - t0
     write_timing(out_dir / "timing.json", walls, meta["wall_s_total"])
     if readme:

@@ -25,7 +25,7 @@ from .inversion import invert_batch
 from .losses import BNStatistics
 from .store import SyntheticStore
 
-__all__ = ["synthesize", "fingerprint", "SYNTH_VERSION", "file_sha256"]
+__all__ = ["synthesize", "is_synthesized", "fingerprint", "SYNTH_VERSION", "file_sha256"]
 
 SYNTH_VERSION = 1   # bump when the synthesis computes something else for the same settings
 
@@ -59,12 +59,10 @@ def _data_identity(data: DataCfg) -> dict:
     return {k: v for k, v in dataclasses.asdict(data).items() if k in ("name", "root", "img_size", "val_size")}
 
 
-def synthesize(cfg: SynthCfg, out, overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
-    """Write (or reuse, or continue) the synthetic set of ``cfg`` in ``out``; returns its manifest."""
+def _models(cfg: SynthCfg):
+    """(teacher, its input spec, competing student or None, its spec, class count)."""
     from .. import models as model_lib
     from ..teachers import load_teacher_model
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     n_cls = class_count(cfg.data)
     teacher = load_teacher_model("teacher", cfg.teacher, n_cls)
     spec = model_lib.data_spec(teacher, cfg.data.img_size)
@@ -72,9 +70,24 @@ def synthesize(cfg: SynthCfg, out, overwrite: bool = False, log: Callable[[str],
     if cfg.student is not None and cfg.synth.competition > 0:
         student = load_teacher_model("student", cfg.student, n_cls)
         student_spec = model_lib.data_spec(student, cfg.data.img_size)
+    return teacher, spec, student, student_spec, n_cls
+
+
+def is_synthesized(cfg: SynthCfg, out) -> bool:
+    """``out`` holds the complete set of ``cfg`` (same teacher weights, same settings)."""
+    teacher, spec, student, _, _ = _models(cfg)
+    return SyntheticStore(out).is_complete(fingerprint(cfg, teacher, spec, student)["sha256"])
+
+
+def synthesize(cfg: SynthCfg, out, overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Write (or reuse, or continue) the synthetic set of ``cfg`` in ``out``; returns its manifest.
+    ``overwrite``: a folder holding another set (other teacher or settings) is emptied first."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    teacher, spec, student, student_spec, n_cls = _models(cfg)
     fp = fingerprint(cfg, teacher, spec, student)
     store = SyntheticStore(out)
-    if store.is_complete(fp["sha256"]) and not overwrite:
+    if store.is_complete(fp["sha256"]):
         log(f"synthetic set {out}: complete, reused (fingerprint {fp['sha256'][:12]})")
         return store.manifest()
     s = cfg.synth
