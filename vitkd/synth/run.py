@@ -65,6 +65,11 @@ def _models(cfg: SynthCfg):
     from ..teachers import load_teacher_model
     n_cls = class_count(cfg.data)
     teacher = load_teacher_model("teacher", cfg.teacher, n_cls)
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in teacher.modules()):
+        from ..config import ConfigError
+        from ..taps import model_name
+        raise ConfigError(f"teacher: {model_name(teacher)} has no BatchNorm layer (DeepInversion matches the "
+                          f"statistics of a BN teacher)")
     spec = model_lib.data_spec(teacher, cfg.data.img_size)
     student = student_spec = None
     if cfg.student is not None and cfg.synth.competition > 0:
