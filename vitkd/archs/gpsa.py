@@ -32,7 +32,8 @@ __all__ = ['PrefixPassGPSA', 'GPSAVisionTransformer']
 class PrefixPassGPSA(nn.Module):
     """timm's ``GPSA`` over the patch tokens; the ``num_prefix_tokens`` prefix tokens get a zero update.
 
-    Called like timm's ``Attention`` (``attn_mask``/``is_causal`` are not supported by GPSA)."""
+    Called like timm's ``Attention`` (no ``attn_mask``; ``is_causal`` is ignored: a ViT's tokens all see each other).
+    Attention taps refuse these blocks (:mod:`vitkd.taps` needs timm's ``Attention`` attributes); token taps work."""
 
     def __init__(self, dim: int, num_heads: int, num_prefix_tokens: int, qkv_bias: bool = False,
                  locality_strength: float = 1.0):
@@ -41,7 +42,7 @@ class PrefixPassGPSA(nn.Module):
         self.gpsa = GPSA(dim, num_heads=num_heads, qkv_bias=qkv_bias, locality_strength=locality_strength)
 
     def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False) -> Tensor:
-        if attn_mask is not None or is_causal:
+        if isinstance(attn_mask, Tensor):   # (under torch.fx tracing the arguments are proxies: nothing to check)
             raise ValueError("GPSA blocks take no attention mask")
         prefix, patches = x.split([self.num_prefix_tokens, x.shape[1] - self.num_prefix_tokens], dim=1)
         return torch.cat([torch.zeros_like(prefix), self.gpsa(patches)], dim=1)
