@@ -196,3 +196,41 @@ def test_the_gpsa_vit_runs_timms_gpsa_on_patch_tokens_and_leaves_the_prefix_alon
     assert torch.equal(out[:, 0], torch.zeros(2, 64))
     assert torch.allclose(out[:, 1:], m.blocks[0].attn.gpsa(x[:, 1:]))
     assert m(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+
+
+# ---------------------------------------------------------------------------------------------- the suite
+def test_a_suite_synthesises_after_its_teacher_and_its_data_free_row_trains_on_the_set(tmp_path):
+    from vitkd.compare.plan import _is_done, check_jobs, plan_rows, plan_synth, plan_teachers
+    from vitkd.compare.run import _run_job
+    from vitkd.compare.suite import load_suite
+    from vitkd.rundir import RunDir
+    vit = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
+    student = {"model": {"name": "vit_tiny_patch16_224", "args": vit}, "data": {"name": "digits", "batch_size": 16},
+               "train": {"epochs": 1, "progress": False}}
+    teacher = {"model": {"name": "resnet_digits_s"}, "data": {"name": "digits"}, "train": {"epochs": 1}}
+    (tmp_path / "student.yaml").write_text(yaml.safe_dump(student))
+    (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(teacher))
+    syn = synth_raw(images=10, batch_size=10, iterations=2)
+    syn.pop("teacher")
+    (tmp_path / "syn.yaml").write_text(yaml.safe_dump(syn))
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump({
+        "name": "s", "student": "student.yaml", "seeds": [0], "teachers": {"cnn": {"config": "teacher.yaml"}},
+        "synthetic": {"di": {"config": "syn.yaml", "teacher": "cnn"}},
+        "rows": [{"name": "df", "family": "logit", "synthetic": "di", "teachers": {"t": "cnn"},
+                  "set": {"distill.terms": [{"type": "ce", "weight": 0.5}, {"type": "kd", "weight": 0.5}]}}]}))
+    suite, base = load_suite(tmp_path / "suite.yaml")
+    cache = tmp_path / "cache"
+    teachers, synth = plan_teachers(suite, base, cache, False), plan_synth(suite, base, cache, False)
+    (row,) = plan_rows(suite, base, cache, False, {})
+    (job,) = synth
+    assert job.kind == "synth" and job.deps == ["teachers/cnn"] and job.raw["teacher"]["checkpoint"] == str(teachers[0].out)
+    assert set(row.deps) == {"synth/di", "teachers/cnn"} and row.raw["data"]["synthetic"] == str(job.out)
+    check_jobs(teachers + synth + [row])   # nothing trained yet: the set and the teacher are planned
+    # the fixture ResNet stands in for the trained teacher
+    weights = {"model": "resnet_digits_s", "checkpoint": str(fixture("resnet_digits_s_seed0.safetensors"))}
+    job.raw["teacher"] = weights
+    row.raw["distill"]["teachers"]["t"] = weights
+    assert not _is_done(job)
+    assert _run_job(job)[2] is None and _is_done(job)
+    assert _run_job(row)[2] is None and _is_done(row)
+    assert RunDir(row.out).read_config()["data"]["synthetic"] == str(job.out)
