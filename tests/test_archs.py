@@ -97,15 +97,19 @@ def test_registered_model(name):
         _, last = m.forward_intermediates(x, indices=1, norm=True, return_prefix_tokens=True)
         sp, pf = last[0]
         torch.testing.assert_close(torch.cat([pf, sp.flatten(2).transpose(1, 2)], 1), feats)
+        from vitkd.archs import PrefixPassGPSA
         for blk in m.blocks:
             a = blk.attn
+            if isinstance(a, PrefixPassGPSA):   # timm's ConViT GPSA: no attention taps (TapError), token taps only
+                continue
             for attr in ('fused_attn', 'num_heads', 'head_dim', 'scale', 'qkv', 'q_norm', 'k_norm', 'attn_drop'):
                 assert hasattr(a, attr), (name, attr)
             assert isinstance(a.qkv, nn.Linear) and a.qkv.out_features == 3 * a.num_heads * a.head_dim
         # attention instances are per block (even where weights are shared)
         assert len({id(b.attn) for b in m.blocks}) == depth
-        assert len({id(b.attn.attn_drop) for b in m.blocks}) == depth
-        assert len({id(b.attn.q_norm) for b in m.blocks}) == depth
+        mhsa = [b for b in m.blocks if not isinstance(b.attn, PrefixPassGPSA)]
+        assert len({id(b.attn.attn_drop) for b in mhsa}) == len(mhsa)
+        assert len({id(b.attn.q_norm) for b in mhsa}) == len(mhsa)
     else:
         assert feats.ndim == 4 and feats.shape[:2] == (B, m.num_features)
         info = m.feature_info

@@ -562,6 +562,56 @@ def _run(argv: List[str], capsys):
     return code, capsys.readouterr().err
 
 
+# -- synthesize (DeepInversion) and data-free training
+def synth_args(t: Path, raw, *extra: str) -> List[str]:
+    return ["synthesize", str(write_yaml(t / "syn.yaml", raw)), "--out", str(t / "set"), *extra]
+
+
+def synth_cfg(fx, **synth) -> dict:
+    return {"teacher": {"model": "resnet_digits_s", "checkpoint": str(fx.cnn_weights)}, "data": {"name": "digits"},
+            "synth": {"images": 2, "batch_size": 2, "iterations": 1, "grayscale": True, **synth}, "threads": 1}
+
+
+@case("synthesize unknown synth key", "synth.iteratons", "iterations")
+def _(t, fx):
+    return synth_args(t, synth_cfg(fx, iteratons=5))
+
+
+@case("synthesize without a teacher checkpoint", "teacher.checkpoint", "nope.safetensors")
+def _(t, fx):
+    return synth_args(t, {**synth_cfg(fx), "teacher": {"model": "resnet_digits_s", "checkpoint": str(t / "nope.safetensors")}})
+
+
+@case("synthesize zero images", "synth.images", "0")
+def _(t, fx):
+    return synth_args(t, synth_cfg(fx, images=0))
+
+
+@case("synthesize competition without a student", "student", "synth.competition")
+def _(t, fx):
+    return synth_args(t, synth_cfg(fx, competition=10.0))
+
+
+@case("synthesize from a teacher without BatchNorm", "vit_tiny_patch16_224", "BatchNorm")
+def _(t, fx):
+    return synth_args(t, {**synth_cfg(fx), "teacher": {"model": "vit_tiny_patch16_224", "args": VIT_ARGS,
+                                                        "checkpoint": str(fx.vit_weights)}})
+
+
+@case("synthesize into a folder holding another set", "--out", "another synthetic set", "--overwrite")
+def _(t, fx):
+    (t / "set").mkdir()
+    (t / "set" / "plan.json").write_text('{"format": "vitkd-synthetic/1", "fingerprint": "0000"}\n')
+    return synth_args(t, synth_cfg(fx))
+
+
+@case("train on a synthetic folder without manifest", "data.synthetic", "manifest.json")
+def _(t, fx):
+    (t / "half").mkdir()
+    (t / "half" / "plan.json").write_text("{}\n")
+    return train_args(t, tiny(data={"synthetic": str(t / "half")}))
+
+
 def test_the_table_is_large_enough():
     assert len(CASES) >= 40
     assert len({c.id for c in CASES}) == len(CASES)

@@ -170,6 +170,19 @@ def _profile_config(args) -> int:
     return 0
 
 
+def _cmd_synthesize(args) -> int:
+    """A labelled synthetic set from a BN teacher (DeepInversion), reused or continued when --out holds it."""
+    from .synth import load_synth_config, synthesize
+    cfg = load_synth_config(args.config, args.set)
+    out = Path(args.out) if args.out else Path("runs") / "synth" / (cfg.name or Path(args.config).stem)
+    from .rundir import ensure_writable
+    ensure_writable(out, "--out")
+    m = synthesize(cfg, out, overwrite=args.overwrite, log=lambda msg: print(msg, flush=True))
+    print(json.dumps({"out": str(out), "count": m["count"], "teacher_top1": m["teacher_top1"],
+                      "fingerprint": m["fingerprint"]}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vitkd", description="Knowledge distillation for Vision Transformers on any timm backbone.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -239,6 +252,16 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--address", metavar="HOST:PORT", help="as for `vitkd compare`")
     tu.add_argument("--cpus-per-job", type=int, metavar="N", help="as for `vitkd compare`")
     tu.set_defaults(fn=_cmd_tune)
+
+    sy = sub.add_parser("synthesize", help="a labelled synthetic train set from a BatchNorm CNN teacher "
+                                           "(DeepInversion); a run config trains on it with data.synthetic: DIR")
+    sy.add_argument("config")
+    sy.add_argument("--out", help="the set's folder (default runs/synth/<config name>); a partial set there is "
+                                  "continued, a complete one of the same teacher and settings reused")
+    sy.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key, e.g. --set synth.iterations=100 (repeatable)")
+    sy.add_argument("--overwrite", action="store_true", help="replace a set of another teacher or settings")
+    sy.set_defaults(fn=_cmd_synthesize)
     return p
 
 

@@ -69,6 +69,8 @@ class DataCfg:
     hflip: float = 0.0                   # horizontal flip probability (augment: timm)
     repeated_aug: int = 1                # repeated augmentation: each image appears this many times per epoch
     aug_strength: float = 1.0            # augment: light: scales its rotation, scale and shift ranges (0 = none)
+    # a synthetic set (``vitkd synthesize`` output folder) replaces the train split; val/test stay real
+    synthetic: Optional[str] = _path_field()
 
     def __post_init__(self):
         _choice("data.name", self.name, ("digits", "cifar10", "cifar100", "imagefolder"))

@@ -308,6 +308,9 @@ def build_datasets(cfg: DataCfg, spec: DataSpec, seed: int) -> Tuple[Dict[str, S
         test_items = np.empty(len(val_s), dtype=object)
         test_items[:] = val_s
         parts["test"] = (test_items, np.array([t for _, t in val_s]))
+    if cfg.synthetic is not None:   # a synthetic set (vitkd synthesize) is the train split; val/test stay real
+        from .synth.store import read_synthetic
+        parts["train"] = read_synthetic(cfg.synthetic, n_cls)
     xtr, ytr = parts["train"]
     if cfg.train_subset is not None:
         if cfg.train_subset > len(ytr):

@@ -27,7 +27,7 @@ from ..io import atomic_write_text
 from ..rundir import ensure_writable
 from .execute import Executor, make_executor
 from .measure import _mean_std, summarize  # noqa: F401  (_mean_std: used by the tests)
-from .plan import check_jobs, plan_rows, plan_teachers, recipe_of
+from .plan import check_jobs, plan_rows, plan_synth, plan_teachers, recipe_of
 from .report import update_readme, write_timing
 from .run import execute
 from .suite import SuiteCfg, load_suite
@@ -66,26 +66,30 @@ def _run_suite(suite, base, path, out, quick, cache, n_jobs, progress, log, read
     cache_dir = Path(cache) if cache else Path("runs") / "compare" / suite.home
     # check every config before any work starts
     teacher_jobs = plan_teachers(suite, base, cache_dir, quick, tuned, sized)
-    row_jobs = plan_rows(suite, base, cache_dir, quick, tuned, sized, {j.row: j.out for j in teacher_jobs})
+    teacher_dirs = {j.row: j.out for j in teacher_jobs}
+    row_jobs = plan_rows(suite, base, cache_dir, quick, tuned, sized, teacher_dirs)
+    synth_jobs = plan_synth(suite, base, cache_dir, teacher_dirs)   # data-free rows' train sets, after their teacher
     needed = {d for j in row_jobs for d in j.deps}
-    while True:   # the teachers the rows read, and the teachers those are distilled from
-        more = {d for j in teacher_jobs if j.key in needed for d in j.deps} - needed
+    while True:   # the teachers and synthetic sets the rows read, and what those are made from
+        more = {d for j in teacher_jobs + synth_jobs if j.key in needed for d in j.deps} - needed
         if not more:
             break
         needed |= more
     teacher_jobs = [j for j in teacher_jobs if j.key in needed]
-    check_jobs(teacher_jobs + row_jobs)
+    synth_jobs = [j for j in synth_jobs if j.key in needed]
+    check_jobs(teacher_jobs + synth_jobs + row_jobs)
     ensure_writable(cache_dir, "--cache")
     ensure_writable(out_dir, "--out")
     t0 = time.perf_counter()
-    walls = execute(teacher_jobs + row_jobs, n_jobs, progress, log, train=not plan_seeds, executor=runner)
+    walls = execute(teacher_jobs + synth_jobs + row_jobs, n_jobs, progress, log, train=not plan_seeds,
+                    executor=runner)
     recipe, seeds = recipe_of(suite, quick)
     meta = {"recipe": {**recipe, **sized}, "seeds": seeds, "tuned": tuned, "quick": quick, "executor": runner.name,
             "suite_file": str(path), "wall_s_total": time.perf_counter() - t0}
     results = summarize(suite, teacher_jobs, row_jobs, walls, meta, out_dir, log)
     atomic_write_text(out_dir / "suite.yaml", Path(path).read_text())
     atomic_write_text(out_dir / "resolved_configs.yaml",
-                      yaml.safe_dump({j.key: j.raw for j in teacher_jobs + row_jobs}, sort_keys=False))
+                      yaml.safe_dump({j.key: j.raw for j in teacher_jobs + synth_jobs + row_jobs}, sort_keys=False))
     meta["wall_s_total"] = time.perf_counter() - t0
     write_timing(out_dir / "timing.json", walls, meta["wall_s_total"])
     if readme:

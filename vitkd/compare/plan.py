@@ -6,7 +6,7 @@ import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 
 from ..config import ConfigError, apply_mapping, parse_config, read_yaml, to_dict
@@ -75,6 +75,21 @@ def plan_teachers(suite: SuiteCfg, base: Path, cache: Path, quick: bool, tuned: 
     return jobs
 
 
+def plan_synth(suite: SuiteCfg, base: Path, cache: Path, teacher_dirs: Dict[str, Path]) -> List[Job]:
+    """Synthetic train sets (``vitkd synthesize`` configs), each after the suite teacher it inverts."""
+    jobs = []
+    for name, sy in suite.synthetic.items():
+        raw = _resolve(sy.config, base, sy.set)
+        raw.setdefault("teacher", {})["checkpoint"] = str(teacher_dirs[sy.teacher])
+        jobs.append(Job(f"synth/{name}", raw, _synth_dir(cache, name), [f"teachers/{sy.teacher}"],
+                        kind="synth", row=name))
+    return jobs
+
+
+def _synth_dir(cache: Path, name: str) -> Path:
+    return cache / "synth" / name
+
+
 def plan_rows(suite: SuiteCfg, base: Path, cache: Path, quick: bool, tuned: Dict[str, Any],
               sized: Dict[str, Any], teacher_dirs: Dict[str, Path]) -> List[Job]:
     """Row x seed jobs: the recipe, the tuned size and knobs, then the row's own settings. Quick mode's runs
@@ -87,6 +102,9 @@ def plan_rows(suite: SuiteCfg, base: Path, cache: Path, quick: bool, tuned: Dict
             raw = _resolve(r.config or suite.student, base, recipe, sized, tuned, r.set)
             raw["seed"] = seed
             deps = []
+            if r.synthetic is not None:   # a data-free row trains on a synthetic set of the suite
+                raw.setdefault("data", {})["synthetic"] = str(_synth_dir(cache, r.synthetic))
+                deps.append(f"synth/{r.synthetic}")
             for key, t in r.teachers.items():
                 _set_teacher_checkpoint(raw, key, teacher_dirs[t])
                 deps.append(f"teachers/{t}")
@@ -111,11 +129,40 @@ def _job_config(job: Job) -> Optional[dict]:
     return to_dict(cfg)
 
 
-def _is_done(job: Job) -> bool:
+def _run_is_done(job: Job) -> bool:
     """A finished run of exactly this config, vitkd version and behaviour version (the run folder's one
     reuse rule): teachers and rows are cached across invocations."""
     want = _job_config(job)
     return want is not None and RunDir(job.out).matches(want)
+
+
+def _synth_is_done(job: Job) -> bool:
+    """A complete synthetic set of this teacher's weights and these settings (its fingerprint)."""
+    from ..synth import parse_synth_config
+    from ..synth.run import is_synthesized
+    try:
+        cfg = parse_synth_config(copy.deepcopy(job.raw))
+    except ConfigError:   # the teacher is not trained yet
+        return False
+    return is_synthesized(cfg, job.out)
+
+
+def _check_synth(job: Job, planned: Dict[str, Any]) -> None:
+    from ..synth import parse_synth_config
+    raw = copy.deepcopy(job.raw)
+    if str(Path((raw.get("teacher") or {}).get("checkpoint", ""))) in planned:
+        raw["teacher"].pop("checkpoint")
+    parse_synth_config(raw)
+
+
+# job kind -> (is it done in the cache?, check its config before anything runs); kinds not named here are
+# training runs (teachers, tuning, rows). The runner of each kind is in run.RUNNERS.
+DONE_CHECKS: Dict[str, Callable[[Job], bool]] = {"synth": _synth_is_done}
+CONFIG_CHECKS: Dict[str, Callable[[Job, Dict[str, Any]], None]] = {"synth": _check_synth}
+
+
+def _is_done(job: Job) -> bool:
+    return DONE_CHECKS.get(job.kind, _run_is_done)(job)
 
 
 def check_jobs(jobs: List[Job]) -> None:
@@ -124,15 +171,23 @@ def check_jobs(jobs: List[Job]) -> None:
     here, in one line naming the run."""
     from ..engine.build import dry_build, planned_teachers
     cfgs = {}
-    for j in jobs:
+    outs = {str(j.out) for j in jobs}
+    runs = [j for j in jobs if j.kind not in CONFIG_CHECKS]
+    for j in runs:
         try:
-            cfgs[j.key] = parse_config(_strip_checkpoints(j.raw))
+            cfgs[j.key] = parse_config(_strip_checkpoints(_strip_planned_data(j.raw, outs)))
         except ConfigError as e:
             raise ConfigError(f"suite {j.key}: {e}") from None
-    planned = {str(j.out): cfgs[j.key] for j in jobs}
-    built = set()
+    planned = {str(j.out): cfgs[j.key] for j in runs}
     for j in jobs:
-        stripped, teachers = planned_teachers(j.raw, planned)
+        if j.kind in CONFIG_CHECKS:
+            try:
+                CONFIG_CHECKS[j.kind](j, planned)
+            except ConfigError as e:
+                raise ConfigError(f"suite {j.key}: {e}") from None
+    built = set()
+    for j in runs:
+        stripped, teachers = planned_teachers(_strip_planned_data(j.raw, outs), planned)
         key = json.dumps({**stripped, "seed": None}, sort_keys=True, default=str)   # seeds build the same
         if key in built or _is_done(j):
             continue
@@ -141,6 +196,16 @@ def check_jobs(jobs: List[Job]) -> None:
             dry_build(parse_config(stripped), teachers)
         except ConfigError as e:
             raise ConfigError(f"suite {j.key}: {e}") from None
+
+
+def _strip_planned_data(raw: dict, outs) -> dict:
+    """A synthetic train set that a planned job writes does not exist yet: check the run on the real data."""
+    data = raw.get("data") or {}
+    if str(data.get("synthetic")) not in outs:
+        return raw
+    raw = copy.deepcopy(raw)
+    raw["data"].pop("synthetic")
+    return raw
 
 
 def _strip_checkpoints(raw: dict) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 
 from ..config import ConfigError, parse_config
@@ -12,16 +12,32 @@ from .execute import Executor, LocalPool, schedule
 from .plan import Job, _is_done
 
 
-def _run_job(job: Job) -> Tuple[str, float, Optional[str]]:
-    """Train one run inside a worker process (imports paid once per worker, not per run)."""
+def _train_job(job: Job) -> None:
     from ..engine import train
+    raw = copy.deepcopy(job.raw)
+    raw.setdefault("train", {})["progress"] = False
+    cfg = parse_config(raw)
+    cfg.train.threads = None   # the worker's thread count stands
+    train(cfg, job.out, overwrite=True, log=lambda m: None)   # not a reusable run (see _is_done)
+
+
+def _synth_job(job: Job) -> None:
+    from ..synth import parse_synth_config, synthesize
+    cfg = parse_synth_config(copy.deepcopy(job.raw))
+    cfg.threads = None   # the worker's thread count stands
+    synthesize(cfg, job.out, overwrite=True, log=lambda m: None)   # a partial set of the same fingerprint continues
+
+
+# job kind -> what runs it in a worker (module-level functions: the workers import this module); kinds not
+# named here are training runs. Whether a job is already done: plan.DONE_CHECKS.
+RUNNERS: Dict[str, Callable[[Job], None]] = {"synth": _synth_job}
+
+
+def _run_job(job: Job) -> Tuple[str, float, Optional[str]]:
+    """Run one job inside a worker process (imports paid once per worker, not per job)."""
     t0 = time.perf_counter()
     try:
-        raw = copy.deepcopy(job.raw)
-        raw.setdefault("train", {})["progress"] = False
-        cfg = parse_config(raw)
-        cfg.train.threads = None   # the worker's thread count stands
-        train(cfg, job.out, overwrite=True, log=lambda m: None)   # not a reusable run (see _is_done)
+        RUNNERS.get(job.kind, _train_job)(job)
     except Exception as e:   # reported, and the runs that depend on it are dropped
         return job.key, time.perf_counter() - t0, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return job.key, time.perf_counter() - t0, None

@@ -21,6 +21,14 @@ class TeacherSpec:
 
 
 @dataclass
+class SynthSpec:
+    """A synthetic train set inverted from a suite teacher (``vitkd synthesize``), cached like a teacher."""
+    config: str                                         # a vitkd synthesize config (relative to the suite file)
+    teacher: str                                        # the suite teacher it is inverted from
+    set: Dict[str, Any] = field(default_factory=dict)   # overrides, dotted keys
+
+
+@dataclass
 class RowSpec:
     name: str
     family: str                                         # none | logit | token | patch | feature | minivit | hetero
@@ -31,6 +39,7 @@ class RowSpec:
     size: Optional[str] = None                          # student size label (for the MACs sweep)
     baseline: Optional[str] = None                      # row compared against (default: no-KD of the same size)
     curve: Optional[str] = None                         # rows sharing a curve are joined in pareto.png (size sweeps)
+    synthetic: Optional[str] = None                     # a suite synthetic set: the row trains on it (data.synthetic)
 
 
 @dataclass
@@ -101,6 +110,7 @@ class SuiteCfg:
     quick: QuickSpec = field(default_factory=QuickSpec)
     teachers: Dict[str, TeacherSpec] = field(default_factory=dict)
     rows: List[RowSpec] = field(default_factory=list)
+    synthetic: Dict[str, SynthSpec] = field(default_factory=dict)   # data-free rows' train sets
     jobs: int = 2
     # families of comparisons, Holm-corrected together: {family: [row, ...]}; rows not named: "main"
     test_families: Dict[str, List[str]] = field(default_factory=dict)
@@ -136,6 +146,13 @@ def load_suite(path) -> Tuple[SuiteCfg, Path]:
     for m in suite.quick.rows:
         if m not in names:
             raise ConfigError(f"suite.quick.rows: unknown row '{m}'")
+    for name, sy in suite.synthetic.items():
+        if sy.teacher not in suite.teachers:
+            raise ConfigError(f"suite.synthetic.{name}.teacher: unknown suite teacher '{sy.teacher}'")
+    for r in suite.rows:
+        if r.synthetic is not None and r.synthetic not in suite.synthetic:
+            raise ConfigError(f"suite.rows.{r.name}.synthetic: unknown suite synthetic set '{r.synthetic}' "
+                              f"(defined: {', '.join(suite.synthetic) or 'none'})")
     for fam, members in suite.test_families.items():
         for m in members:
             if m not in names:
