@@ -214,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--plan-seeds", action="store_true",
                    help="train nothing: report from the cache and print the seeds each family of comparisons needs")
     c.set_defaults(fn=_cmd_compare)
+    from .zoo.commands import add_zoo_parser
+    add_zoo_parser(sub, _Parser)
     return p
 
 
