@@ -63,7 +63,7 @@ def card_text(entry: ZooEntry, root_rel: str = "models") -> str:
     if entry.teachers:
         lines += ["## Lineage", ""] + [f"- teacher `{k}`: zoo entry `{v}`" for k, v in entry.teachers.items()] + [""]
     lines += ["## Use", "", "```python", "import vitkd.zoo", f"model = vitkd.zoo.create_model({entry.name!r})",
-              "# or, from this folder: import vitkd, timm; timm.create_model('local-dir:FOLDER')", "```", "",
+              "# or, from this folder: import vitkd, timm; timm.create_model('local-dir:FOLDER', pretrained=True)", "```", "",
               f"`vitkd zoo eval {entry.name}` evaluates it on {entry.dataset}/{entry.split}.", ""]
     if entry.suite is not None:
         s = entry.suite
