@@ -86,7 +86,6 @@ def card_text(entry: ZooEntry, root_rel: str = "models") -> str:
 def _config_with_zoo_teachers(config: dict, teachers: Dict[str, str]) -> dict:
     """The run config with each teacher named by its zoo entry instead of a local run folder."""
     config = yaml.safe_load(yaml.safe_dump(config))
-    config.get("model", {}).pop("checkpoint", None)
     for key, t in ((config.get("distill") or {}).get("teachers") or {}).items():
         t.update(zoo=teachers[key], checkpoint=None, model=None, args={})
     return config
