@@ -501,3 +501,16 @@ def test_save_index_round_trips(tmp_path, zoo):
     save_index(idx, tmp_path / "zoo.yaml")
     again = load_index(str(tmp_path / "zoo.yaml"))
     assert [e.to_dict() for e in again.models] == [e.to_dict() for e in idx.models]
+
+
+def test_the_reproduce_config_retrains_the_same_bytes_with_its_zoo_teacher(zoo, tmp_path):
+    """The shipped config names its teacher by zoo entry (downloaded over HTTP here); training it again gives
+    weights with the published sha256."""
+    proj, _, _ = zoo
+    e = load_index().get("tiny-kd")
+    assert e.reproduce == f"vitkd train models/tiny-kd/{e.config} --out runs/zoo/tiny-kd"
+    _train(yaml.safe_load((proj / "models" / "tiny-kd" / e.config).read_text()), tmp_path / "again")
+    shutil.copytree(proj / "models", tmp_path / "models")   # lineage must resolve in the index published into
+    again = publish_run(tmp_path / "again", "tiny-kd", tmp_path / "models" / "zoo.yaml", figures={"params_m": 0.0})
+    assert again.file(WEIGHTS).sha256 == e.file(WEIGHTS).sha256
+    assert again.teachers == {"t": "tiny-teacher-inv"}   # lineage read from the config's zoo teacher

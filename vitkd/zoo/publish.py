@@ -166,7 +166,7 @@ def publish_run(run_dir, name: str, index_path, *, method: str = "", family: str
     os.chmod(staged, 0o777 & ~mask)   # mkdtemp makes 0700: the folder follows the umask like any other
     try:
         from timm.models._hub import save_config_for_hf
-        save_config_for_hf(model, str(staged / HF_CONFIG_FILE), model_args=dict(args) or None)
+        save_config_for_hf(model, staged / HF_CONFIG_FILE, model_args=dict(args) or None)   # a Path (timm 1.0.26)
         atomic_save_safetensors(model.state_dict(), staged / _weights_name(), {"format": "pt"})
         atomic_write_text(staged / CONFIG_FILE, yaml.safe_dump(_config_with_zoo_teachers(config, lineage),
                                                                sort_keys=False))
