@@ -553,6 +553,34 @@ def _(t, fx):
     return chain_args(t, [{"name": "teacher", "config": "student.yaml", "set": {"seed": 5}}])
 
 
+# ---------------------------------------------------------------------------------------------- the model zoo
+@case("zoo publish of a folder holding no finished run", "zoo publish RUN_DIR", "no finished run")
+def _(t, fx):
+    (t / "empty").mkdir()
+    return ["zoo", "publish", str(t / "empty"), "--name", "x", "--index", str(t / "models" / "zoo.yaml")]
+
+
+@case("zoo publish under a name with a path", "invalid model name", "'../x'")
+def _(t, fx):
+    return ["zoo", "publish", str(fx.run), "--name", "../x", "--index", str(t / "models" / "zoo.yaml")]
+
+
+@case("zoo index whose models are not a list", "zoo.yaml", "'models' must be a list")
+def _(t, fx):
+    return ["zoo", "list", "--manifest", str(write_yaml(t / "zoo.yaml", {"models": 3}))]
+
+
+@case("zoo info of a name the index lacks", "no model named 'nope'")
+def _(t, fx):
+    return ["zoo", "info", "nope", "--manifest", str(write_yaml(t / "zoo.yaml", {"models": []}))]
+
+
+@case("config naming a zoo teacher the index lacks", "distill.teachers.t.zoo", "no model named 'nope'")
+def _(t, fx):
+    os.environ["VITKD_ZOO_MANIFEST"] = str(write_yaml(t / "zoo.yaml", {"models": []}))
+    return train_args(t, tiny(distill={"teachers": {"t": {"zoo": "nope"}}, "terms": [{"type": "kd"}]}))
+
+
 def _run(argv: List[str], capsys):
     threads = torch.get_num_threads()
     try:
@@ -620,6 +648,8 @@ def test_the_table_is_large_enough():
 @pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
 def test_bad_input(c: Case, fx, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)   # default output folders (runs/, results/) would land here
+    monkeypatch.setenv("VITKD_ZOO_MANIFEST", os.environ.get("VITKD_ZOO_MANIFEST", ""))   # restored after a case sets it
+    monkeypatch.delenv("VITKD_ZOO_MANIFEST")
     argv = c.build(tmp_path, fx)
     before, shared = snapshot(tmp_path), snapshot(fx.root)
     code, err = _run(argv, capsys)

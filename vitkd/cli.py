@@ -262,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override a config key, e.g. --set synth.iterations=100 (repeatable)")
     sy.add_argument("--overwrite", action="store_true", help="replace a set of another teacher or settings")
     sy.set_defaults(fn=_cmd_synthesize)
+
+    from .zoo.commands import add_zoo_parser
+    add_zoo_parser(sub, _Parser)
     return p
 
 

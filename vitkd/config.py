@@ -145,6 +145,7 @@ class TeacherCfg:
     checkpoint: Optional[str] = _path_field()  # run folder (vitkd train output) or weights file
     args: Dict[str, Any] = field(default_factory=dict)
     bf16: bool = False                         # run the frozen teacher under bf16 autocast (CPU and CUDA)
+    zoo: Optional[str] = None                  # a published zoo entry (downloaded, verified) instead of a checkpoint
 
 
 @dataclass

@@ -11,7 +11,7 @@ from .config import ConfigError
 from .data import DataSpec
 from .rundir import RunDir
 
-__all__ = ["create", "resolve_weights", "run_model_spec", "data_spec", "freeze"]
+__all__ = ["create", "create_from_folder", "resolve_weights", "run_model_spec", "data_spec", "freeze"]
 
 
 def resolve_weights(path: str, key: str = "checkpoint") -> Path:
@@ -70,6 +70,17 @@ def create(name: str, num_classes: Optional[int] = None, args: Optional[Dict[str
         first = (str(e).strip().splitlines() or [""])[0][:160]
         raise ConfigError(f"{where}.checkpoint: cannot read the weights in {checkpoint} "
                           f"({type(e).__name__}: {first})") from None
+
+
+def create_from_folder(folder, where: str = "zoo") -> nn.Module:
+    """A model folder in timm's Hugging Face Hub layout (``config.json`` + safetensors weights), through timm's
+    own ``local-dir:`` source: architecture, ``model_args`` and pretrained config come from ``config.json``."""
+    folder = Path(folder)
+    try:
+        return timm.create_model(f"local-dir:{folder}", pretrained=True)
+    except (RuntimeError, FileNotFoundError, TypeError, ValueError, KeyError, AssertionError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ConfigError(f"{where}: cannot load the model folder {folder} ({type(e).__name__}: {first})") from None
 
 
 def data_spec(model: nn.Module, img_size: Optional[int] = None) -> DataSpec:

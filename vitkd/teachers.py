@@ -104,8 +104,10 @@ class LiveTeacher(TeacherSource):
 
 
 def load_teacher_model(name: str, cfg: TeacherCfg, num_classes: int) -> nn.Module:
-    """The frozen timm model of a live teacher (a run folder's student or a weights file)."""
+    """The frozen timm model of a live teacher (a run folder's student, a weights file or a zoo entry)."""
     where = f"distill.teachers.{name}"
+    if cfg.zoo is not None:
+        return model_lib.freeze(_zoo_teacher(where, cfg))
     model, args, ncls = cfg.model, dict(cfg.args), num_classes
     if cfg.checkpoint is not None:
         spec = model_lib.run_model_spec(cfg.checkpoint)
@@ -118,6 +120,17 @@ def load_teacher_model(name: str, cfg: TeacherCfg, num_classes: int) -> nn.Modul
     if cfg.checkpoint is None:
         raise ConfigError(f"{where}.checkpoint: a teacher needs trained weights (run folder or weights file)")
     return model_lib.freeze(model_lib.create(model, ncls, args, cfg.checkpoint, where=where))
+
+
+def _zoo_teacher(where: str, cfg: TeacherCfg) -> nn.Module:
+    """A zoo entry's model (downloaded and verified into the cache, loaded through timm's ``local-dir:``)."""
+    if cfg.checkpoint is not None or cfg.model is not None or cfg.args:
+        raise ConfigError(f"{where}.zoo: give either zoo or model/args/checkpoint, not both")
+    from .zoo import ZooError, create_model
+    try:
+        return create_model(cfg.zoo)
+    except ZooError as e:
+        raise ConfigError(f"{where}.zoo: {e}") from None
 
 
 def build_teacher_source(name: str, cfg: TeacherCfg, num_classes: int,
