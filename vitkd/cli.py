@@ -158,6 +158,38 @@ def _profile_config(args) -> int:
     return 0
 
 
+def _cmd_logits_save(args) -> int:
+    """Run the config's teachers over every epoch's augmented train images once; one store per teacher."""
+    from .config import load_config
+    from .logits.save import save_logits
+    cfg = load_config(args.config, args.set)
+    out = Path(args.out) if args.out else Path("logits") / (cfg.name or Path(args.config).stem)
+    stores = save_logits(cfg, out, topk=args.topk, epochs=args.epochs, bf16=args.bf16, values=args.values,
+                         chunk=args.chunk, batch_size=args.batch_size, progress=cfg.train.progress,
+                         log=lambda m: print(m, file=sys.stderr, flush=True))
+    if int(os.environ.get("RANK", "0") or 0) == 0:
+        print(json.dumps({"out": str(out), "stores": {k: str(v) for k, v in stores.items()}}))
+    return 0
+
+
+def _add_logits_parser(sub) -> None:
+    lg = sub.add_parser("logits", help="stored teacher logits (TinyViT style): save once, distil without the teacher")
+    lsub = lg.add_subparsers(dest="logits_command", required=True, parser_class=_Parser)
+    s = lsub.add_parser("save", help="run CONFIG's teachers over every epoch's augmented (and mixed) train images "
+                                     "and store their top-K logits; resumable")
+    s.add_argument("config")
+    s.add_argument("--out", help="folder of the stores, one per teacher: OUT/<teacher> (default logits/<config name>)")
+    s.add_argument("--topk", type=int, help="logits kept per sample (default 10, at most the class count)")
+    s.add_argument("--epochs", type=int, help="epochs to store (default train.epochs; a store serves runs of at "
+                                              "most that many epochs)")
+    s.add_argument("--bf16", action="store_true", help="run the teachers under bf16 autocast")
+    s.add_argument("--values", choices=["fp16", "fp32"], default="fp16", help="stored logit precision")
+    s.add_argument("--chunk", type=int, default=4096, help="sample keys per shard file (default 4096)")
+    s.add_argument("--batch-size", type=int, help="teacher batch (default data.eval_batch_size)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    s.set_defaults(fn=_cmd_logits_save)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vitkd", description="Knowledge distillation for Vision Transformers on any timm backbone.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -214,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--plan-seeds", action="store_true",
                    help="train nothing: report from the cache and print the seeds each family of comparisons needs")
     c.set_defaults(fn=_cmd_compare)
+    _add_logits_parser(sub)
     return p
 
 

@@ -140,6 +140,7 @@ class TeacherCfg:
     checkpoint: Optional[str] = _path_field()  # run folder (vitkd train output) or weights file
     args: Dict[str, Any] = field(default_factory=dict)
     bf16: bool = False                         # run the frozen teacher under bf16 autocast (CPU and CUDA)
+    logits: Optional[str] = _path_field()      # a stored-logits folder (`vitkd logits save`): no teacher is run
 
 
 @dataclass
