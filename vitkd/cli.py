@@ -138,7 +138,8 @@ def _cmd_compare(args) -> int:
         raise ConfigError(f"--jobs: must be >= 1, got {args.jobs}")
     out = run_suite(args.suite, out=args.out, quick=args.quick, cache=args.cache, jobs=args.jobs,
                     log=lambda m: print(m, flush=True), readme=args.readme, plan_seeds=args.plan_seeds,
-                    executor=args.executor, address=args.address, cpus_per_job=args.cpus_per_job)
+                    executor=args.executor, address=args.address, cpus_per_job=args.cpus_per_job,
+                    live_teachers=args.live_teachers)
     print(json.dumps({"out": str(out)}))
     return 0
 
@@ -245,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--readme", help="also fill the results block of this README with the table and plot")
     c.add_argument("--plan-seeds", action="store_true",
                    help="train nothing: report from the cache and print the seeds each family of comparisons needs")
+    c.add_argument("--live-teachers", action="store_true",
+                   help="run every teacher live in every row (default: rows whose terms read a teacher's logits "
+                        "only read them from a store written once per teacher, seed and recipe)")
     c.set_defaults(fn=_cmd_compare)
     _add_logits_parser(sub)
     return p

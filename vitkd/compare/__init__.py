@@ -10,7 +10,8 @@ Protocol (see ``configs/compare/digits.yaml``):
 
 The package is split by job: :mod:`.suite` (the YAML schema), :mod:`.plan` (jobs), :mod:`.run` and
 :mod:`.execute` (running them), :mod:`.measure` (costs, accuracies, verdicts), :mod:`.report` and
-:mod:`.plots` (outputs). Runs go to ``<cache>/<suite>/...`` as ordinary ``vitkd train`` run folders, executed as separate
+:mod:`.plots` (outputs). Runs go to ``<cache>/<suite>/...`` as ordinary ``vitkd train`` run folders (and
+stored-logits folders for the rows that read a teacher's logits only, :mod:`.stored`), executed as separate
 processes, ``jobs`` at a time (one thread each), so both cores are used; or, with ``--executor ray``, as
 Ray tasks on a cluster (:mod:`vitkd.compare.execute`).
 """
@@ -29,6 +30,7 @@ from .measure import _mean_std, _pick_tuned, summarize  # noqa: F401  (_mean_std
 from .plan import check_jobs, plan_rows, plan_teachers, plan_tune, recipe_of
 from .report import update_readme, write_timing
 from .run import execute
+from .stored import plan_stored_logits
 from .suite import SuiteCfg, load_suite
 
 __all__ = ["SuiteCfg", "load_suite", "run_suite", "summarize"]
@@ -37,21 +39,31 @@ __all__ = ["SuiteCfg", "load_suite", "run_suite", "summarize"]
 def run_suite(path, out: Optional[str] = None, quick: bool = False, cache: Optional[str] = None,
               jobs: Optional[int] = None, progress: bool = True, log=print, readme: Optional[str] = None,
               plan_seeds: bool = False, executor: str = "local", address: Optional[str] = None,
-              cpus_per_job: Optional[int] = None) -> Path:
+              cpus_per_job: Optional[int] = None, live_teachers: bool = False) -> Path:
     """Train what the cache lacks, then write the report. ``plan_seeds``: train nothing; report from the
     cache and print how many seeds each family of comparisons needs.
 
     ``executor``: ``local`` (a pool of ``jobs`` processes, default the suite's ``jobs``) or ``ray`` (every
     run a Ray task on the cluster at ``address``, or on a Ray instance started here; ``jobs`` then caps the
     runs in flight, default none). ``cpus_per_job``: CPU cores (torch threads) per run; see
-    :mod:`vitkd.compare.execute`."""
+    :mod:`vitkd.compare.execute`. ``live_teachers``: run every teacher live, as the suite option
+    ``stored_logits: false`` does (:mod:`vitkd.compare.stored`)."""
     suite, base = load_suite(path)
+    if live_teachers:
+        suite.stored_logits = False
     n_jobs = jobs or suite.jobs
     runner = make_executor(executor, jobs if executor == "ray" else n_jobs, address, cpus_per_job)
     try:
         return _run_suite(suite, base, path, out, quick, cache, n_jobs, progress, log, readme, plan_seeds, runner)
     finally:
         runner.close()
+
+
+def _stored(suite, row_jobs, teacher_jobs, cache_dir, quick):
+    """(rows, logits jobs): rows read logit-only teachers from stores unless the suite turns it off."""
+    if not suite.stored_logits:
+        return row_jobs, []
+    return plan_stored_logits(row_jobs, teacher_jobs, cache_dir, quick)
 
 
 def _run_suite(suite, base, path, out, quick, cache, n_jobs, progress, log, readme, plan_seeds,
@@ -62,8 +74,8 @@ def _run_suite(suite, base, path, out, quick, cache, n_jobs, progress, log, read
     # check every config before any work starts
     teacher_jobs = plan_teachers(suite, base, cache_dir, quick)
     tune_jobs = plan_tune(suite, base, cache_dir, quick)
-    row_jobs = plan_rows(suite, base, cache_dir, quick, {})
-    check_jobs(teacher_jobs + tune_jobs + row_jobs)
+    row_jobs, logits_jobs = _stored(suite, plan_rows(suite, base, cache_dir, quick, {}), teacher_jobs, cache_dir, quick)
+    check_jobs(teacher_jobs + tune_jobs + logits_jobs + row_jobs)
     ensure_writable(cache_dir, "--cache")
     ensure_writable(out_dir, "--out")
     t0 = time.perf_counter()
@@ -80,11 +92,13 @@ def _run_suite(suite, base, path, out, quick, cache, n_jobs, progress, log, read
     if tuned:
         log(f"tuned on val: {tuned}")
     teacher_jobs = plan_teachers(suite, base, cache_dir, quick, tuned)
-    row_jobs = plan_rows(suite, base, cache_dir, quick, tuned)
-    walls.update(execute([j for j in teacher_jobs if j.row in waiting] + row_jobs, n_jobs, progress, log,
+    row_jobs, logits_jobs = _stored(suite, plan_rows(suite, base, cache_dir, quick, tuned), teacher_jobs, cache_dir,
+                                    quick)
+    walls.update(execute([j for j in teacher_jobs if j.row in waiting] + logits_jobs + row_jobs, n_jobs, progress, log,
                          done_before=[j.key for j in first], train=not plan_seeds, executor=runner))
     recipe, seeds = recipe_of(suite, quick)
     meta = {"recipe": recipe, "seeds": seeds, "tuned": tuned, "quick": quick, "executor": runner.name,
+            "stored_logits": suite.stored_logits,
             "suite_file": str(path), "wall_s_total": time.perf_counter() - t0}
     results = summarize(suite, teacher_jobs, row_jobs, walls, tuning, meta, out_dir, log)
     atomic_write_text(out_dir / "suite.yaml", Path(path).read_text())

@@ -6,7 +6,7 @@ import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 
 from ..config import ConfigError, apply_mapping, parse_config, read_yaml, to_dict
@@ -23,6 +23,13 @@ class Job:
     kind: str = "row"
     row: Optional[str] = None
     seed: Optional[int] = None
+    like: Optional[str] = None     # the job whose config builds the model this job's output stands for (a store:
+                                   # its teacher's job), so runs that read the output can be dry-built before it exists
+
+
+# job kind -> "is this job already finished?" for kinds whose output is not a run folder (default: the run
+# folder's reuse rule); the modules that add a kind register it here (see vitkd.compare.stored)
+DONE_CHECKS: Dict[str, Callable[[Job], bool]] = {}
 
 
 def _resolve(config: str, base: Path, *sets: Dict[str, Any]) -> dict:
@@ -117,6 +124,8 @@ def _job_config(job: Job) -> Optional[dict]:
 def _is_done(job: Job) -> bool:
     """A finished run of exactly this config, vitkd version and behaviour version (the run folder's one
     reuse rule): teachers and rows are cached across invocations."""
+    if job.kind in DONE_CHECKS:
+        return DONE_CHECKS[job.kind](job)
     want = _job_config(job)
     return want is not None and RunDir(job.out).matches(want)
 
@@ -132,7 +141,7 @@ def check_jobs(jobs: List[Job]) -> None:
             cfgs[j.key] = parse_config(_strip_checkpoints(j.raw))
         except ConfigError as e:
             raise ConfigError(f"suite {j.key}: {e}") from None
-    planned = {str(j.out): cfgs[j.key] for j in jobs}
+    planned = {str(j.out): cfgs[j.like or j.key] for j in jobs}
     built = set()
     for j in jobs:
         stripped, teachers = planned_teachers(j.raw, planned)
@@ -147,9 +156,10 @@ def check_jobs(jobs: List[Job]) -> None:
 
 
 def _strip_checkpoints(raw: dict) -> dict:
-    """Teacher checkpoints do not exist before the teachers are trained: validate everything else."""
+    """Teacher checkpoints (and stores) do not exist before the teachers are trained: validate everything else."""
     raw = copy.deepcopy(raw)
     for t in ((raw.get("distill") or {}).get("teachers") or {}).values():
         if isinstance(t, dict):
             t.pop("checkpoint", None)
+            t.pop("logits", None)
     return raw

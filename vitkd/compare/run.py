@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 
 from ..config import ConfigError, parse_config
@@ -12,16 +12,25 @@ from .execute import Executor, LocalPool, schedule
 from .plan import Job, _is_done
 
 
-def _run_job(job: Job) -> Tuple[str, float, Optional[str]]:
-    """Train one run inside a worker process (imports paid once per worker, not per run)."""
+# job kind -> what a worker does with a job of that kind (default: train its run); registered by the modules
+# that add a kind (see vitkd.compare.stored). Called with the job and its validated config.
+RUNNERS: Dict[str, Callable[[Job, object], None]] = {}
+
+
+def _train_run(job: Job, cfg) -> None:
     from ..engine import train
+    train(cfg, job.out, overwrite=True, log=lambda m: None)   # not a reusable run (see _is_done)
+
+
+def _run_job(job: Job) -> Tuple[str, float, Optional[str]]:
+    """Run one job inside a worker process (imports paid once per worker, not per run)."""
     t0 = time.perf_counter()
     try:
         raw = copy.deepcopy(job.raw)
         raw.setdefault("train", {})["progress"] = False
         cfg = parse_config(raw)
         cfg.train.threads = None   # the worker's thread count stands
-        train(cfg, job.out, overwrite=True, log=lambda m: None)   # not a reusable run (see _is_done)
+        RUNNERS.get(job.kind, _train_run)(job, cfg)
     except Exception as e:   # reported, and the runs that depend on it are dropped
         return job.key, time.perf_counter() - t0, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return job.key, time.perf_counter() - t0, None

@@ -100,7 +100,7 @@ def planned_teachers(raw: dict, planned: Dict[str, RunCfg]) -> Tuple[dict, Dict[
     return raw, found
 
 
-def dry_build(cfg: RunCfg, planned: Optional[Dict[str, RunCfg]] = None) -> None:
+def dry_build(cfg: RunCfg, planned: Optional[Dict[str, RunCfg]] = None) -> dict:
     """Build ``cfg``'s student, teachers and loss terms and run one forward of zeros through them, on the CPU,
     reading no data and writing nothing: model names and arguments, term arguments, blocks, stages and input
     sizes fail here in one line. Suites and chains dry-build every run before the first trains.
@@ -134,3 +134,4 @@ def dry_build(cfg: RunCfg, planned: Optional[Dict[str, RunCfg]] = None) -> None:
             dry_run(distiller, [(torch.zeros(3, *spec.img_size), 0)] * 2, cfg)
         finally:
             distiller.close()
+    return {name: distiller.requests[name] for name in teachers}

@@ -110,7 +110,9 @@ class StoredTeacher(TeacherSource):
         self.request = request
 
     def forward_macs(self, input_size) -> float:
-        return 0.0   # the teacher ran when the store was written
+        """The teacher's forward MACs per image, paid when the store was written (once for every run it serves):
+        a row's training cost stays comparable with the same row run live."""
+        return float(self.meta["teacher"].get("forward_macs", 0.0))
 
     def forward(self, images: Tensor, batch=None) -> TapOutput:
         if batch is None or batch.index is None:
@@ -143,3 +145,15 @@ class StoredTeacher(TeacherSource):
                            torch.from_numpy(np.ascontiguousarray(rec["val"])))
             self._epoch = epoch
         return self._table
+
+
+def store_serves(path: str, cfg: RunCfg, teacher: TeacherCfg) -> bool:
+    """Whether the store at ``path`` is complete and was written for ``cfg``'s recipe and seed by the weights of
+    ``teacher`` (a live teacher config): what decides that a suite's store job is already done."""
+    from .save import student_spec
+    try:
+        meta, _, _ = open_store(path, "logits")
+        check_fingerprint(meta, cfg, student_spec(cfg), "logits", teacher.checkpoint)
+    except ConfigError:
+        return False
+    return True

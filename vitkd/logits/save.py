@@ -30,16 +30,21 @@ from .fingerprint import data_fingerprint, weights_sha256
 from .format import (FORMAT_VERSION, STORE_FILE, StoreError, digest, layout, read_shard, read_store_json,
                      record_dtype, shard_path, write_shard, write_store_json)
 
-__all__ = ["save_logits", "save_store", "train_pipeline", "DEFAULT_TOPK", "DEFAULT_CHUNK"]
+__all__ = ["save_logits", "save_store", "train_pipeline", "student_spec", "DEFAULT_TOPK", "DEFAULT_CHUNK"]
 
 DEFAULT_TOPK = 10       # TinyViT's K on ImageNet-1k
 DEFAULT_CHUNK = 4096    # sample keys per shard
 
 
+def student_spec(cfg: RunCfg):
+    """The input spec of ``cfg``'s student (size, normalisation): what its images are made for."""
+    probe = model_lib.create(cfg.model.name, 10, cfg.model.args, where="model")
+    return model_lib.data_spec(probe, cfg.data.img_size)
+
+
 def train_pipeline(cfg: RunCfg):
     """(the train split as training reads it, the student's input spec, the class count) of ``cfg``."""
-    probe = model_lib.create(cfg.model.name, 10, cfg.model.args, where="model")   # its input spec only
-    spec = model_lib.data_spec(probe, cfg.data.img_size)
+    spec = student_spec(cfg)
     datasets, num_classes = build_datasets(cfg.data, spec, cfg.seed)
     return train_view(datasets["train"], cfg.train), spec, num_classes
 
@@ -68,21 +73,25 @@ def info_dict(info) -> dict:
 
 def save_logits(cfg: RunCfg, out, topk: Optional[int] = None, epochs: Optional[int] = None, bf16: bool = False,
                 values: str = "fp16", chunk: int = DEFAULT_CHUNK, batch_size: Optional[int] = None,
-                progress: bool = True, log: Callable[[str], None] = print) -> Dict[str, Path]:
-    """One store per live teacher of ``cfg`` under ``out/<teacher name>``; returns them by teacher name."""
-    teachers = {k: t for k, t in (cfg.distill or DistillCfg()).teachers.items() if t.logits is None}
+                progress: bool = True, log: Callable[[str], None] = print,
+                stores: Optional[Dict[str, Path]] = None, replace: bool = False) -> Dict[str, Path]:
+    """One store per live teacher of ``cfg`` under ``out/<teacher name>`` (or, for the teachers named in
+    ``stores``, at the folder it gives); returns them by teacher name."""
+    teachers = {k: t for k, t in (cfg.distill or DistillCfg()).teachers.items() if t.logits is None
+                and (stores is None or k in stores)}
+    dest = {k: Path(stores[k]) if stores else Path(out) / k for k in teachers}
     if not teachers:
         raise ConfigError("distill.teachers: no teacher with a checkpoint to run (a stored teacher is already "
                           "stored)")
     from ..engine.build import resolve_device
     joined = join_from_env(resolve_device(cfg.train.device))
     try:
-        return _save_all(cfg, teachers, out, topk, epochs, bf16, values, chunk, batch_size, progress, log)
+        return _save_all(cfg, teachers, dest, topk, epochs, bf16, values, chunk, batch_size, progress, log, replace)
     finally:
         leave(joined)
 
 
-def _save_all(cfg, teachers, out, topk, epochs, bf16, values, chunk, batch_size, progress, log):
+def _save_all(cfg, teachers, dest, topk, epochs, bf16, values, chunk, batch_size, progress, log, replace):
     from ..engine.build import resolve_device
     world = current_world()
     if not world.is_main:
@@ -97,10 +106,12 @@ def _save_all(cfg, teachers, out, topk, epochs, bf16, values, chunk, batch_size,
         source = LiveTeacher(model, spec, bf16=bf16 or tcfg.bf16).to(device)
         source.set_request(TapRequest())
         try:
-            stores[name] = save_store(cfg, source, weights_sha256(tcfg.checkpoint), info_dict(describe(model, spec.img_size)),
-                                      Path(out) / name, train_ds, spec, num_classes, topk=topk, epochs=epochs,
+            info = {**info_dict(describe(model, spec.img_size)),
+                    "forward_macs": source.forward_macs((3, *spec.img_size))}
+            stores[name] = save_store(cfg, source, weights_sha256(tcfg.checkpoint), info,
+                                      dest[name], train_ds, spec, num_classes, topk=topk, epochs=epochs,
                                       values=values, chunk=chunk, batch_size=batch_size or cfg.data.eval_batch_size,
-                                      world=world, progress=progress, label=name)
+                                      world=world, progress=progress, label=name, replace=replace)
         finally:
             source.close()
         log(f"stored teacher '{name}': {stores[name]} (distill.teachers.{name}: {{logits: {stores[name]}}})")
@@ -110,8 +121,9 @@ def _save_all(cfg, teachers, out, topk, epochs, bf16, values, chunk, batch_size,
 def save_store(cfg: RunCfg, source, teacher_sha: str, info: dict, store: Path, train_ds, spec, num_classes: int,
                topk: Optional[int] = None, epochs: Optional[int] = None, values: str = "fp16",
                chunk: int = DEFAULT_CHUNK, batch_size: int = 256, world: World = World(), progress: bool = True,
-               label: str = "teacher") -> Path:
-    """Write (or finish) one teacher's store at ``store``."""
+               label: str = "teacher", replace: bool = False) -> Path:
+    """Write (or finish) one teacher's store at ``store``. A store of another config there is refused, or with
+    ``replace`` deleted first."""
     store = Path(store)
     k = min(int(topk or DEFAULT_TOPK), num_classes)
     if k < 1:
@@ -134,6 +146,9 @@ def save_store(cfg: RunCfg, source, teacher_sha: str, info: dict, store: Path, t
             "train_images": n, "keys_per_epoch": keys, "chunk": int(chunk),
             "record_bytes": record_dtype(k, values).itemsize, "teacher": info,
             "temperature": 1.0, "note": "top-K logits at T = 1 and the logsumexp of all logits"}
+    if replace and (store / STORE_FILE).is_file() and digest(read_store_json(store, "--out")) != digest(meta):
+        for f in list(store.glob("*.shard")) + [store / STORE_FILE]:   # a store of another config: start over
+            f.unlink()
     if (store / STORE_FILE).is_file():
         old = read_store_json(store, "--out")
         if digest(old) != digest(meta):
