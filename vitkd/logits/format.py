@@ -9,9 +9,10 @@ images, ``copy`` < ``data.repeated_aug``); chunk ``c`` holds the positions ``[c 
 number of ranks (each writes the chunks ``c % world == rank``) is byte-identical and serves a run with any
 number of ranks.
 
-A record is ``lse`` (float32: the logsumexp of the teacher's full logits at T = 1) then ``idx`` (int16[K]:
-the top-K classes, largest first) then ``val`` (float16[K], or float32[K] with ``values: fp32``: their
-logits): ``4 + 4K`` bytes with fp16 values. The header holds a magic, the format version, the epoch, the
+A record is ``seed`` (uint32: the sample's augmentation seed, checked when it is served) then ``idx``
+(int16[K]: the top-K classes, largest first) then ``val`` (float16[K], or float32[K] with ``values: fp32``:
+their logits shifted by the logsumexp of all C logits, i.e. log-probabilities at T = 1; fp16 keeps the
+dominant classes' log-probabilities to about 5e-4 x their magnitude): ``4 + 4K`` bytes with fp16 values. The header holds a magic, the format version, the epoch, the
 chunk, the record count and size, the sha256 of the store's fingerprint and the sha256 of the records;
 a shard that is truncated, corrupted or from another store fails to open, in one line naming the file.
 Shards are written to a temporary file and renamed, so a half-written shard never has a shard's name.
@@ -51,7 +52,7 @@ def digest(obj: Any) -> str:
 
 
 def record_dtype(k: int, values: str) -> np.dtype:
-    return np.dtype([("lse", "<f4"), ("idx", "<i2", (k,)), ("val", np.dtype(VALUE_TYPES[values]).newbyteorder("<"),
+    return np.dtype([("seed", "<u4"), ("idx", "<i2", (k,)), ("val", np.dtype(VALUE_TYPES[values]).newbyteorder("<"),
                                                               (k,))])
 
 

@@ -4,7 +4,8 @@ Dense targets are rebuilt as TinyViT does: the stored top-K probabilities, and t
 over the other C - K classes. The source serves the rebuilt distribution's *log-probabilities* as the teacher's
 logits, so every logit-level term applies its own temperature to them: at T it sees
 ``softmax(log q / T)``, the rebuilt distribution tempered in log space. With K = C this is exactly the live
-teacher's ``softmax(z / T)`` (``log q = z - logsumexp(z)``), at any T; with K < C it is the tempered rebuild.
+teacher's ``softmax(z / T)`` (``log q = z - logsumexp(z)``, to the stored precision), at any T; with K < C it
+is the tempered rebuild. Each served record's augmentation seed is checked against the batch's sample key.
 Every logit term of vitkd reads teacher logits only through a softmax (or an argmax), which a constant shift
 per row does not change, so ``kd``, ``deit`` (soft and hard), ``dkd``, ``dist``, the final-logit part of
 ``ofa`` and ``cit`` (one store per head's teacher) are served. What a store does not hold (tokens, attention,
@@ -29,10 +30,10 @@ from .format import StoreError, digest, layout, read_shard, read_store_json, rec
 __all__ = ["StoredTeacher", "dense_log_probs", "open_store"]
 
 
-def dense_log_probs(lse: Tensor, idx: Tensor, val: Tensor, num_classes: int) -> Tensor:
-    """Log-probabilities [B, C] of the rebuilt distribution: ``val - lse`` on the stored top-K classes
-    (``idx``), ``log((1 - their mass) / (C - K))`` on every other class, rows normalised (float32)."""
-    lp_top = val.float() - lse.float()[:, None]
+def dense_log_probs(idx: Tensor, val: Tensor, num_classes: int) -> Tensor:
+    """Log-probabilities [B, C] of the rebuilt distribution: the stored log-probabilities ``val`` on the top-K
+    classes ``idx``, ``log((1 - their mass) / (C - K))`` on every other class, rows normalised (float32)."""
+    lp_top = val.float()
     b, k = lp_top.shape
     if k == num_classes:
         out = torch.empty(b, num_classes, dtype=torch.float32, device=lp_top.device)
@@ -72,7 +73,7 @@ class StoredTeacher(TeacherSource):
         self.meta, self.dtype, self._fsha = open_store(self.path, self.where)
         fp = self.meta["fingerprint"]
         self.num_classes, self.topk, self.epochs = int(self.meta["num_classes"]), int(fp["topk"]), int(fp["epochs"])
-        self.n = int(self.meta["train_images"])
+        self.n, self.seed = int(self.meta["train_images"]), int(fp["seed"])
         self._epoch: Optional[int] = None
         self._table: Optional[Tuple[Tensor, Tensor, Tensor]] = None
 
@@ -117,8 +118,8 @@ class StoredTeacher(TeacherSource):
     def forward(self, images: Tensor, batch=None) -> TapOutput:
         if batch is None or batch.index is None:
             raise ConfigError(f"{self.where}: a stored teacher needs the batch's sample indices and epoch")
-        lse, idx, val = self._rows(int(batch.epoch), batch.index, batch.copy)
-        logits = dense_log_probs(lse, idx, val, self.num_classes).to(images.device)
+        idx, val = self._rows(int(batch.epoch), batch.index, batch.copy)
+        logits = dense_log_probs(idx, val, self.num_classes).to(images.device)
         return TapOutput(logits=logits)
 
     # ------------------------------------------------------------------ reading
@@ -129,9 +130,15 @@ class StoredTeacher(TeacherSource):
         if int(index.max()) >= self.n:
             raise StoreError(f"{self.where}: sample index {int(index.max())} asked for, the store holds "
                              f"{self.n} train images")
-        pos = index if copy is None else index + torch.as_tensor(copy).long().cpu() * self.n
-        lse, idx, val = self._load(epoch)
-        return lse[pos], idx[pos], val[pos]
+        copies = torch.zeros_like(index) if copy is None else torch.as_tensor(copy).long().cpu()
+        pos = index + copies * self.n
+        seed, idx, val = self._load(epoch)
+        from .save import record_seed
+        for i, (p, c) in enumerate(zip(index.tolist(), copies.tolist())):
+            if int(seed[pos[i]]) != record_seed(self.seed, epoch, p, c):
+                raise StoreError(f"{self.where}: the record of epoch {epoch + 1} sample {p} (copy {c}) holds another "
+                                 f"sample's augmentation seed (the store does not match this data pipeline)")
+        return idx[pos], val[pos]
 
     def _load(self, epoch: int):
         if self._epoch != epoch:
@@ -140,7 +147,7 @@ class StoredTeacher(TeacherSource):
             parts = [read_shard(shard_path(Path(self.path), epoch, c), self.dtype, self._fsha, epoch, c, c * chunk,
                                 min(chunk, keys - c * chunk)) for c in range(n_chunks)]
             rec = np.concatenate(parts)
-            self._table = (torch.from_numpy(np.ascontiguousarray(rec["lse"])),
+            self._table = (np.ascontiguousarray(rec["seed"]),
                            torch.from_numpy(np.ascontiguousarray(rec["idx"])),
                            torch.from_numpy(np.ascontiguousarray(rec["val"])))
             self._epoch = epoch

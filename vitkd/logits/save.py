@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import models as model_lib
 from ..config import ConfigError, DistillCfg, RunCfg
-from ..data import build_datasets, train_view
+from ..data import build_datasets, sample_seed, train_view
 from ..engine.dist import World, barrier, current_world, join_from_env, leave
 from ..taps import TapRequest, describe
 from ..teachers import LiveTeacher, load_teacher_model
@@ -144,8 +144,8 @@ def save_store(cfg: RunCfg, source, teacher_sha: str, info: dict, store: Path, t
     fp = {**data_fingerprint(cfg, spec), "epochs": n_epochs, "teacher_sha256": teacher_sha, "topk": k}
     meta = {"format": FORMAT_VERSION, "fingerprint": fp, "values": values, "num_classes": num_classes,
             "train_images": n, "keys_per_epoch": keys, "chunk": int(chunk),
-            "record_bytes": record_dtype(k, values).itemsize, "teacher": info,
-            "temperature": 1.0, "note": "top-K logits at T = 1 and the logsumexp of all logits"}
+            "record_bytes": record_dtype(k, values).itemsize, "seed": cfg.seed, "teacher": info,
+            "temperature": 1.0, "note": "top-K log-probabilities (logits - logsumexp) at T = 1"}
     if replace and (store / STORE_FILE).is_file() and digest(read_store_json(store, "--out")) != digest(meta):
         for f in list(store.glob("*.shard")) + [store / STORE_FILE]:   # a store of another config: start over
             f.unlink()
@@ -162,7 +162,8 @@ def save_store(cfg: RunCfg, source, teacher_sha: str, info: dict, store: Path, t
         write_store_json(store, meta)
         for tmp in store.glob(".*.tmp"):   # a write cut short by a kill: never a shard
             tmp.unlink()
-    barrier(world)   # no rank writes before the folder is clean
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        barrier(world)   # no rank writes before the folder is clean
     dtype = record_dtype(k, values)
     fsha = digest(fp)
     _, n_chunks = layout(meta)
@@ -191,7 +192,9 @@ def save_store(cfg: RunCfg, source, teacher_sha: str, info: dict, store: Path, t
                                 num_workers=cfg.data.num_workers)
             parts: List[np.ndarray] = []
             for x in loader:
-                parts.append(_records(source(x.to(device)).logits, k, dtype))
+                pos = range(first + sum(len(q) for q in parts), first + sum(len(q) for q in parts) + len(x))
+                seeds = [record_seed(cfg.seed, e, p % n, p // n) for p in pos]
+                parts.append(_records(source(x.to(device)).logits, k, dtype, seeds))
                 seen += len(x)
                 bar.update(len(x))
                 bar.set_postfix_str(f"teacher {seen / max(1e-9, time.perf_counter() - t0):.0f} img/s")
@@ -201,11 +204,16 @@ def save_store(cfg: RunCfg, source, teacher_sha: str, info: dict, store: Path, t
     return store
 
 
-def _records(logits: torch.Tensor, k: int, dtype: np.dtype) -> np.ndarray:
-    z = logits.detach().float().cpu()
+def record_seed(seed: int, epoch: int, index: int, copy: int) -> int:
+    """The augmentation seed of a sample key, as :class:`vitkd.data.SplitDataset` draws it."""
+    return sample_seed(seed, epoch, index, *((copy,) if copy else ()))
+
+
+def _records(logits: torch.Tensor, k: int, dtype: np.dtype, seeds) -> np.ndarray:
+    z = torch.log_softmax(logits.detach().float().cpu(), dim=-1)   # log-probabilities at T = 1
     rec = np.zeros(len(z), dtype=dtype)
     top = torch.topk(z, k, dim=-1)   # sorted, largest first
-    rec["lse"] = torch.logsumexp(z, dim=-1).numpy()
+    rec["seed"] = np.asarray(seeds, dtype=np.uint32)
     rec["idx"] = top.indices.to(torch.int16).numpy()
     rec["val"] = top.values.numpy().astype(dtype["val"].base)
     return rec
