@@ -125,9 +125,10 @@ def save_store(cfg: RunCfg, source, teacher_sha: str, info: dict, store: Path, t
     """Write (or finish) one teacher's store at ``store``. A store of another config there is refused, or with
     ``replace`` deleted first."""
     store = Path(store)
-    k = min(int(topk or DEFAULT_TOPK), num_classes)
+    k = DEFAULT_TOPK if topk is None else int(topk)
     if k < 1:
         raise ConfigError(f"--topk: must be >= 1, got {topk}")
+    k = min(k, num_classes)
     if num_classes > 32767:
         raise ConfigError(f"a store keeps class indices as int16: {num_classes} classes do not fit")
     if values not in ("fp16", "fp32"):
@@ -136,7 +137,7 @@ def save_store(cfg: RunCfg, source, teacher_sha: str, info: dict, store: Path, t
         raise ConfigError(f"--batch-size: must be >= 1, got {batch_size}")
     if chunk < 1:
         raise ConfigError(f"--chunk: must be >= 1, got {chunk}")
-    n_epochs = int(epochs or cfg.train.epochs)
+    n_epochs = cfg.train.epochs if epochs is None else int(epochs)
     if n_epochs < 1:
         raise ConfigError(f"--epochs: must be >= 1, got {epochs}")
     n = len(train_ds)
