@@ -23,3 +23,12 @@ def test_taps_benchmark_runs():
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ratio to plain" in out.stdout
+
+
+@pytest.mark.slow
+def test_stored_logits_benchmark_runs():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "stored_logits.py"), "--steps", "1", "--warmup",
+                          "0", "--batch-size", "2", "--img-size", "32", "--save-images", "4"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "stored/no-KD" in out.stdout and "bytes per sample per epoch" in out.stdout

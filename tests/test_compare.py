@@ -86,6 +86,10 @@ def test_suite_end_to_end_and_cache(tmp_path, suite_file, capsys):
     resolved = yaml.safe_load((out / "resolved_configs.yaml").read_text())
     assert resolved["teachers/cnn_tuned"]["train"]["lr"] == env["tuned"]["train.lr"]
     assert "lr" not in resolved["teachers/cnn"]["train"]
+    # the logit-only row read its teacher from a store, written once per seed by a logits job (issue 15)
+    assert set(resolved["rows/kd/s0"]["distill"]["teachers"]["t"]) == {"logits"}
+    timing = json.loads((out / "timing.json").read_text())
+    assert sum(k.startswith("logits/cnn/") for k in timing["per_run_s"]) == 2
     # --readme fills the marked block from results.md (a second invocation below rewrites it in place)
     readme = tmp_path / "README.md"
     readme.write_text("# x\n<!-- results:start -->\nold\n<!-- results:end -->\ntail\n")

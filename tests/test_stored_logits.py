@@ -251,3 +251,37 @@ def test_a_save_killed_midway_resumes_to_the_same_bytes(env, tmp_path):
     names = sorted(p.name for p in want.iterdir())
     assert sorted(p.name for p in store.iterdir()) == names and len(names) == 1 + 32
     assert all((store / n).read_bytes() == (want / n).read_bytes() for n in names)
+
+
+def test_the_suite_plans_one_store_per_teacher_seed_and_recipe_for_logit_only_rows(tmp_path):
+    from vitkd.compare.plan import check_jobs, plan_rows, plan_teachers
+    from vitkd.compare.stored import plan_stored_logits
+    from vitkd.compare.suite import load_suite
+    common = {"data": {"name": "digits", "train_subset": 32, "batch_size": 8}, "train": {"epochs": 1, "progress": False}}
+    (tmp_path / "student.yaml").write_text(yaml.safe_dump({"model": {"name": "vit_digits_tiny"}, **common}))
+    (tmp_path / "teacher.yaml").write_text(yaml.safe_dump({"model": {"name": "resnet_digits_s"}, **common}))
+    kd = [{"type": "ce"}, {"type": "kd"}]
+    suite = {"name": "tiny", "student": "student.yaml", "seeds": [0, 1],
+             "teachers": {"cnn": {"config": "teacher.yaml"}},
+             "rows": [{"name": "no_kd", "family": "none"},
+                      {"name": "kd", "family": "logit", "teachers": {"t": "cnn"}, "set": {"distill.terms": kd}},
+                      {"name": "kd_b", "family": "logit", "teachers": {"t": "cnn"},   # another student, same recipe
+                       "set": {"distill.terms": kd, "model.name": "vit_digits_small"}},
+                      {"name": "fit", "family": "feature", "teachers": {"t": "cnn"}, "set": {"distill.terms": [
+                          {"type": "ce"}, {"type": "fitnet", "student_layers": [0], "teacher_layers": [8]}]}}]}
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
+    s, base = load_suite(tmp_path / "suite.yaml")
+    cache = tmp_path / "cache"
+    teachers = plan_teachers(s, base, cache, False)
+    rows, stores = plan_stored_logits(plan_rows(s, base, cache, False, {}), teachers, cache, False)
+    assert sorted(j.key.split("/")[2][:2] for j in stores) == ["s0", "s1"]   # kd and kd_b share a store per seed
+    assert all(j.kind == "logits" and j.deps == ["teachers/cnn"] for j in stores)
+    by = {j.key: j for j in rows}
+    for seed in (0, 1):
+        for r in ("kd", "kd_b"):
+            j = by[f"rows/{r}/s{seed}"]
+            store = j.raw["distill"]["teachers"]["t"]["logits"]
+            assert j.deps == [next(x.key for x in stores if str(x.out) == store)] and f"/s{seed}-" in store
+        fit = by[f"rows/fit/s{seed}"]
+        assert "checkpoint" in fit.raw["distill"]["teachers"]["t"] and fit.deps == ["teachers/cnn"]
+    check_jobs(teachers + stores + rows)   # rows reading a store not written yet dry-build with its teacher

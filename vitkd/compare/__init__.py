@@ -103,7 +103,7 @@ def _run_suite(suite, base, path, out, quick, cache, n_jobs, progress, log, read
     results = summarize(suite, teacher_jobs, row_jobs, walls, tuning, meta, out_dir, log)
     atomic_write_text(out_dir / "suite.yaml", Path(path).read_text())
     atomic_write_text(out_dir / "resolved_configs.yaml",
-                      yaml.safe_dump({j.key: j.raw for j in teacher_jobs + tune_jobs + row_jobs}, sort_keys=False))
+                      yaml.safe_dump({j.key: j.raw for j in teacher_jobs + tune_jobs + logits_jobs + row_jobs}, sort_keys=False))
     meta["wall_s_total"] = time.perf_counter() - t0
     write_timing(out_dir / "timing.json", walls, meta["wall_s_total"])
     if readme:
