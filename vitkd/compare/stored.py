@@ -14,7 +14,7 @@ import copy
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from ..config import parse_config
+from ..config import ConfigError, parse_config
 from .plan import DONE_CHECKS, Job, _strip_checkpoints
 from .run import RUNNERS
 
@@ -30,7 +30,10 @@ def _logit_only_teachers(job: Job, planned: Dict[str, object], seen: Dict[str, s
     stripped, teachers = planned_teachers(job.raw, planned)
     key = json.dumps({**stripped, "seed": None}, sort_keys=True, default=str)
     if key not in seen:
-        requests = dry_build(parse_config(stripped), teachers)
+        try:
+            requests = dry_build(parse_config(stripped), teachers)
+        except ConfigError:   # the row cannot build: check_jobs reports it, naming the row
+            requests = {}
         seen[key] = {k for k, r in requests.items() if not r}
     return seen[key]
 
@@ -42,7 +45,12 @@ def plan_stored_logits(row_jobs: List[Job], teacher_jobs: List[Job], cache: Path
     from ..logits.format import digest
     from ..logits.save import student_spec
     by_out = {str(j.out): j for j in teacher_jobs}
-    planned = {str(j.out): parse_config(_strip_checkpoints(j.raw), paths=False) for j in teacher_jobs}
+    planned = {}
+    for j in teacher_jobs:
+        try:
+            planned[str(j.out)] = parse_config(_strip_checkpoints(j.raw), paths=False)
+        except ConfigError:   # check_jobs reports it, naming the teacher
+            pass
     seen: Dict[str, set] = {}
     specs: Dict[str, object] = {}
     stores: Dict[str, Job] = {}
@@ -77,7 +85,6 @@ def plan_stored_logits(row_jobs: List[Job], teacher_jobs: List[Job], cache: Path
 
 
 def _store_done(job: Job) -> bool:
-    from ..config import ConfigError
     from ..logits.replay import store_serves
     try:
         cfg = parse_config(copy.deepcopy(job.raw))
