@@ -388,6 +388,56 @@ def _(t, fx):
     return train_args(t, kd({"checkpoint": str(fx.run)}))
 
 
+# -- stored teacher logits (vitkd logits save; distill.teachers.<name>: {logits: PATH})
+def _store(t: Path, fx) -> Path:
+    """A store of the tiny config's teacher (fx's CNN weights), written under the case folder."""
+    from vitkd.config import parse_config
+    from vitkd.logits.save import save_logits
+    cfg = parse_config(kd({"model": "resnet_digits_s", "checkpoint": str(fx.cnn_weights)}, {"type": "kd"}))
+    return save_logits(cfg, t / "store", progress=False, log=lambda m: None)["t"]
+
+
+@case("stored logits folder missing", "distill.teachers.t.logits", "no_store")
+def _(t, fx):
+    return train_args(t, kd({"logits": str(t / "no_store")}, {"type": "kd"}))
+
+
+@case("stored logits folder without store.json", "distill.teachers.t.logits", "not a stored-logits folder")
+def _(t, fx):
+    (t / "empty_store").mkdir()
+    return train_args(t, kd({"logits": str(t / "empty_store")}, {"type": "kd"}))
+
+
+@case("stored logits of another seed", "distill.teachers.t.logits", "seed")
+def _(t, fx):
+    return train_args(t, {**kd({"logits": str(_store(t, fx))}, {"type": "kd"}), "seed": 1})
+
+
+@case("feature term on a stored teacher", "distill term 'fitnet'", "stored-logits", "CNN stages")
+def _(t, fx):
+    return train_args(t, kd({"logits": str(_store(t, fx))},
+                            {"type": "fitnet", "student_layers": [1], "teacher_layers": [8]}))
+
+
+@case("logits save without a live teacher", "distill.teachers", "no teacher with a checkpoint")
+def _(t, fx):
+    return ["logits", "save", str(write_yaml(t / "cfg.yaml", kd({"logits": str(_store(t, fx))}, {"type": "kd"}))),
+            "--out", str(t / "out")]
+
+
+@case("logits save --topk 0", "--topk", "0")
+def _(t, fx):
+    raw = kd({"model": "resnet_digits_s", "checkpoint": str(fx.cnn_weights)}, {"type": "kd"})
+    return ["logits", "save", str(write_yaml(t / "cfg.yaml", raw)), "--out", str(t / "out"), "--topk", "0"]
+
+
+@case("logits save into a store of another config", "--out", "another config", "seed")
+def _(t, fx):
+    _store(t, fx)
+    raw = {**kd({"model": "resnet_digits_s", "checkpoint": str(fx.cnn_weights)}, {"type": "kd"}), "seed": 3}
+    return ["logits", "save", str(write_yaml(t / "cfg.yaml", raw)), "--out", str(t / "store")]
+
+
 # -- run folders: refusals that must not touch them
 @case("resume with a differing key", "train.weight_decay", "0.05", "0.2")
 def _(t, fx):

@@ -1,4 +1,5 @@
 """The benchmark scripts still run against the current API (a smoke run each; no timing is asserted)."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,3 +24,13 @@ def test_taps_benchmark_runs():
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ratio to plain" in out.stdout
+
+
+@pytest.mark.slow
+def test_stored_logits_benchmark_runs():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "stored_logits.py"), "--steps", "1", "--warmup",
+                          "0", "--batch-size", "2", "--img-size", "32", "--save-images", "4"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})   # this checkout's vitkd
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "stored/no-KD" in out.stdout and "bytes per sample per epoch" in out.stdout

@@ -110,6 +110,10 @@ def test_suite_end_to_end_and_cache(tmp_path, suite_file, capsys):
     q = list(csv.DictReader(open(qout / "results.csv")))
     assert [r["row"] for r in q] == ["kd"] and q[0]["test_top1_all"] == kd["test_top1_all"].split()[0]
     assert json.loads((qout / "timing.json").read_text())["runs_trained_now"] == 0
+    # the logit-only row read its teacher from a store, written once per seed by a logits job (issue 15)
+    assert set(resolved["rows/kd/s0"]["distill"]["teachers"]["t"]) == {"logits"}
+    timing = json.loads((out / "timing.json").read_text())
+    assert sum(k.startswith("logits/cnn/") for k in timing["per_run_s"]) == 2
     # --readme fills the marked block from results.md (a second invocation below rewrites it in place)
     readme = tmp_path / "README.md"
     readme.write_text("# x\n<!-- results:start -->\nold\n<!-- results:end -->\ntail\n")
@@ -282,7 +286,8 @@ def test_suite_on_a_local_ray_cluster_matches_the_local_pool(tmp_path, monkeypat
         (tmp_path / "ray_head.log").read_text()[-2000:]
     env = json.loads((remote / "results" / "environment.json").read_text())
     assert env["executor"] == "ray"
-    assert json.loads((remote / "results" / "timing.json").read_text())["runs_trained_now"] == 3
+    # the teacher, its store for the kd row (a logits job, issue 15) and the two rows
+    assert json.loads((remote / "results" / "timing.json").read_text())["runs_trained_now"] == 4
     # the teacher had finished (its stamp is written last) before a row that reads it started
     cache = remote / "cache"
     teacher_done = (cache / "teachers" / "cnn" / "stamp.json").stat().st_mtime

@@ -139,7 +139,7 @@ def _cmd_compare(args) -> int:
     out = run_suite(args.suite, out=args.out, quick=args.quick, cache=args.cache, jobs=args.jobs,
                     log=lambda m: print(m, flush=True), readme=args.readme, plan_seeds=args.plan_seeds,
                     executor=args.executor, address=args.address, cpus_per_job=args.cpus_per_job,
-                    tuning=args.tuning)
+                    tuning=args.tuning, live_teachers=args.live_teachers)
     print(json.dumps({"out": str(out)}))
     return 0
 
@@ -181,6 +181,39 @@ def _cmd_synthesize(args) -> int:
     print(json.dumps({"out": str(out), "count": m["count"], "teacher_top1": m["teacher_top1"],
                       "fingerprint": m["fingerprint"]}))
     return 0
+
+
+
+def _cmd_logits_save(args) -> int:
+    """Run the config's teachers over every epoch's augmented train images once; one store per teacher."""
+    from .config import load_config
+    from .logits.save import save_logits
+    cfg = load_config(args.config, args.set)
+    out = Path(args.out) if args.out else Path("logits") / (cfg.name or Path(args.config).stem)
+    stores = save_logits(cfg, out, topk=args.topk, epochs=args.epochs, bf16=args.bf16, values=args.values,
+                         chunk=args.chunk, batch_size=args.batch_size, progress=cfg.train.progress,
+                         log=lambda m: print(m, file=sys.stderr, flush=True))
+    if int(os.environ.get("RANK", "0") or 0) == 0:
+        print(json.dumps({"out": str(out), "stores": {k: str(v) for k, v in stores.items()}}))
+    return 0
+
+
+def _add_logits_parser(sub) -> None:
+    lg = sub.add_parser("logits", help="stored teacher logits (TinyViT style): save once, distil without the teacher")
+    lsub = lg.add_subparsers(dest="logits_command", required=True, parser_class=_Parser)
+    s = lsub.add_parser("save", help="run CONFIG's teachers over every epoch's augmented (and mixed) train images "
+                                     "and store their top-K logits; resumable")
+    s.add_argument("config")
+    s.add_argument("--out", help="folder of the stores, one per teacher: OUT/<teacher> (default logits/<config name>)")
+    s.add_argument("--topk", type=int, help="logits kept per sample (default 10, at most the class count)")
+    s.add_argument("--epochs", type=int, help="epochs to store (default train.epochs; a store serves runs of at "
+                                              "most that many epochs)")
+    s.add_argument("--bf16", action="store_true", help="run the teachers under bf16 autocast")
+    s.add_argument("--values", choices=["fp16", "fp32"], default="fp16", help="stored logit precision")
+    s.add_argument("--chunk", type=int, default=4096, help="sample keys per shard file (default 4096)")
+    s.add_argument("--batch-size", type=int, help="teacher batch (default data.eval_batch_size)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    s.set_defaults(fn=_cmd_logits_save)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,7 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train nothing: report from the cache and print the seeds each family of comparisons needs")
     c.add_argument("--tuning", metavar="DIR",
                    help="the tuning record to read (default results/compare/<suite>/tuning, from `vitkd tune`)")
+    c.add_argument("--live-teachers", action="store_true",
+                   help="run every teacher live in every row (default: rows whose terms read a teacher's logits "
+                        "only read them from a store written once per teacher, seed and recipe)")
     c.set_defaults(fn=_cmd_compare)
+    _add_logits_parser(sub)
 
     tu = sub.add_parser("tune", help="tune a suite's recipe for its no-KD student on validation (several knobs and "
                                      "seeds, the epochs, the main data size) -> results/compare/<suite>/tuning/")

@@ -146,6 +146,7 @@ class TeacherCfg:
     args: Dict[str, Any] = field(default_factory=dict)
     bf16: bool = False                         # run the frozen teacher under bf16 autocast (CPU and CUDA)
     zoo: Optional[str] = None                  # a published zoo entry (downloaded, verified) instead of a checkpoint
+    logits: Optional[str] = _path_field()      # a stored-logits folder (`vitkd logits save`): no teacher is run
 
 
 @dataclass

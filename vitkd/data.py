@@ -29,7 +29,7 @@ from torch.utils.data import Dataset, Sampler
 from .config import ConfigError, DataCfg
 
 __all__ = ["DIGITS_SPLIT", "sample_seed", "seeded", "SplitDataset", "EpochSampler", "build_datasets",
-           "DataSpec", "load_digits_arrays", "class_count", "MixSpec", "MixedDataset", "mix_partners", "mix_draw"]
+           "DataSpec", "load_digits_arrays", "class_count", "MixSpec", "MixedDataset", "train_view", "mix_partners", "mix_draw"]
 
 DIGITS_SPLIT = {"train": 1197, "val": 200, "test": 400}
 DIGITS_SPLIT_SEED = 20240601   # the split is made once, independent of the run seed
@@ -379,6 +379,13 @@ def smoothed_one_hot(target: int, num_classes: int, smoothing: float) -> torch.T
     t = torch.full((num_classes,), off, dtype=torch.float32)
     t[target] = 1.0 - smoothing + off
     return t
+
+
+def train_view(base: "SplitDataset", train_cfg) -> Dataset:
+    """The train split as training reads it: mixed per sample (:class:`MixedDataset`) when ``train_cfg`` turns
+    mixup or CutMix on. The one definition the training loop and the stored-logits writer share."""
+    mix = MixSpec(train_cfg.mixup, train_cfg.cutmix, train_cfg.mixup_prob, label_smoothing=train_cfg.label_smoothing)
+    return MixedDataset(base, mix) if mix.on else base
 
 
 class MixedDataset(Dataset):

@@ -46,6 +46,7 @@ class Distiller(nn.Module):
                 requests[who].append(req)
                 if who in self._readers:
                     self._readers[who].append(i)
+                    self.teachers[who].check_request(term.label, req)   # e.g. a store holds logits only
         unused = [k for k in self.teachers if not requests[k]]
         if unused:
             raise ConfigError(f"distill.teachers.{unused[0]}: no loss term reads this teacher")
@@ -114,7 +115,8 @@ class Distiller(nn.Module):
 def build_distiller(cfg: RunCfg, student: nn.Module, num_classes: int, img_size: Tuple[int, int],
                     student_spec=None) -> Distiller:
     dcfg = cfg.distill or DistillCfg()
-    teachers = {name: build_teacher_source(name, t, num_classes, student_spec) for name, t in dcfg.teachers.items()}
+    teachers = {name: build_teacher_source(name, t, num_classes, student_spec, run=cfg)
+                for name, t in dcfg.teachers.items()}
     term_specs = dcfg.terms or [{"type": "ce"}]
     defaults = term_defaults(cfg)
     terms = [build_term(spec, i, list(teachers), defaults) for i, spec in enumerate(term_specs)]

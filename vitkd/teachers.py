@@ -10,7 +10,7 @@ The distiller knows sources only through this interface:
 
 Implementations: :class:`LiveTeacher`, a frozen timm model run tapped, with its own input adaptation
 (normalisation, fixed input size) and optional bf16 autocast. Stored logits and zoo entries plug in
-behind the same interface.
+behind the same interface (:class:`vitkd.logits.replay.StoredTeacher`: ``distill.teachers.<name>: {logits: PATH}``).
 """
 from __future__ import annotations
 
@@ -49,6 +49,9 @@ class TeacherSource(nn.Module):
     def forward_macs(self, input_size) -> float:  # pragma: no cover - interface
         """MACs per image this source spends on one batch of student inputs of ``input_size`` (C, H, W)."""
         raise NotImplementedError
+
+    def check_request(self, term: str, request: TapRequest) -> None:
+        """Refuse (ConfigError, one line naming ``term``) what this source cannot give; a live model gives all."""
 
     def train(self, mode: bool = True):
         return super().train(False)   # teachers stay in eval mode (no dropout, frozen BN statistics)
@@ -134,5 +137,9 @@ def _zoo_teacher(where: str, cfg: TeacherCfg) -> nn.Module:
 
 
 def build_teacher_source(name: str, cfg: TeacherCfg, num_classes: int,
-                         student_spec: Optional[DataSpec] = None) -> TeacherSource:
+                         student_spec: Optional[DataSpec] = None, run=None) -> TeacherSource:
+    """A live teacher, or a stored one (``logits:``, checked against the run config ``run``)."""
+    if cfg.logits is not None:
+        from .logits.replay import StoredTeacher
+        return StoredTeacher.from_config(name, cfg, num_classes, run, student_spec)
     return LiveTeacher(load_teacher_model(name, cfg, num_classes), student_spec, cfg.bf16)

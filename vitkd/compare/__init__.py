@@ -11,7 +11,8 @@ Protocol (see ``configs/compare/digits.yaml``):
 
 The package is split by job: :mod:`.suite` (the YAML schema), :mod:`.plan` (jobs), :mod:`.run` and
 :mod:`.execute` (running them), :mod:`.measure` (costs, accuracies, verdicts), :mod:`.report` and
-:mod:`.plots` (outputs). Runs go to ``<cache>/<suite>/...`` as ordinary ``vitkd train`` run folders, executed as separate
+:mod:`.plots` (outputs). Runs go to ``<cache>/<suite>/...`` as ordinary ``vitkd train`` run folders (and
+stored-logits folders for the rows that read a teacher's logits only, :mod:`.stored`), executed as separate
 processes, ``jobs`` at a time (one thread each), so both cores are used; or, with ``--executor ray``, as
 Ray tasks on a cluster (:mod:`vitkd.compare.execute`).
 """
@@ -30,6 +31,7 @@ from .measure import _mean_std, summarize  # noqa: F401  (_mean_std: used by the
 from .plan import check_jobs, plan_rows, plan_synth, plan_teachers, recipe_of
 from .report import update_readme, write_timing
 from .run import execute
+from .stored import plan_stored_logits
 from .suite import SuiteCfg, load_suite
 from .tune import read_tuned, tune_suite
 
@@ -39,7 +41,8 @@ __all__ = ["SuiteCfg", "load_suite", "run_suite", "summarize", "tune_suite"]
 def run_suite(path, out: Optional[str] = None, quick: bool = False, cache: Optional[str] = None,
               jobs: Optional[int] = None, progress: bool = True, log=print, readme: Optional[str] = None,
               plan_seeds: bool = False, executor: str = "local", address: Optional[str] = None,
-              cpus_per_job: Optional[int] = None, tuning: Optional[str] = None) -> Path:
+              cpus_per_job: Optional[int] = None, tuning: Optional[str] = None,
+              live_teachers: bool = False) -> Path:
     """Train what the cache lacks, then write the report. ``plan_seeds``: train nothing; report from the
     cache and print how many seeds each family of comparisons needs. ``tuning``: the tuning record's folder
     (default ``results/compare/<suite>/tuning``, written by ``vitkd tune``).
@@ -47,9 +50,12 @@ def run_suite(path, out: Optional[str] = None, quick: bool = False, cache: Optio
     ``executor``: ``local`` (a pool of ``jobs`` processes, default the suite's ``jobs``) or ``ray`` (every
     run a Ray task on the cluster at ``address``, or on a Ray instance started here; ``jobs`` then caps the
     runs in flight, default none). ``cpus_per_job``: CPU cores (torch threads) per run; see
-    :mod:`vitkd.compare.execute`."""
+    :mod:`vitkd.compare.execute`. ``live_teachers``: run every teacher live, as the suite option
+    ``stored_logits: false`` does (:mod:`vitkd.compare.stored`)."""
     suite, base = load_suite(path)
     tuned, sized = read_tuned(suite, tuning)
+    if live_teachers:
+        suite.stored_logits = False
     n_jobs = jobs or suite.jobs
     runner = make_executor(executor, jobs if executor == "ray" else n_jobs, address, cpus_per_job)
     try:
@@ -57,6 +63,13 @@ def run_suite(path, out: Optional[str] = None, quick: bool = False, cache: Optio
                           tuned, sized)
     finally:
         runner.close()
+
+
+def _stored(suite, row_jobs, teacher_jobs, cache_dir, quick):
+    """(rows, logits jobs): rows read logit-only teachers from stores unless the suite turns it off."""
+    if not suite.stored_logits:
+        return row_jobs, []
+    return plan_stored_logits(row_jobs, teacher_jobs, cache_dir, quick)
 
 
 def _run_suite(suite, base, path, out, quick, cache, n_jobs, progress, log, readme, plan_seeds,
@@ -67,29 +80,31 @@ def _run_suite(suite, base, path, out, quick, cache, n_jobs, progress, log, read
     # check every config before any work starts
     teacher_jobs = plan_teachers(suite, base, cache_dir, quick, tuned, sized)
     teacher_dirs = {j.row: j.out for j in teacher_jobs}
-    row_jobs = plan_rows(suite, base, cache_dir, quick, tuned, sized, teacher_dirs)
+    row_jobs, logits_jobs = _stored(suite, plan_rows(suite, base, cache_dir, quick, tuned, sized, teacher_dirs),
+                                    teacher_jobs, cache_dir, quick)
     synth_jobs = plan_synth(suite, base, cache_dir, teacher_dirs)   # data-free rows' train sets, after their teacher
     needed = {d for j in row_jobs for d in j.deps}
-    while True:   # the teachers and synthetic sets the rows read, and what those are made from
-        more = {d for j in teacher_jobs + synth_jobs if j.key in needed for d in j.deps} - needed
+    while True:   # the teachers, stores and synthetic sets the rows read, and what those are made from
+        more = {d for j in teacher_jobs + synth_jobs + logits_jobs if j.key in needed for d in j.deps} - needed
         if not more:
             break
         needed |= more
-    teacher_jobs = [j for j in teacher_jobs if j.key in needed]
-    synth_jobs = [j for j in synth_jobs if j.key in needed]
-    check_jobs(teacher_jobs + synth_jobs + row_jobs)
+    teacher_jobs, synth_jobs = [j for j in teacher_jobs if j.key in needed], [j for j in synth_jobs if j.key in needed]
+    check_jobs(teacher_jobs + synth_jobs + logits_jobs + row_jobs)
     ensure_writable(cache_dir, "--cache")
     ensure_writable(out_dir, "--out")
     t0 = time.perf_counter()
-    walls = execute(teacher_jobs + synth_jobs + row_jobs, n_jobs, progress, log, train=not plan_seeds,
+    walls = execute(teacher_jobs + synth_jobs + logits_jobs + row_jobs, n_jobs, progress, log, train=not plan_seeds,
                     executor=runner)
     recipe, seeds = recipe_of(suite, quick)
     meta = {"recipe": {**recipe, **sized}, "seeds": seeds, "tuned": tuned, "quick": quick, "executor": runner.name,
+            "stored_logits": suite.stored_logits,
             "suite_file": str(path), "wall_s_total": time.perf_counter() - t0}
     results = summarize(suite, teacher_jobs, row_jobs, walls, meta, out_dir, log)
     atomic_write_text(out_dir / "suite.yaml", Path(path).read_text())
     atomic_write_text(out_dir / "resolved_configs.yaml",
-                      yaml.safe_dump({j.key: j.raw for j in teacher_jobs + synth_jobs + row_jobs}, sort_keys=False))
+                      yaml.safe_dump({j.key: j.raw for j in teacher_jobs + synth_jobs + logits_jobs + row_jobs},
+                                     sort_keys=False))
     meta["wall_s_total"] = time.perf_counter() - t0
     write_timing(out_dir / "timing.json", walls, meta["wall_s_total"])
     if readme:

@@ -23,6 +23,8 @@ class Job:
     kind: str = "row"
     row: Optional[str] = None
     seed: Optional[int] = None
+    like: Optional[str] = None     # the job whose config builds the model this job's output stands for (a store:
+                                   # its teacher's job), so runs that read the output can be dry-built before it exists
 
 
 def _resolve(config: str, base: Path, *sets: Dict[str, Any]) -> dict:
@@ -156,7 +158,8 @@ def _check_synth(job: Job, planned: Dict[str, Any]) -> None:
 
 
 # job kind -> (is it done in the cache?, check its config before anything runs); kinds not named here are
-# training runs (teachers, tuning, rows). The runner of each kind is in run.RUNNERS.
+# training runs (teachers, tuning, rows). The runner of each kind is in run.RUNNERS. Modules that add a kind
+# register it in these maps (vitkd.compare.stored: stored-logits jobs).
 DONE_CHECKS: Dict[str, Callable[[Job], bool]] = {"synth": _synth_is_done}
 CONFIG_CHECKS: Dict[str, Callable[[Job, Dict[str, Any]], None]] = {"synth": _check_synth}
 
@@ -178,7 +181,7 @@ def check_jobs(jobs: List[Job]) -> None:
             cfgs[j.key] = parse_config(_strip_checkpoints(_strip_planned_data(j.raw, outs)))
         except ConfigError as e:
             raise ConfigError(f"suite {j.key}: {e}") from None
-    planned = {str(j.out): cfgs[j.key] for j in runs}
+    planned = {str(j.out): cfgs[j.like or j.key] for j in runs}
     for j in jobs:
         if j.kind in CONFIG_CHECKS:
             try:
@@ -209,9 +212,10 @@ def _strip_planned_data(raw: dict, outs) -> dict:
 
 
 def _strip_checkpoints(raw: dict) -> dict:
-    """Teacher checkpoints do not exist before the teachers are trained: validate everything else."""
+    """Teacher checkpoints (and stores) do not exist before the teachers are trained: validate everything else."""
     raw = copy.deepcopy(raw)
     for t in ((raw.get("distill") or {}).get("teachers") or {}).values():
         if isinstance(t, dict):
             t.pop("checkpoint", None)
+            t.pop("logits", None)
     return raw

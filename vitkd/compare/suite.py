@@ -112,6 +112,7 @@ class SuiteCfg:
     rows: List[RowSpec] = field(default_factory=list)
     synthetic: Dict[str, SynthSpec] = field(default_factory=dict)   # data-free rows' train sets
     jobs: int = 2
+    stored_logits: bool = True                          # rows read logit-only teachers from stores (vitkd.compare.stored)
     # families of comparisons, Holm-corrected together: {family: [row, ...]}; rows not named: "main"
     test_families: Dict[str, List[str]] = field(default_factory=dict)
     alpha: float = 0.05

@@ -92,20 +92,22 @@ def planned_teachers(raw: dict, planned: Dict[str, RunCfg]) -> Tuple[dict, Dict[
     raw = copy.deepcopy(raw)
     found = {}
     for name, t in ((raw.get("distill") or {}).get("teachers") or {}).items():
-        ck = t.get("checkpoint") if isinstance(t, dict) else None
-        if isinstance(ck, str) and str(Path(ck)) in planned:
-            found[name] = planned[str(Path(ck))]
-            t.pop("checkpoint")
+        for key in ("checkpoint", "logits"):   # a run folder, or a store, that a planned job writes
+            ck = t.get(key) if isinstance(t, dict) else None
+            if isinstance(ck, str) and str(Path(ck)) in planned:
+                found[name] = planned[str(Path(ck))]
+                t.pop(key)
     return raw, found
 
 
-def dry_build(cfg: RunCfg, planned: Optional[Dict[str, RunCfg]] = None) -> None:
+def dry_build(cfg: RunCfg, planned: Optional[Dict[str, RunCfg]] = None) -> dict:
     """Build ``cfg``'s student, teachers and loss terms and run one forward of zeros through them, on the CPU,
     reading no data and writing nothing: model names and arguments, term arguments, blocks, stages and input
     sizes fail here in one line. Suites and chains dry-build every run before the first trains.
     ``planned``: teachers whose run is not trained yet (a suite teacher, an earlier chain stage), with the
-    config that will train it; they are built from it, untrained. Other teachers load their weights."""
-    from ..teachers import load_teacher_model
+    config that will train it; they are built from it, untrained (also when the run reads them through a store
+    that a planned job writes). Other teachers load their weights."""
+    from ..teachers import build_teacher_source, load_teacher_model
     from ..losses import build_term
     from .loop import dry_run
     planned = planned or {}
@@ -121,6 +123,8 @@ def dry_build(cfg: RunCfg, planned: Optional[Dict[str, RunCfg]] = None) -> None:
                 teachers[name] = model_lib.freeze(model_lib.create(
                     t.model or p.model.name, class_count(p.data), {**p.model.args, **t.args},
                     where=f"distill.teachers.{name}"))
+            elif t.logits is not None:
+                teachers[name] = build_teacher_source(name, t, n, spec, run=cfg)
             else:
                 teachers[name] = load_teacher_model(name, t, n)
         specs = dcfg.terms or [{"type": "ce"}]
@@ -130,3 +134,4 @@ def dry_build(cfg: RunCfg, planned: Optional[Dict[str, RunCfg]] = None) -> None:
             dry_run(distiller, [(torch.zeros(3, *spec.img_size), 0)] * 2, cfg)
         finally:
             distiller.close()
+    return {name: distiller.requests[name] for name in teachers}

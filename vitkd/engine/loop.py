@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import ConfigError, RunCfg, to_dict
-from ..data import EpochSampler, MixedDataset, MixSpec, sample_seed
+from ..data import EpochSampler, sample_seed, train_view
 from ..losses import Batch
 from ..rundir import RunDir, ensure_writable
 from .build import build_run, resolve_device, versions
@@ -182,13 +182,11 @@ def _train(cfg: RunCfg, out_dir, resume: bool, overwrite: bool, log: Callable[[s
             raise ConfigError("train.sync_bn: SyncBatchNorm needs CUDA (this run is on the CPU)")
         convert_sync_batchnorm(student)
     reducer = reducer_for(world, device)
-    train_ds = run.datasets["train"]
-    mix = MixSpec(tc.mixup, tc.cutmix, tc.mixup_prob, label_smoothing=tc.label_smoothing)
-    if mix.on:
-        train_ds = MixedDataset(train_ds, mix)
+    train_ds = train_view(run.datasets["train"], tc)
+    mix_on = train_ds is not run.datasets["train"]
     sampler = EpochSampler(len(train_ds), cfg.seed, shuffle=True, rank=world.rank, world=world.size,
                            repeats=dc.repeated_aug)
-    loader = _loader(train_ds, dc.batch_size, sampler, dc.num_workers, drop_last=mix.on)
+    loader = _loader(train_ds, dc.batch_size, sampler, dc.num_workers, drop_last=mix_on)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise ConfigError(f"data.batch_size: {dc.batch_size} is larger than the {len(train_ds)} train images")
@@ -272,11 +270,13 @@ def _train(cfg: RunCfg, out_dir, resume: bool, overwrite: bool, log: Callable[[s
         distiller.train()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False,
                    disable=None if tc.progress and world.is_main else True, file=sys.stderr)
+        keys = sampler.order() if dc.repeated_aug > 1 else None   # (index, copy) of every sample, in order
         for step, item in enumerate(bar, start=first):
             x, y, idx = item[0].to(device), item[1].to(device), item[2]
             soft = item[3].to(device) if len(item) > 3 else None
             gstep = epoch * steps_per_epoch + step
-            batch = Batch(images=x, target=y, soft_target=soft, index=idx, epoch=epoch,
+            copy = None if keys is None else torch.tensor([c for _, c in keys[step * dc.batch_size:][:len(idx)]])
+            batch = Batch(images=x, target=y, soft_target=soft, index=idx, epoch=epoch, copy=copy,
                           progress=gstep / total_steps)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 loss, parts = model(batch)

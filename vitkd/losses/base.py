@@ -45,6 +45,7 @@ class Batch:
     index: Optional[Tensor] = None       # dataset indices [B]
     epoch: int = 0
     progress: float = 0.0                # fraction of training done, in [0, 1]
+    copy: Optional[Tensor] = None        # repeated augmentation: each sample's copy number [B] (None: all 0)
 
 
 class WeightSchedule:

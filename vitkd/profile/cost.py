@@ -90,6 +90,7 @@ def distillation_cost(distiller: nn.Module, input_size: Sequence[int]) -> Dict[s
     teachers = {k: t.forward_macs(input_size) for k, t in distiller.teachers.items()}
     x = torch.randn(2, *input_size)
     y = torch.zeros(2, dtype=torch.long)
+    batch = Batch(images=x, target=y, index=torch.arange(2))   # samples 0 and 1 of epoch 0 (a stored teacher reads them)
 
     def macs(fn) -> float:
         with _flop_counter() as fc:
@@ -98,8 +99,8 @@ def distillation_cost(distiller: nn.Module, input_size: Sequence[int]) -> Dict[s
 
     was = distiller.training
     distiller.train()
-    whole = macs(lambda: distiller(Batch(images=x, target=y)))
-    parts = macs(lambda: distiller.student(x)) + sum(macs(lambda t=t: t(x)) for t in distiller.teachers.values())
+    whole = macs(lambda: distiller(batch))
+    parts = macs(lambda: distiller.student(x)) + sum(macs(lambda t=t: t(x, batch)) for t in distiller.teachers.values())
     distiller.train(was)
     overhead = max(0.0, whole - parts)
     cost = training_cost_per_image(student.total_macs, teachers, connectors_macs=overhead, input_size=input_size)

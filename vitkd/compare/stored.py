@@ -1,0 +1,108 @@
+"""Stored teacher logits in a suite: ``logits`` jobs, and rows that read them instead of running their teacher.
+
+For every row, each suite teacher that the row's terms read for logits only (what a dry build of the row
+reports) is served from a store: one ``logits`` job per (suite teacher, seed, data recipe), which depends on
+the teacher's job and runs the teacher once over every epoch's augmented images of that recipe
+(:mod:`vitkd.logits.save`). The row then reads ``distill.teachers.<key>: {logits: <store>}`` and depends on
+that job. A teacher a term reads for tokens, attention or stages stays live. Rows of one seed and recipe share
+a store whatever their student, so a store's augmentation stream is the one its rows and their no-KD baseline
+see at that seed. The suite option ``stored_logits: false`` (or ``vitkd compare --live-teachers``) turns it off.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+from ..config import ConfigError, parse_config
+from .plan import DONE_CHECKS, Job, _strip_checkpoints
+from .run import RUNNERS
+
+__all__ = ["plan_stored_logits", "KIND"]
+
+KIND = "logits"
+
+
+def _logit_only_teachers(job: Job, planned: Dict[str, object], seen: Dict[str, set]) -> set:
+    """The teacher keys of a row that its terms read for logits only (dry build with planned teachers)."""
+    import json
+    from ..engine.build import dry_build, planned_teachers
+    stripped, teachers = planned_teachers(job.raw, planned)
+    key = json.dumps({**stripped, "seed": None}, sort_keys=True, default=str)
+    if key not in seen:
+        try:
+            requests = dry_build(parse_config(stripped), teachers)
+        except ConfigError:   # the row cannot build: check_jobs reports it, naming the row
+            requests = {}
+        seen[key] = {k for k, r in requests.items() if not r}
+    return seen[key]
+
+
+def plan_stored_logits(row_jobs: List[Job], teacher_jobs: List[Job], cache: Path, quick: bool
+                       ) -> Tuple[List[Job], List[Job]]:
+    """(the rows, rewritten to read stores where they can, the ``logits`` jobs that write those stores)."""
+    from ..logits.fingerprint import data_fingerprint
+    from ..logits.format import digest
+    from ..logits.save import student_spec
+    by_out = {str(j.out): j for j in teacher_jobs}
+    planned = {}
+    for j in teacher_jobs:
+        try:
+            planned[str(j.out)] = parse_config(_strip_checkpoints(j.raw), paths=False)
+        except ConfigError:   # check_jobs reports it, naming the teacher
+            pass
+    seen: Dict[str, set] = {}
+    specs: Dict[str, object] = {}
+    stores: Dict[str, Job] = {}
+    rows = []
+    for job in row_jobs:
+        job = copy.deepcopy(job)
+        teachers = ((job.raw.get("distill") or {}).get("teachers") or {})
+        suite_teachers = {k: by_out[str(Path(t["checkpoint"]))] for k, t in teachers.items()
+                          if isinstance(t, dict) and str(Path(t.get("checkpoint", ""))) in by_out}
+        if suite_teachers:
+            storable = _logit_only_teachers(job, planned, seen) & set(suite_teachers)
+            for k in sorted(storable):
+                tjob = suite_teachers[k]
+                cfg = parse_config(_strip_checkpoints(job.raw), paths=False)
+                mkey = f"{cfg.model.name}|{cfg.model.args}|{cfg.data.img_size}"
+                if mkey not in specs:
+                    specs[mkey] = student_spec(cfg)
+                fp = {**data_fingerprint(cfg, specs[mkey]), "epochs": cfg.train.epochs, "teacher": tjob.key}
+                tag = f"s{cfg.seed}-{digest(fp)[:10]}"
+                name = tjob.row
+                lkey = f"{KIND}/{name}/{tag}"
+                if lkey not in stores:
+                    raw = copy.deepcopy(job.raw)
+                    raw["distill"] = {"teachers": {k: copy.deepcopy(teachers[k])},
+                                      "terms": [{"type": "kd", "teacher": k}]}
+                    stores[lkey] = Job(lkey, raw, cache / "logits" / name / tag,
+                                       [tjob.key], kind=KIND, row=name, seed=cfg.seed, like=tjob.key)
+                teachers[k] = {"logits": str(stores[lkey].out)}
+                job.deps = [d for d in job.deps if d != tjob.key] + [lkey]
+        rows.append(job)
+    return rows, list(stores.values())
+
+
+def _store_done(job: Job) -> bool:
+    from ..logits.replay import store_serves
+    try:
+        cfg = parse_config(copy.deepcopy(job.raw))
+    except ConfigError:   # its teacher is not trained yet
+        return False
+    (teacher,) = cfg.distill.teachers.values()
+    return store_serves(str(job.out), cfg, teacher)
+
+
+def _write_store(job: Job) -> None:
+    from ..logits.save import save_logits
+    raw = copy.deepcopy(job.raw)
+    raw.setdefault("train", {})["progress"] = False
+    cfg = parse_config(raw)
+    cfg.train.threads = None   # the worker's thread count stands
+    (name,) = cfg.distill.teachers
+    save_logits(cfg, None, stores={name: Path(job.out)}, progress=False, log=lambda m: None, replace=True)
+
+
+DONE_CHECKS[KIND] = _store_done
+RUNNERS[KIND] = _write_store
