@@ -227,3 +227,39 @@ def run_pipeline(path, out, overrides: List[str] = (), overwrite: bool = False, 
     from .rundir import RunDir
     finals = {n: RunDir(out / n).final() for n, _ in later}
     return {"check": check, "stages": finals}
+
+
+def training_macs(run_folder) -> dict:
+    """Training MACs of one finished stage: per-image training cost of its step
+    (:func:`vitkd.profile.distillation_cost`: 3 x the student path's forward + the teachers' forwards +
+    overhead; for a module job the student path is the whole meta context around the module, so the frozen
+    meta blocks are charged as if trained: an upper bound) x train images x epochs."""
+    from .config import parse_config
+    from .engine import build_run
+    from .profile import distillation_cost
+    from .rundir import RunDir
+    run_dir = RunDir(run_folder)
+    cfg = parse_config(run_dir.read_config())
+    cfg.train.device = "cpu"
+    run = build_run(cfg)
+    try:
+        per_image = distillation_cost(run.distiller, (3, *run.spec.img_size))["total_macs_per_image"]
+    finally:
+        run.distiller.close()
+    images = int(run_dir.read_meta().get("train_images") or len(run.datasets["train"]))
+    return {"macs_per_image": per_image, "train_images": images, "epochs": cfg.train.epochs,
+            "total_macs": per_image * images * cfg.train.epochs}
+
+
+def pipeline_cost(out, scratch: Optional[str] = None) -> dict:
+    """Total training MACs of a finished pipeline in ``out`` (meta, incubation, module jobs, fine-tuning; the
+    teacher's own training listed apart) and of a scratch student run folder."""
+    from .rundir import RunDir
+    out = Path(out)
+    stages = [p.name for p in sorted(out.iterdir()) if p.is_dir() and RunDir(p).is_finished()]
+    per = {s: training_macs(out / s) for s in stages}
+    res = {"stages": per, "total_macs": sum(v["total_macs"] for k, v in per.items() if k != "teacher"),
+           "teacher_macs": per.get("teacher", {}).get("total_macs")}
+    if scratch is not None:
+        res["scratch"] = training_macs(scratch)
+    return res

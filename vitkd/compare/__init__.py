@@ -16,6 +16,7 @@ Ray tasks on a cluster (:mod:`vitkd.compare.execute`).
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Optional
@@ -26,6 +27,7 @@ from ..io import atomic_write_text
 from ..rundir import ensure_writable
 from .execute import Executor, make_executor
 from .measure import _mean_std, _pick_tuned, summarize  # noqa: F401  (_mean_std: used by the tests)
+from .pipelines import pipeline_costs, pipeline_rows, plan_pipelines, run_checks
 from .plan import check_jobs, plan_rows, plan_teachers, plan_tune, recipe_of
 from .report import update_readme, write_timing
 from .run import execute
@@ -63,7 +65,7 @@ def _run_suite(suite, base, path, out, quick, cache, n_jobs, progress, log, read
     teacher_jobs = plan_teachers(suite, base, cache_dir, quick)
     tune_jobs = plan_tune(suite, base, cache_dir, quick)
     row_jobs = plan_rows(suite, base, cache_dir, quick, {})
-    check_jobs(teacher_jobs + tune_jobs + row_jobs)
+    check_jobs(teacher_jobs + tune_jobs + row_jobs + plan_pipelines(suite, base, cache_dir, quick, {}))
     ensure_writable(cache_dir, "--cache")
     ensure_writable(out_dir, "--out")
     t0 = time.perf_counter()
@@ -83,13 +85,27 @@ def _run_suite(suite, base, path, out, quick, cache, n_jobs, progress, log, read
     row_jobs = plan_rows(suite, base, cache_dir, quick, tuned)
     walls.update(execute([j for j in teacher_jobs if j.row in waiting] + row_jobs, n_jobs, progress, log,
                          done_before=[j.key for j in first], train=not plan_seeds, executor=runner))
+    checks, pipe_jobs = {}, []
+    if pipeline_rows(suite):   # rows trained by stages: the check decides on incubation, then their jobs run
+        checks = run_checks(suite, base, cache_dir, quick)
+        for row, c in checks.items():
+            log(f"{row}: compatibility check {'passed' if c['passed'] else 'failed'} (teacher {c['teacher_top1']:.2f}, "
+                f"swapped {', '.join(f'{s:.2f}' for s in c['swapped_top1'])})")
+        pipe_jobs = plan_pipelines(suite, base, cache_dir, quick, tuned, checks)
+        walls.update(execute(pipe_jobs, n_jobs, progress, log, done_before=[j.key for j in teacher_jobs + row_jobs],
+                             train=not plan_seeds, executor=runner))
+        row_jobs = row_jobs + [j for j in pipe_jobs if j.kind == "row"]
     recipe, seeds = recipe_of(suite, quick)
     meta = {"recipe": recipe, "seeds": seeds, "tuned": tuned, "quick": quick, "executor": runner.name,
             "suite_file": str(path), "wall_s_total": time.perf_counter() - t0}
     results = summarize(suite, teacher_jobs, row_jobs, walls, tuning, meta, out_dir, log)
+    if checks:
+        atomic_write_text(out_dir / "pipelines.json", json.dumps(
+            {"checks": checks, "training_macs": pipeline_costs(suite, pipe_jobs, teacher_jobs, row_jobs)}, indent=2))
     atomic_write_text(out_dir / "suite.yaml", Path(path).read_text())
     atomic_write_text(out_dir / "resolved_configs.yaml",
-                      yaml.safe_dump({j.key: j.raw for j in teacher_jobs + tune_jobs + row_jobs}, sort_keys=False))
+                      yaml.safe_dump({j.key: j.raw for j in teacher_jobs + tune_jobs + row_jobs + pipe_jobs},
+                                     sort_keys=False))
     meta["wall_s_total"] = time.perf_counter() - t0
     write_timing(out_dir / "timing.json", walls, meta["wall_s_total"])
     if readme:

@@ -86,6 +86,8 @@ def plan_rows(suite: SuiteCfg, base: Path, cache: Path, quick: bool, tuned: Dict
     tdir = cache / f"teachers{_tag(quick)}"
     jobs = []
     for r in suite.rows:
+        if r.pipeline:   # its runs are planned stage by stage (vitkd.compare.pipelines)
+            continue
         for seed in seeds:
             raw = _resolve(r.config or suite.student, base, recipe, r.set)
             raw["seed"] = seed

@@ -31,6 +31,7 @@ class RowSpec:
     size: Optional[str] = None                          # student size label (for the MACs sweep)
     baseline: Optional[str] = None                      # row compared against (default: no-KD of the same size)
     curve: Optional[str] = None                         # rows sharing a curve are joined in pareto.png (size sweeps)
+    pipeline: Optional[str] = None                      # trained by a pipeline of stages (m2mkd; vitkd.compare.pipelines)
 
 
 @dataclass
