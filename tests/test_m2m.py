@@ -178,3 +178,36 @@ def test_pipeline_runs_through_vitkd_train_stages(tmp_path):
     mtime = (out / "student" / "stamp.json").stat().st_mtime_ns
     assert main(["train", str(tmp_path / "p.yaml"), "--out", str(out)]) == 0   # every stage reused
     assert (out / "student" / "stamp.json").stat().st_mtime_ns == mtime
+
+
+def test_suite_plans_a_pipeline_row_as_jobs_with_dependencies(tmp_path):
+    """A pipeline row: incubation shared by the seeds (dropped when the check passed), M module jobs per seed
+    reading the meta and the (incubated) teacher, then the row's run reading that seed's module jobs."""
+    from vitkd.compare.pipelines import plan_pipelines
+    from vitkd.compare.plan import plan_rows
+    from vitkd.compare.suite import load_suite
+    student = {"seed": 0, "model": {"name": "vit_tiny_patch16_224", "args": {**T_ARGS, "embed_dim": 16, "depth": 2}},
+               "data": {"name": "digits", "train_subset": 32, "batch_size": 16}, "train": {"epochs": 7}}
+    (tmp_path / "student.yaml").write_text(yaml.safe_dump(student))
+    (tmp_path / "pipe.yaml").write_text(yaml.safe_dump({"m2mkd": {
+        "teacher": {"config": "student.yaml"}, "meta": {"config": "student.yaml"}, "student": {"config": "student.yaml"},
+        "teacher_depths": [1, 1], "student_depths": [1, 1], "module": {"epochs": 3}, "finetune": {"epochs": 2}}}))
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump({
+        "name": "tiny", "student": "student.yaml", "seeds": [0, 1],
+        "teachers": {"t": {"config": "student.yaml"}, "meta": {"config": "student.yaml"}},
+        "rows": [{"name": "no_kd", "family": "none"},
+                 {"name": "m2m", "family": "module", "pipeline": "pipe.yaml", "teachers": {"teacher": "t", "meta": "meta"}}]}))
+    suite, base = load_suite(tmp_path / "suite.yaml")
+    assert [j.row for j in plan_rows(suite, base, tmp_path / "c", False, {})] == ["no_kd", "no_kd"]
+    jobs = {j.key: j for j in plan_pipelines(suite, base, tmp_path / "c", False, {})}
+    assert sorted(jobs) == sorted(["pipelines/m2m/incubate0", "pipelines/m2m/incubate1", "pipelines/m2m/incubated",
+                                   *[f"pipelines/m2m/s{s}/module{i}" for s in (0, 1) for i in (0, 1)],
+                                   "rows/m2m/s0", "rows/m2m/s1"])
+    assert jobs["pipelines/m2m/incubate1"].deps == ["teachers/meta", "teachers/t"]
+    assert jobs["pipelines/m2m/s1/module0"].deps == ["teachers/meta", "pipelines/m2m/incubated"]
+    assert jobs["rows/m2m/s1"].deps == ["pipelines/m2m/s1/module0", "pipelines/m2m/s1/module1"]
+    assert (jobs["rows/m2m/s1"].kind, jobs["rows/m2m/s1"].seed, jobs["rows/m2m/s1"].raw["train"]["epochs"]) == ("row", 1, 2)
+    assert jobs["pipelines/m2m/s0/module1"].raw["m2m"]["module"] == 1
+    passed = {j.key: j for j in plan_pipelines(suite, base, tmp_path / "c", False, {}, {"m2m": {"passed": True}})}
+    assert not any("incubat" in k for k in passed)
+    assert passed["pipelines/m2m/s0/module0"].deps == ["teachers/meta", "teachers/t"]
