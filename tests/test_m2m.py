@@ -168,6 +168,8 @@ def test_pipeline_runs_through_vitkd_train_stages(tmp_path):
     assert main(["train", str(tmp_path / "p.yaml"), "--out", str(out)]) == 0
     check = json.loads((out / "check.json").read_text())
     assert check["passed"] is False and len(check["swapped_top1"]) == 2   # tolerance -1: incubation forced
+    cost = json.loads((out / "cost.json").read_text())
+    assert cost["total_macs"] == sum(v["total_macs"] for k, v in cost["stages"].items() if k != "teacher") > 0
     stages = ["teacher", "meta", "incubate0", "incubate1", "incubated", "module0", "module1", "student"]
     assert all(RunDir(out / s).is_finished() for s in stages)
     meta = load_file(str(out / "meta" / "model.safetensors"))

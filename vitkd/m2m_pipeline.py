@@ -29,6 +29,7 @@ from .config import ConfigError, apply_mapping, build_dataclass, read_yaml
 __all__ = ["PipelineSpec", "is_pipeline", "load_pipeline", "stage_configs", "run_pipeline", "CHECK_FILE"]
 
 CHECK_FILE = "check.json"
+COST_FILE = "cost.json"      # training MACs of every stage
 
 
 @dataclass
@@ -226,6 +227,7 @@ def run_pipeline(path, out, overrides: List[str] = (), overwrite: bool = False, 
     run_stages(later, out, base, overwrite, log, only={n for n, _ in later} - set(names))
     from .rundir import RunDir
     finals = {n: RunDir(out / n).final() for n, _ in later}
+    atomic_write_json(out / COST_FILE, pipeline_cost(out))
     return {"check": check, "stages": finals}
 
 
