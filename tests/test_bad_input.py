@@ -695,6 +695,39 @@ def test_the_table_is_large_enough():
     assert len({c.id for c in CASES}) == len(CASES)
 
 
+# -- module-level distillation (m2mKD): stage configs and pipeline files
+def m2m_stage(m2m: dict, fx) -> dict:
+    return tiny(distill={"teachers": {"meta": {"checkpoint": str(fx.run)}}, "terms": [{"type": "ce"}]}, m2m=m2m)
+
+
+@case("m2m depths not summing to the depth", "m2m.depths", "[1, 2]", "depth 2")
+def _(t, fx):
+    return train_args(t, m2m_stage({"depths": [1, 2], "module": 0, "meta": "meta"}, fx))
+
+
+@case("m2m module job without its module", "m2m", "module and meta")
+def _(t, fx):
+    return train_args(t, m2m_stage({"depths": [1, 1], "meta": "meta"}, fx))
+
+
+@case("m2m module out of range", "m2m.module", "5", "0..1")
+def _(t, fx):
+    return train_args(t, m2m_stage({"depths": [1, 1], "module": 5, "meta": "meta"}, fx))
+
+
+@case("m2m meta not a teacher", "m2m", "'metta'", "meta")
+def _(t, fx):
+    return train_args(t, m2m_stage({"depths": [1, 1], "module": 0, "meta": "metta"}, fx))
+
+
+@case("m2mkd pipeline module counts differ", "m2mkd.student_depths", "3 modules", "2")
+def _(t, fx):
+    write_yaml(t / "s.yaml", tiny())
+    return train_args(t, {"m2mkd": {"teacher": {"config": "s.yaml"}, "meta": {"config": "s.yaml"},
+                                    "student": {"config": "s.yaml"}, "teacher_depths": [1, 1],
+                                    "student_depths": [1, 1, 1]}})
+
+
 @pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
 def test_bad_input(c: Case, fx, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)   # default output folders (runs/, results/) would land here

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from .rundir import RunDir
 from .config import ConfigError, apply_mapping, apply_overrides, build_dataclass, parse_config, read_yaml, to_dict
 
-__all__ = ["is_chain", "run_chain", "ChainStage"]
+__all__ = ["is_chain", "run_chain", "run_stages", "resolve_stage_refs", "ChainStage"]
 
 
 @dataclass
@@ -41,19 +41,23 @@ def _stage_raw(stage: ChainStage, base: Path, outs: Dict[str, Path], overrides: 
     raw = read_yaml(base / stage.config)
     raw = apply_mapping(raw, stage.set)
     raw = apply_overrides(raw, overrides)
+    return resolve_stage_refs(stage.name, raw, outs)
+
+
+def resolve_stage_refs(name: str, raw: dict, outs: Dict[str, Path]) -> dict:
+    """A teacher checkpoint written ``@<stage>`` becomes that earlier stage's run folder."""
     for tname, t in ((raw.get("distill") or {}).get("teachers") or {}).items():
         ck = t.get("checkpoint") if isinstance(t, dict) else None
         if isinstance(ck, str) and ck.startswith("@"):
             ref = ck[1:]
             if ref not in outs:
-                raise ConfigError(f"chain stage '{stage.name}': teacher '{tname}' refers to '@{ref}', which is not "
+                raise ConfigError(f"chain stage '{name}': teacher '{tname}' refers to '@{ref}', which is not "
                                   f"an earlier stage ({', '.join(outs) or 'none before it'})")
             t["checkpoint"] = str(outs[ref])
     return raw
 
 
 def run_chain(path, out, overrides: List[str] = (), overwrite: bool = False, log=print) -> List[dict]:
-    from .engine import train
     path = Path(path)
     chain = build_dataclass(ChainCfg, read_yaml(path), "", path.parent)
     if not chain.chain:
@@ -61,38 +65,55 @@ def run_chain(path, out, overrides: List[str] = (), overwrite: bool = False, log
     names = [s.name for s in chain.chain]
     if len(set(names)) != len(names):
         raise ConfigError(f"chain: duplicate stage names in {names}")
+    outs: Dict[str, Path] = {}
+    stages = []
+    for stage in chain.chain:
+        stages.append((stage.name, _stage_raw(stage, path.parent, outs, list(overrides))))
+        outs[stage.name] = Path(out) / stage.name
+    return run_stages(stages, out, path.parent, overwrite, log)
+
+
+def run_stages(stages: List[Tuple[str, dict]], out, base: Path, overwrite: bool = False, log=print,
+               only: Optional[Set[str]] = None) -> List[dict]:
+    """Run ``(name, raw config)`` stages in order into ``<out>/<name>/`` (teacher checkpoints ``@<stage>``
+    already resolved or resolved here). Every stage is dry-built (teachers of earlier stages untrained) before
+    the first trains; finished stages of an unchanged config are reused, unfinished ones resumed. ``only``:
+    train just these stages (the others are built and checked, and must not be needed untrained)."""
+    from .engine import train
     from .engine.build import dry_build, planned_teachers
     out = Path(out)
     outs: Dict[str, Path] = {}
     planned: Dict[str, Any] = {}   # run folder of an earlier stage -> its config
     plans = []
-    for stage in chain.chain:   # build every stage (teachers of earlier stages untrained) before training any
-        raw = _stage_raw(stage, path.parent, outs, list(overrides))
+    for name, raw in stages:   # build every stage (teachers of earlier stages untrained) before training any
+        raw = resolve_stage_refs(name, raw, outs)
         stripped, teachers = planned_teachers(raw, planned)
         try:
-            cfg = parse_config(stripped, base=path.parent)
+            cfg = parse_config(stripped, base=base)
             dry_build(cfg, teachers)
         except ConfigError as e:
-            raise ConfigError(f"chain stage '{stage.name}': {e}") from None
-        reads = [s for s, o in outs.items() if any(c is planned[str(o)] for c in teachers.values())]
-        outs[stage.name] = out / stage.name
-        planned[str(out / stage.name)] = cfg
-        plans.append((stage, raw, reads))
+            raise ConfigError(f"chain stage '{name}': {e}") from None
+        reads = [s for s, o in outs.items() if any(c is planned.get(str(o)) for c in teachers.values())]
+        outs[name] = out / name
+        if not RunDir(out / name).matches(to_dict(cfg)) or teachers:
+            planned[str(out / name)] = cfg
+        plans.append((name, raw, reads))
     actions: Dict[str, str] = {}
-    for stage, raw, reads in plans:   # what each stage does, refused before anything trains
-        actions[stage.name] = _stage_action(stage.name, RunDir(out / stage.name), raw, path.parent, overwrite,
-                                            [r for r in reads if actions[r] != "reuse"])
+    for name, raw, reads in plans:   # what each stage does, refused before anything trains
+        actions[name] = _stage_action(name, RunDir(out / name), raw, base, overwrite,
+                                      [r for r in reads if actions[r] != "reuse"])
     finals = []
-    for stage, raw, _ in plans:
-        run = RunDir(out / stage.name)
-        if actions[stage.name] == "reuse":
-            log(f"chain stage '{stage.name}': reusing {run.path}")
+    for name, raw, _ in plans:
+        if only is not None and name not in only:
+            continue
+        run = RunDir(out / name)
+        if actions[name] == "reuse":
+            log(f"chain stage '{name}': reusing {run.path}")
             finals.append(run.final())
             continue
-        log(f"chain stage '{stage.name}' -> {run.path}")
-        resume = actions[stage.name] == "resume"
-        finals.append(train(parse_config(raw, base=path.parent), run.path, resume=resume, overwrite=not resume,
-                            log=log))
+        log(f"chain stage '{name}' -> {run.path}")
+        resume = actions[name] == "resume"
+        finals.append(train(parse_config(raw, base=base), run.path, resume=resume, overwrite=not resume, log=log))
     return finals
 
 

@@ -31,6 +31,16 @@ def _cmd_train(args) -> int:
     from .chain import is_chain, run_chain
     if is_chain(args.config) and ((args.nproc or 1) > 1 or env_world_size() > 1):
         raise ConfigError("a chain runs its stages in one process (launch each stage's config with torchrun)")
+    from .m2m_pipeline import is_pipeline, run_pipeline
+    if is_pipeline(args.config):   # m2mKD: meta, check, incubation, module jobs, assembly as stages
+        if (args.nproc or 1) > 1 or env_world_size() > 1 or args.resume:
+            raise ConfigError("an m2mkd pipeline runs its stages in one process and resumes them by itself "
+                              "(no --nproc, no --resume)")
+        out = out or Path("runs") / Path(args.config).stem
+        res = run_pipeline(args.config, out, args.set, overwrite=args.overwrite, log=lambda m: print(m, flush=True))
+        print(json.dumps({"out": str(out), "check_passed": res["check"]["passed"],
+                          **{k: res["stages"]["student"].get(k) for k in ("val_top1", "test_top1")}}))
+        return 0
     if (args.nproc or 1) > 1:
         return _launch_torchrun(args, out)
     if is_chain(args.config):

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import yaml
 
-__all__ = ["ConfigError", "ModelCfg", "DataCfg", "TrainCfg", "TeacherCfg", "DistillCfg", "RunCfg",
+__all__ = ["ConfigError", "ModelCfg", "DataCfg", "TrainCfg", "TeacherCfg", "DistillCfg", "M2MCfg", "RunCfg",
            "load_config", "parse_config", "check_paths", "apply_overrides", "apply_mapping", "to_dict", "build_dataclass", "read_yaml"]
 
 
@@ -156,6 +156,26 @@ class DistillCfg:
 
 
 @dataclass
+class M2MCfg:
+    """A stage of module-level distillation (m2mKD; see :mod:`vitkd.m2m`). The models it reads are
+    ``distill.teachers`` entries, named here."""
+    depths: List[int] = field(default_factory=list)   # blocks per module of model.name (summing to its depth)
+    module: Optional[int] = None       # module job / incubation: the module of model.name that trains
+    meta: Optional[str] = None         # the teacher entry holding the frozen meta model (one block per module)
+    teacher_depths: List[int] = field(default_factory=list)   # blocks per module of the distilling teachers
+    init: Optional[str] = None         # incubation: the teacher entry whose weights model.name starts from
+    parts: List[str] = field(default_factory=list)   # assembly: teacher entries holding module runs 0..M-1
+
+    def __post_init__(self):
+        if not self.depths:
+            raise ConfigError("m2m.depths: missing (blocks per module, e.g. [2, 2, 2])")
+        if self.parts and (self.module is not None or self.meta is not None or self.init is not None):
+            raise ConfigError("m2m.parts: an assembly reads finished module runs; it takes no module, meta or init")
+        if not self.parts and (self.module is None or self.meta is None):
+            raise ConfigError("m2m: a module job needs module and meta (or parts, for an assembly)")
+
+
+@dataclass
 class RunCfg:
     seed: int = 0
     model: ModelCfg = field(default_factory=ModelCfg)
@@ -163,6 +183,7 @@ class RunCfg:
     train: TrainCfg = field(default_factory=TrainCfg)
     distill: Optional[DistillCfg] = None
     name: Optional[str] = None
+    m2m: Optional[M2MCfg] = None         # a stage of module-level distillation (vitkd.m2m)
 
 
 def _check_auto_augment(policy: str) -> None:

@@ -18,6 +18,7 @@ Ray tasks on a cluster (:mod:`vitkd.compare.execute`).
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Optional
@@ -29,6 +30,7 @@ from ..rundir import ensure_writable
 from .execute import Executor, make_executor
 from .measure import _mean_std, summarize  # noqa: F401  (_mean_std: used by the tests)
 from .plan import check_jobs, plan_rows, plan_synth, plan_teachers, recipe_of
+from .pipelines import pipeline_costs, pipeline_rows, plan_pipelines, run_checks
 from .report import update_readme, write_timing
 from .run import execute
 from .stored import plan_stored_logits
@@ -83,27 +85,42 @@ def _run_suite(suite, base, path, out, quick, cache, n_jobs, progress, log, read
     row_jobs, logits_jobs = _stored(suite, plan_rows(suite, base, cache_dir, quick, tuned, sized, teacher_dirs),
                                     teacher_jobs, cache_dir, quick)
     synth_jobs = plan_synth(suite, base, cache_dir, teacher_dirs)   # data-free rows' train sets, after their teacher
-    needed = {d for j in row_jobs for d in j.deps}
+    # pipeline rows (m2mKD): their stages as planned before the compatibility check is known (incubation included)
+    pipe_plan = plan_pipelines(suite, base, cache_dir, quick, tuned, sized, teacher_jobs)
+    needed = {d for j in row_jobs + pipe_plan for d in j.deps}
     while True:   # the teachers, stores and synthetic sets the rows read, and what those are made from
         more = {d for j in teacher_jobs + synth_jobs + logits_jobs if j.key in needed for d in j.deps} - needed
         if not more:
             break
         needed |= more
     teacher_jobs, synth_jobs = [j for j in teacher_jobs if j.key in needed], [j for j in synth_jobs if j.key in needed]
-    check_jobs(teacher_jobs + synth_jobs + logits_jobs + row_jobs)
+    check_jobs(teacher_jobs + synth_jobs + logits_jobs + row_jobs + pipe_plan)
     ensure_writable(cache_dir, "--cache")
     ensure_writable(out_dir, "--out")
     t0 = time.perf_counter()
     walls = execute(teacher_jobs + synth_jobs + logits_jobs + row_jobs, n_jobs, progress, log, train=not plan_seeds,
                     executor=runner)
+    checks, pipe_jobs = {}, []
+    if pipeline_rows(suite, quick):   # rows trained by stages: the check decides on incubation, then their jobs run
+        checks = run_checks(suite, base, cache_dir, quick, teacher_jobs)
+        for row, c in checks.items():
+            log(f"{row}: compatibility check {'passed' if c['passed'] else 'failed'} (teacher {c['teacher_top1']:.2f}, "
+                f"swapped {', '.join(f'{s:.2f}' for s in c['swapped_top1'])})")
+        pipe_jobs = plan_pipelines(suite, base, cache_dir, quick, tuned, sized, teacher_jobs, checks)
+        walls.update(execute(pipe_jobs, n_jobs, progress, log, done_before=[j.key for j in teacher_jobs + row_jobs],
+                             train=not plan_seeds, executor=runner))
+        row_jobs = row_jobs + [j for j in pipe_jobs if j.kind == "row"]
     recipe, seeds = recipe_of(suite, quick)
     meta = {"recipe": {**recipe, **sized}, "seeds": seeds, "tuned": tuned, "quick": quick, "executor": runner.name,
             "stored_logits": suite.stored_logits,
             "suite_file": str(path), "wall_s_total": time.perf_counter() - t0}
     results = summarize(suite, teacher_jobs, row_jobs, walls, meta, out_dir, log)
+    if checks:
+        atomic_write_text(out_dir / "pipelines.json", json.dumps(
+            {"checks": checks, "training_macs": pipeline_costs(suite, pipe_jobs, teacher_jobs, row_jobs)}, indent=2))
     atomic_write_text(out_dir / "suite.yaml", Path(path).read_text())
     atomic_write_text(out_dir / "resolved_configs.yaml",
-                      yaml.safe_dump({j.key: j.raw for j in teacher_jobs + synth_jobs + logits_jobs + row_jobs},
+                      yaml.safe_dump({j.key: j.raw for j in teacher_jobs + synth_jobs + logits_jobs + row_jobs + pipe_jobs},
                                      sort_keys=False))
     meta["wall_s_total"] = time.perf_counter() - t0
     write_timing(out_dir / "timing.json", walls, meta["wall_s_total"])

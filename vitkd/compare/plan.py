@@ -100,6 +100,8 @@ def plan_rows(suite: SuiteCfg, base: Path, cache: Path, quick: bool, tuned: Dict
     rdir = cache / ("rows" + ("-quick" if quick and suite.quick.set else ""))
     jobs = []
     for r in quick_rows(suite, quick):
+        if r.pipeline:   # its runs are planned stage by stage (vitkd.compare.pipelines)
+            continue
         for seed in seeds:
             raw = _resolve(r.config or suite.student, base, recipe, sized, tuned, r.set)
             raw["seed"] = seed

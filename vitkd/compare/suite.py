@@ -40,6 +40,7 @@ class RowSpec:
     baseline: Optional[str] = None                      # row compared against (default: no-KD of the same size)
     curve: Optional[str] = None                         # rows sharing a curve are joined in pareto.png (size sweeps)
     synthetic: Optional[str] = None                     # a suite synthetic set: the row trains on it (data.synthetic)
+    pipeline: Optional[str] = None                      # trained by a pipeline of stages (m2mkd; vitkd.compare.pipelines)
 
 
 @dataclass

@@ -73,7 +73,12 @@ def build_run(cfg: RunCfg, world: Optional[World] = None) -> Run:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     student, datasets, num_classes, spec = _student_and_data(cfg)
-    distiller = build_distiller(cfg, student, num_classes, spec.img_size, student_spec=spec)
+    if cfg.m2m is not None:   # a stage of module-level distillation: the student is a module in context
+        from ..m2m import build_m2m_distiller
+        distiller = build_m2m_distiller(cfg, student, num_classes, spec)
+        student = distiller.student
+    else:
+        distiller = build_distiller(cfg, student, num_classes, spec.img_size, student_spec=spec)
     distiller.to(device)
     return Run(cfg, student, distiller, datasets, num_classes, spec, device)
 
@@ -116,6 +121,14 @@ def dry_build(cfg: RunCfg, planned: Optional[Dict[str, RunCfg]] = None) -> dict:
     with seeded(cfg.seed):
         student = model_lib.create(cfg.model.name, n, cfg.model.args, where="model")
         spec = model_lib.data_spec(student, cfg.data.img_size)
+        if cfg.m2m is not None:
+            from ..m2m import build_m2m_distiller
+            distiller = build_m2m_distiller(cfg, student, n, spec, planned)
+            try:
+                dry_run(distiller, [(torch.zeros(3, *spec.img_size), 0)] * 2, cfg)
+            finally:
+                distiller.close()
+            return
         teachers = {}
         for name, t in dcfg.teachers.items():
             if name in planned:

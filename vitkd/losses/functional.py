@@ -507,3 +507,31 @@ def minivit_hidden_relation(hs: Tensor, ht: Tensor, relation_heads: int = 1, mod
         r_t = nt @ nt.transpose(-1, -2)
         return (r_s - r_t).pow(2).mean() * cosine_scale
     raise ValueError(f"minivit_hidden_relation: mode must be 'softmax' or 'cosine', got {mode!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# module-level (m2mKD)
+# --------------------------------------------------------------------------------------------
+def m2mkd(s: Tensor, t: Tensor, target: Tensor, alpha: float = 0.5, T: float = 1.0, mode: str = "soft",
+          label_smoothing: float = 0.0) -> Tensor:
+    """m2mKD's module loss (DeiT's ``DistillationLoss`` on the meta model's head, kamanphoebe/m2mKD):
+    ``(1 - alpha) * SoftTargetCE(s, target) + alpha * distillation``.
+
+    ``s``: logits of the student module's path, ``t``: the teacher module's path (both [B, C]); ``target``:
+    the mixed label distribution [B, C] (mixup on) or hard labels [B] (then CE with ``label_smoothing``).
+    Distillation: ``mode='soft'``: ``T^2 * KL(softmax(t/T) || softmax(s/T))`` with DeiT's reduction, summed
+    over batch and classes and divided by B * C; ``mode='hard'``: CE against ``t.argmax(-1)`` (batch mean).
+    Defaults ``alpha=0.5, T=1`` (the reference's).
+    """
+    _check_logits(s, t, "m2mkd")
+    if mode not in ("soft", "hard"):
+        raise ValueError(f"m2mkd: mode must be 'soft' or 'hard', got {mode!r}")
+    if target.dim() == 2:
+        base = torch.sum(-target * F.log_softmax(s, dim=-1), dim=-1).mean()
+    else:
+        base = F.cross_entropy(s, target, label_smoothing=label_smoothing)
+    dist = deit_hard(s, t) if mode == "hard" else deit_soft(s, t, T, reduction="deit")
+    return (1.0 - alpha) * base + alpha * dist
+
+
+__all__ += ["m2mkd"]
