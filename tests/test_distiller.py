@@ -187,7 +187,8 @@ def fake_teachers(tmp_path_factory):
 
 @pytest.mark.parametrize("path", sorted(p.name for p in DIGITS.glob("*.yaml")
                                          if "\nchain:" not in p.read_text()   # chains: tests/test_compare.py
-                                         and "\nm2mkd:" not in p.read_text()))   # pipelines: tests/test_m2m.py
+                                         and "\nm2mkd:" not in p.read_text()   # pipelines: tests/test_m2m.py
+                                         and "\nsynth:" not in p.read_text()))   # synthesis: tests/test_synth.py
 def test_digits_configs_build_and_step(path, fake_teachers):
     from vitkd.config import load_config
     from vitkd.engine import build_run
