@@ -110,6 +110,26 @@ def test_suite_end_to_end_and_cache(tmp_path, suite_file, capsys):
     q = list(csv.DictReader(open(qout / "results.csv")))
     assert [r["row"] for r in q] == ["kd"] and q[0]["test_top1_all"] == kd["test_top1_all"].split()[0]
     assert json.loads((qout / "timing.json").read_text())["runs_trained_now"] == 0
+    # quick mode from an empty cache: the teacher published in a zoo (from this suite) is restored, not trained,
+    # and the quick row is the full suite's seed-0 run to the last digit
+    from vitkd.zoo.publish import publish_suite
+    zoo = tmp_path / "zoo" / "zoo.yaml"
+    zoo.parent.mkdir()
+    zoo.write_text("version: 1\nmodels: []\n")
+    publish_suite(out, zoo, cache=str(cache), suite_file=str(suite_file), log=lambda m: None)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VITKD_ZOO_MANIFEST", str(zoo))
+        mp.setenv("VITKD_HOME", str(tmp_path / "home"))
+        fresh, qout2 = tmp_path / "fresh", tmp_path / "quick2"
+        assert main(["compare", str(suite_file), "--quick", "--out", str(qout2), "--cache", str(fresh),
+                     "--tuning", str(tuning)]) == 0
+    stamp = json.loads((fresh / "teachers" / "cnn" / "stamp.json").read_text())
+    assert stamp["restored_from_zoo"] == "tiny-teacher-cnn"
+    from safetensors.torch import load_file
+    restored, trained = (load_file(str(c / "teachers" / "cnn" / "model.safetensors")) for c in (fresh, cache))
+    assert restored.keys() == trained.keys() and all(restored[k].equal(trained[k]) for k in trained)
+    q2 = list(csv.DictReader(open(qout2 / "results.csv")))
+    assert q2[0]["test_top1_all"] == kd["test_top1_all"].split()[0]
     # the logit-only row read its teacher from a store, written once per seed by a logits job (issue 15)
     assert set(resolved["rows/kd/s0"]["distill"]["teachers"]["t"]) == {"logits"}
     timing = json.loads((out / "timing.json").read_text())

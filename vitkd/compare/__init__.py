@@ -28,6 +28,7 @@ import yaml
 from ..io import atomic_write_text
 from ..rundir import ensure_writable
 from .execute import Executor, make_executor
+from .from_zoo import teachers_from_zoo
 from .measure import _mean_std, summarize  # noqa: F401  (_mean_std: used by the tests)
 from .plan import check_jobs, plan_rows, plan_synth, plan_teachers, recipe_of
 from .pipelines import pipeline_costs, pipeline_rows, plan_pipelines, run_checks
@@ -81,6 +82,8 @@ def _run_suite(suite, base, path, out, quick, cache, n_jobs, progress, log, read
     cache_dir = Path(cache) if cache else Path("runs") / "compare" / suite.home
     # check every config before any work starts
     teacher_jobs = plan_teachers(suite, base, cache_dir, quick, tuned, sized)
+    if quick:   # published teachers are restored from the zoo, not trained
+        teacher_jobs = teachers_from_zoo(suite, teacher_jobs, log)
     teacher_dirs = {j.row: j.out for j in teacher_jobs}
     row_jobs, logits_jobs = _stored(suite, plan_rows(suite, base, cache_dir, quick, tuned, sized, teacher_dirs),
                                     teacher_jobs, cache_dir, quick)

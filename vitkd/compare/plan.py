@@ -25,6 +25,7 @@ class Job:
     seed: Optional[int] = None
     like: Optional[str] = None     # the job whose config builds the model this job's output stands for (a store:
                                    # its teacher's job), so runs that read the output can be dry-built before it exists
+    source: Optional[str] = None   # where the output comes from when it is not computed here (a zoo entry's name)
 
 
 def _resolve(config: str, base: Path, *sets: Dict[str, Any]) -> dict:

@@ -216,7 +216,8 @@ ROW_FIGURES = ("seeds", "test_top1_mean", "test_top1_std", "test_top1_all", "val
 
 
 def suite_selection(results_dir: Path) -> List[Dict[str, Any]]:
-    """What a suite publishes, declared in advance and chosen on nothing measured on test: every teacher; the
+    """What a suite publishes, declared in advance and chosen on nothing measured on test: every teacher its
+    rows read (those in its ``teachers.csv``); the
     no-distillation baselines (the suite's ``baseline_family``), one per student size; and, for every other
     method family (reference families left out), the row with the best mean *validation* top-1 (ties: the
     first in the suite's order). Each: {kind, key (teacher or row), family, group, teachers, csv row}."""
@@ -227,8 +228,8 @@ def suite_selection(results_dir: Path) -> List[Dict[str, Any]]:
     trows = _read_csv(results_dir / "teachers.csv", "teacher") if suite.teachers else {}
     out = []
     for tname, t in suite.teachers.items():
-        if tname not in trows:
-            raise ZooError(f"zoo publish-suite: teacher {tname} missing from {results_dir / 'teachers.csv'}")
+        if tname not in trows:   # a teacher no row of this suite reads was not trained by it
+            continue
         out.append({"kind": "teacher", "key": tname, "family": t.family, "group": "teacher",
                     "teachers": dict(t.distill_from), "csv": trows[tname]})
     spec = {r.name: r for r in suite.rows}
@@ -263,7 +264,7 @@ def publish_suite(results_dir, index_path, cache: Optional[str] = None, seed: in
     from ..compare.suite import load_suite
     results_dir = Path(results_dir)
     suite, _ = load_suite(results_dir / "suite.yaml")
-    cache_dir = Path(cache) if cache else Path("runs") / "compare" / suite.name
+    cache_dir = Path(cache) if cache else Path("runs") / "compare" / suite.home
     picks = suite_selection(results_dir)
     runs = []
     for p in picks:
