@@ -108,9 +108,9 @@ def _lineage(config: dict, given: Dict[str, str], index: ZooIndex) -> Dict[str, 
 
 
 def _curve(run: RunDir) -> List[List[Any]]:
-    return [[int(r["epoch"]), round(float(r["train_loss"]), 6),
-             None if r.get("val_top1") in (None, "") else round(float(r["val_top1"]), 4)]
-            for r in run.metrics().get("epochs", []) if "train_loss" in r]
+    """[[epoch, train loss, val top-1]] at the epochs the run evaluated (``train.eval_every``)."""
+    return [[int(r["epoch"]), round(float(r["train_loss"]), 6), round(float(r["val_top1"]), 4)]
+            for r in run.metrics().get("epochs", []) if "train_loss" in r and r.get("val_top1") not in (None, "")]
 
 
 def _measure(model, input_size, throughput: bool) -> Dict[str, Optional[float]]:
