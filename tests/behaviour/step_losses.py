@@ -62,7 +62,8 @@ def run_all(work: Path) -> dict:
     from vitkd.engine import train
     teacher_dirs = {ref: work / Path(ref).name for ref in TEACHERS}
     results = {}
-    order = sorted(TEACHERS.values()) + sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name not in TEACHERS.values())
+    order = sorted(TEACHERS.values()) + sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name not in TEACHERS.values()
+                                               and not _is_stage_file(p))
     for name in order:
         path = CONFIGS / name
         steps, handle = _recording()
@@ -79,6 +80,12 @@ def run_all(work: Path) -> dict:
             handle.remove()
         results[name] = steps
     return results
+
+
+def _is_stage_file(path: Path) -> bool:
+    """Synthesis configs and m2mKD pipelines are not train configs (tests/test_synth.py, tests/test_m2m.py)."""
+    text = path.read_text()
+    return "\nsynth:" in text or "\nm2mkd:" in text or text.startswith(("synth:", "m2mkd:"))
 
 
 def _teacher_refs(path: Path) -> dict:
