@@ -274,7 +274,7 @@ def test_the_suite_plans_one_store_per_teacher_seed_and_recipe_for_logit_only_ro
     cache = tmp_path / "cache"
     teachers = plan_teachers(s, base, cache, False, {}, {})
     rows, stores = plan_stored_logits(plan_rows(s, base, cache, False, {}, {}, {j.row: j.out for j in teachers}),
-                                      teachers, cache, False)
+                                      teachers, cache)
     assert sorted(j.key.split("/")[2][:2] for j in stores) == ["s0", "s1"]   # kd and kd_b share a store per seed
     assert all(j.kind == "logits" and j.deps == ["teachers/cnn"] for j in stores)
     by = {j.key: j for j in rows}

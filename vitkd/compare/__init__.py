@@ -68,11 +68,11 @@ def run_suite(path, out: Optional[str] = None, quick: bool = False, cache: Optio
         runner.close()
 
 
-def _stored(suite, row_jobs, teacher_jobs, cache_dir, quick):
+def _stored(suite, row_jobs, teacher_jobs, cache_dir):
     """(rows, logits jobs): rows read logit-only teachers from stores unless the suite turns it off."""
     if not suite.stored_logits:
         return row_jobs, []
-    return plan_stored_logits(row_jobs, teacher_jobs, cache_dir, quick)
+    return plan_stored_logits(row_jobs, teacher_jobs, cache_dir)
 
 
 def _run_suite(suite, base, path, out, quick, cache, n_jobs, progress, log, readme, plan_seeds,
@@ -86,7 +86,7 @@ def _run_suite(suite, base, path, out, quick, cache, n_jobs, progress, log, read
         teacher_jobs = teachers_from_zoo(suite, teacher_jobs, log)
     teacher_dirs = {j.row: j.out for j in teacher_jobs}
     row_jobs, logits_jobs = _stored(suite, plan_rows(suite, base, cache_dir, quick, tuned, sized, teacher_dirs),
-                                    teacher_jobs, cache_dir, quick)
+                                    teacher_jobs, cache_dir)
     synth_jobs = plan_synth(suite, base, cache_dir, teacher_dirs)   # data-free rows' train sets, after their teacher
     # pipeline rows (m2mKD): their stages as planned before the compatibility check is known (incubation included)
     pipe_plan = plan_pipelines(suite, base, cache_dir, quick, tuned, sized, teacher_jobs)

@@ -118,10 +118,6 @@ def plan_rows(suite: SuiteCfg, base: Path, cache: Path, quick: bool, tuned: Dict
     return jobs
 
 
-def _safe(s: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
-
-
 def _job_config(job: Job) -> Optional[dict]:
     """The validated config a job trains (None while a teacher it reads does not exist yet)."""
     raw = copy.deepcopy(job.raw)

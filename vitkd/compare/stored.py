@@ -38,7 +38,7 @@ def _logit_only_teachers(job: Job, planned: Dict[str, object], seen: Dict[str, s
     return seen[key]
 
 
-def plan_stored_logits(row_jobs: List[Job], teacher_jobs: List[Job], cache: Path, quick: bool
+def plan_stored_logits(row_jobs: List[Job], teacher_jobs: List[Job], cache: Path
                        ) -> Tuple[List[Job], List[Job]]:
     """(the rows, rewritten to read stores where they can, the ``logits`` jobs that write those stores)."""
     from ..logits.fingerprint import data_fingerprint

@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import time
-from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
