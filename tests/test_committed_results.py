@@ -105,3 +105,109 @@ def test_the_compute_matched_baseline_matches_the_median_kd_row():
 def test_the_main_table_fits_its_budget():
     timing = json.loads((FULL / "timing.json").read_text())
     assert timing["empty_cache_wall_s"] is not None and timing["empty_cache_wall_s"] <= 25 * 60
+
+
+# ------------------------------------------------------------------------------------------------ the studies
+STUDIES = ROOT / "results" / "compare"
+
+
+def test_the_studies_fit_their_budgets_from_an_empty_cache():
+    for name in ("digits-datasize", "digits-capacity"):
+        t = json.loads((STUDIES / name / "timing.json").read_text())
+        # measured when nothing was reused (a later report-only invocation keeps the figure)
+        assert t["empty_cache_wall_s"] is not None and t["empty_cache_wall_s"] <= 20 * 60, name
+
+
+def test_the_data_size_study_holds_steps_on_nested_subsets():
+    folder = STUDIES / "digits-datasize"
+    res = list(csv.DictReader(open(folder / "results.csv")))
+    configs = yaml.safe_load((folder / "resolved_configs.yaml").read_text())
+    sizes = sorted({int(float(r["sweep_value"])) for r in res})
+    assert sizes == [100, 200, 400, 1197]
+    methods = {r["sweep_of"] for r in res} - {"no_kd"}
+    assert len(methods) >= 3
+    for r in res:
+        n = int(float(r["sweep_value"]))
+        assert r["row"] == f"{r['sweep_of']}_{n}" and int(r["seeds"]) >= 3
+        if r["sweep_of"] != "no_kd":
+            assert r["baseline"] == f"no_kd_{n}" and r["p_holm"] and r["family_test"] == "main"
+    for key, raw in configs.items():
+        if not key.startswith(("rows/", "teachers/")):
+            continue
+        n, epochs = raw["data"]["train_subset"], raw["train"]["epochs"]
+        assert abs(epochs * -(-n // raw["data"]["batch_size"]) - 900) <= -(-n // raw["data"]["batch_size"]), key
+        if key.startswith("rows/"):   # every row reads the teacher of its own size
+            for t in ((raw.get("distill") or {}).get("teachers") or {}).values():
+                assert t["checkpoint"].endswith(f"cnn_s_{n}")
+    teachers = list(csv.DictReader(open(folder / "teachers.csv")))
+    assert sorted(int(float(t["sweep_value"])) for t in teachers) == sizes
+
+
+def test_the_capacity_study_has_three_teacher_sizes_and_an_assistant():
+    folder = STUDIES / "digits-capacity"
+    teachers = {t["teacher"]: t for t in csv.DictReader(open(folder / "teachers.csv"))}
+    sizes = [float(teachers[t]["macs_m"]) for t in ("cnn_xs", "cnn_s", "cnn_l")]
+    assert sizes == sorted(sizes) and sizes[-1] > 5 * sizes[0]
+    assert teachers["ta_s_from_l"]["distilled_from"] == "cnn_l"
+    res = rows(folder / "results.csv")
+    assert {r: res[r]["baseline"] for r in ("align_s", "align_xs", "align_l", "align_ta")} == \
+        {"align_s": "no_kd", "align_xs": "align_s", "align_l": "align_s", "align_ta": "align_l"}
+    assert all(res[r]["p_holm"] and int(res[r]["paired_seeds"]) >= 3 for r in ("align_xs", "align_l", "align_ta"))
+
+
+def test_the_method_rows_are_paired_with_the_main_suites_own_runs():
+    main, more = rows(FULL / "results.csv"), rows(STUDIES / "digits-methods" / "results.csv")
+    for shared in ("no_kd", "kd_cnn", "cnn_align"):   # reused from the main suite's cache, seeds 0-2
+        assert per_seed(more[shared]) == per_seed(main[shared])[:3]
+    assert more["dearkd_cnn"]["baseline"] == "cnn_align" and more["m2mkd"]["baseline"] == "no_kd"
+    assert more["kd_vit_stored"]["baseline"] == more["kd_vit_top2"]["baseline"] == "kd_vit_live"
+    for r in ("dearkd_cnn", "datafree_kd", "m2mkd", "kd_vit_live", "kd_vit_stored", "kd_vit_top2"):
+        assert int(more[r]["paired_seeds"]) >= 3 and more[r]["p_raw"]
+        assert float(more[r]["train_mmacs_per_image"]) > 0 and float(more[r]["wall_s_per_run"]) > 0
+    pipes = json.loads((STUDIES / "digits-methods" / "pipelines.json").read_text())
+    check = pipes["checks"]["m2mkd"]
+    assert isinstance(check["passed"], bool) and len(check["swapped_top1"]) == 3
+    macs = pipes["training_macs"]["m2mkd"]   # both pipelines' totals: m2mKD's stages and its scratch baseline's
+    assert macs["baseline"]["row"] == "no_kd" and macs["total_macs"] > macs["baseline"]["total_macs"] > 0
+    # the row's train cost is its whole pipeline's (module jobs + fine-tuning + meta model), above no-KD's
+    assert float(more["m2mkd"]["train_mmacs_per_image"]) > float(more["no_kd"]["train_mmacs_per_image"])
+
+
+def test_the_readme_results_block_is_the_report_commands_output():
+    from vitkd.compare.evidence import compose, load_readme_spec
+    from vitkd.compare.report import README_END, README_START
+    spec_path = "configs/compare/readme.yaml"
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    block = text.split(README_START, 1)[1].split(README_END, 1)[0]
+    import os
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        want = compose(load_readme_spec(spec_path), Path("README.md"), f"vitkd report {spec_path} --readme README.md")
+    finally:
+        os.chdir(cwd)
+    assert block == "\n" + want
+
+
+def test_the_quick_suite_on_ray_gives_the_local_pools_numbers():
+    ray = STUDIES / "digits-quick-ray"
+    assert json.loads((ray / "environment.json").read_text())["executor"] == "ray"
+    local, remote = rows(QUICK / "results.csv"), rows(ray / "results.csv")
+    assert set(local) == set(remote)
+    for r in local:
+        assert remote[r]["test_top1_all"] == local[r]["test_top1_all"], r
+
+
+def test_the_quick_suite_was_timed_with_and_without_stored_logits():
+    live_dir = STUDIES / "digits-quick-live"
+    stored, live = (json.loads((d / "timing.json").read_text()) for d in (QUICK, live_dir))
+    assert json.loads((QUICK / "environment.json").read_text())["stored_logits"] is True
+    assert json.loads((live_dir / "environment.json").read_text())["stored_logits"] is False
+    assert not any(k.startswith("logits/") for k in live["per_run_s"])
+    assert any(k.startswith("logits/") for k in stored["per_run_s"])
+    doc = (ROOT / "docs" / "stored_logits.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    for t in (stored, live):
+        assert f"| {t['wall_s_this_invocation']:.0f} s |" in doc
+    assert f"{stored['wall_s_this_invocation']:.0f} s against {live['wall_s_this_invocation']:.0f} s" in readme

@@ -154,6 +154,13 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from .compare.evidence import write_readme
+    write_readme(args.spec, args.readme)
+    print(json.dumps({"readme": args.readme}))
+    return 0
+
+
 def _cmd_tune(args) -> int:
     from .compare import tune_suite
     if args.jobs is not None and args.jobs < 1:
@@ -288,6 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "only read them from a store written once per teacher, seed and recipe)")
     c.set_defaults(fn=_cmd_compare)
     _add_logits_parser(sub)
+
+    rp = sub.add_parser("report", help="fill a README's results block from committed suite results: the paired "
+                        "main table, the studies, the claims and what the evidence says of each")
+    rp.add_argument("spec", nargs="?", default="configs/compare/readme.yaml",
+                    help="what the block shows (default configs/compare/readme.yaml)")
+    rp.add_argument("--readme", default="README.md", help="the README to fill (default README.md)")
+    rp.set_defaults(fn=_cmd_report)
 
     tu = sub.add_parser("tune", help="tune a suite's recipe for its no-KD student on validation (several knobs and "
                                      "seeds, the epochs, the main data size) -> results/compare/<suite>/tuning/")

@@ -31,11 +31,12 @@ from .execute import Executor, make_executor
 from .from_zoo import teachers_from_zoo
 from .measure import _mean_std, summarize  # noqa: F401  (_mean_std: used by the tests)
 from .plan import check_jobs, plan_rows, plan_synth, plan_teachers, recipe_of
-from .pipelines import pipeline_costs, pipeline_rows, plan_pipelines, run_checks
-from .report import update_readme, write_timing
+from .pipelines import pipeline_costs, pipeline_overrides, pipeline_rows, plan_pipelines, run_checks
+from .report import run_walls, update_readme, write_timing
 from .run import execute
 from .stored import plan_stored_logits
 from .suite import SuiteCfg, load_suite
+from .sweep import expand_sweep
 from .tune import read_tuned, tune_suite
 
 __all__ = ["SuiteCfg", "load_suite", "run_suite", "summarize", "tune_suite"]
@@ -57,8 +58,11 @@ def run_suite(path, out: Optional[str] = None, quick: bool = False, cache: Optio
     ``stored_logits: false`` does (:mod:`vitkd.compare.stored`)."""
     suite, base = load_suite(path)
     tuned, sized = read_tuned(suite, tuning)
+    suite = expand_sweep(suite, base, quick, tuned, sized)
     if live_teachers:
         suite.stored_logits = False
+        for r in suite.rows:
+            r.logits.stored = False
     n_jobs = jobs or suite.jobs
     runner = make_executor(executor, jobs if executor == "ray" else n_jobs, address, cpus_per_job)
     try:
@@ -68,11 +72,27 @@ def run_suite(path, out: Optional[str] = None, quick: bool = False, cache: Optio
         runner.close()
 
 
+def _suite_text(path) -> str:
+    """The suite file as the results keep it: as written, or, for a suite built on another (``base:``), with
+    its bases merged in (a results folder's ``suite.yaml`` loads on its own, e.g. for ``vitkd zoo``)."""
+    from ..config import read_yaml
+    text = Path(path).read_text()
+    raw = yaml.safe_load(text) or {}
+    if "base" not in raw:
+        return text
+    merged = read_yaml(path)
+    merged.pop("base", None)
+    return (f"# {path} with its base files merged (relative config paths are relative to {Path(path).parent})\n"
+            + yaml.safe_dump(merged, sort_keys=False))
+
+
 def _stored(suite, row_jobs, teacher_jobs, cache_dir):
-    """(rows, logits jobs): rows read logit-only teachers from stores unless the suite turns it off."""
-    if not suite.stored_logits:
+    """(rows, logits jobs): rows read logit-only teachers from stores unless the suite (or the row's
+    ``logits.stored``) turns it off."""
+    options = {r.name: r.logits for r in suite.rows}
+    if not suite.stored_logits and not any(o.stored for o in options.values()):
         return row_jobs, []
-    return plan_stored_logits(row_jobs, teacher_jobs, cache_dir)
+    return plan_stored_logits(row_jobs, teacher_jobs, cache_dir, options, default=suite.stored_logits)
 
 
 def _run_suite(suite, base, path, out, quick, cache, n_jobs, progress, log, readme, plan_seeds,
@@ -117,11 +137,12 @@ def _run_suite(suite, base, path, out, quick, cache, n_jobs, progress, log, read
     meta = {"recipe": {**recipe, **sized}, "seeds": seeds, "tuned": tuned, "quick": quick, "executor": runner.name,
             "stored_logits": suite.stored_logits,
             "suite_file": str(path), "wall_s_total": time.perf_counter() - t0}
-    results = summarize(suite, teacher_jobs, row_jobs, walls, meta, out_dir, log)
+    costs = pipeline_costs(suite, pipe_jobs, teacher_jobs, row_jobs) if checks else {}
+    results = summarize(suite, teacher_jobs, row_jobs, walls, meta, out_dir, log,
+                        overrides=pipeline_overrides(costs, pipe_jobs + teacher_jobs, run_walls(out_dir, walls), seeds))
     if checks:
-        atomic_write_text(out_dir / "pipelines.json", json.dumps(
-            {"checks": checks, "training_macs": pipeline_costs(suite, pipe_jobs, teacher_jobs, row_jobs)}, indent=2))
-    atomic_write_text(out_dir / "suite.yaml", Path(path).read_text())
+        atomic_write_text(out_dir / "pipelines.json", json.dumps({"checks": checks, "training_macs": costs}, indent=2))
+    atomic_write_text(out_dir / "suite.yaml", _suite_text(path))
     atomic_write_text(out_dir / "resolved_configs.yaml",
                       yaml.safe_dump({j.key: j.raw for j in teacher_jobs + synth_jobs + logits_jobs + row_jobs + pipe_jobs},
                                      sort_keys=False))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 
 from ..config import parse_config
@@ -46,7 +46,9 @@ def measure_costs(raw: dict, throughput: bool = True) -> dict:
 
 
 def summarize(suite: SuiteCfg, teacher_jobs: List[Job], row_jobs: List[Job], walls: Dict[str, float],
-              meta: dict, out_dir: Path, log=print) -> List[dict]:
+              meta: dict, out_dir: Path, log=print, overrides: Optional[Dict[str, dict]] = None) -> List[dict]:
+    """The result rows (and teachers), compared with their baselines, written with the report. ``overrides``:
+    {row: {column: value}} for rows whose cost is not their last run's (pipelines)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rowspec = {r.name: r for r in suite.rows}
     teachers = []
@@ -59,6 +61,8 @@ def summarize(suite: SuiteCfg, teacher_jobs: List[Job], row_jobs: List[Job], wal
                          "params_m": c["params"] / 1e6, "macs_m": c["macs"] / 1e6, "img_per_s": c["img_per_s"],
                          "distilled_from": ",".join(ts.distill_from.values()),
                          "wall_s": sum(e["epoch_time_s"] for e in m["epochs"])})
+        if ts.sweep_of:
+            teachers[-1].update(sweep_of=ts.sweep_of, sweep_value=ts.sweep_value)
     by_row: Dict[str, List[Job]] = {}
     for j in row_jobs:
         by_row.setdefault(j.row, []).append(j)
@@ -89,6 +93,9 @@ def summarize(suite: SuiteCfg, teacher_jobs: List[Job], row_jobs: List[Job], wal
             "wall_s_per_run": sum(sum(e["epoch_time_s"] for e in m["epochs"]) for m in ms) / len(ms),
             "baseline": spec.baseline or "", "curve": spec.curve or "",
         })
+        results[-1].update((overrides or {}).get(name, {}))
+        if spec.sweep_of:   # a row a suite sweep made (vitkd.compare.sweep)
+            results[-1].update(sweep_of=spec.sweep_of, sweep_value=spec.sweep_value)
     # each row against its baseline (no-KD of the same student size unless named), paired by seed
     for r in results:
         r["baseline"] = r["baseline"] or next((x["row"] for x in results if x["family"] == suite.baseline_family

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..config import ConfigError
-from .plan import Job, _resolve, quick_rows, recipe_of
+from .plan import Job, _resolve, quick_rows, recipe_of, row_folder
 from .suite import SuiteCfg
 
 __all__ = ["pipeline_rows", "plan_pipelines", "run_checks"]
@@ -85,7 +85,7 @@ def plan_pipelines(suite: SuiteCfg, base: Path, cache: Path, quick: bool, tuned:
                 if stage.startswith("incubat"):
                     return pdir / stage, f"pipelines/{r.name}/{stage}"
                 if stage == "student":
-                    return pdir / f"s{seed}" / stage, f"rows/{r.name}/s{seed}"
+                    return row_folder(cache, r, seed), f"rows/{r.name}/s{seed}"
                 return pdir / f"s{seed}" / stage, f"pipelines/{r.name}/s{seed}/{stage}"
 
             for name, raw, reads in stage_configs(spec, teacher_raw, student_raw, incubate,
@@ -114,8 +114,31 @@ def pipeline_costs(suite: SuiteCfg, jobs: List[Job], teacher_jobs: List[Job], ro
         stages = {k: training_macs(by_key[k].out) for k in keys if k in by_key}
         entry = {"stages": stages, "total_macs": sum(s["total_macs"] for s in stages.values()),
                  "note": "the teacher's own training is not counted (shared with every row that reads it)"}
-        if r.baseline and f"rows/{r.baseline}/s{seed}" in by_key:
-            b = training_macs(by_key[f"rows/{r.baseline}/s{seed}"].out)
-            entry["baseline"] = {"row": r.baseline, **b}
+        base = r.baseline or next((x.name for x in suite.rows if x.family == suite.baseline_family
+                                   and x.size == r.size), None)   # the default: no-KD of its size
+        if base and f"rows/{base}/s{seed}" in by_key:
+            b = training_macs(by_key[f"rows/{base}/s{seed}"].out)
+            entry["baseline"] = {"row": base, **b}
         out[r.name] = entry
+    return out
+
+
+def pipeline_overrides(costs: Dict[str, dict], jobs: List[Job], walls: Dict[str, float], seeds: List[int]
+                       ) -> Dict[str, dict]:
+    """What a pipeline row's line in the table shows for its whole pipeline rather than its last stage: the
+    training MACs of every stage of one seed (meta model and incubation included) per train image and student
+    epoch (module jobs' epochs + fine-tuning's), and the wall seconds of its stages per seed (the stages
+    shared by the seeds, meta model and incubation, divided among them)."""
+    out = {}
+    for row, c in costs.items():
+        stages = c["stages"]
+        images = max((s["train_images"] for s in stages.values()), default=0)
+        epochs = sum(s["epochs"] for k, s in stages.items() if "/module0" in k or k.startswith("rows/"))
+        shared = sum(walls.get(k, 0.0) for k in stages if k.startswith("teachers/") or "/incubat" in k)
+        per_seed = [walls.get(f"rows/{row}/s{s}", 0.0) + sum(walls.get(j.key, 0.0) for j in jobs
+                    if j.key.startswith(f"pipelines/{row}/s{s}/")) for s in seeds]
+        entry = {"wall_s_per_run": sum(per_seed) / max(1, len(seeds)) + shared / max(1, len(seeds))}
+        if images and epochs:
+            entry["train_mmacs_per_image"] = c["total_macs"] / (images * epochs) / 1e6
+        out[row] = entry
     return out

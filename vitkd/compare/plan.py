@@ -26,6 +26,7 @@ class Job:
     like: Optional[str] = None     # the job whose config builds the model this job's output stands for (a store:
                                    # its teacher's job), so runs that read the output can be dry-built before it exists
     source: Optional[str] = None   # where the output comes from when it is not computed here (a zoo entry's name)
+    args: Dict[str, Any] = field(default_factory=dict)   # its runner's arguments beyond the config (a store's K)
 
 
 def _resolve(config: str, base: Path, *sets: Dict[str, Any]) -> dict:
@@ -59,8 +60,8 @@ def quick_rows(suite: SuiteCfg, quick: bool) -> list:
 
 def plan_teachers(suite: SuiteCfg, base: Path, cache: Path, quick: bool, tuned: Dict[str, Any],
                   sized: Dict[str, Any]) -> List[Job]:
-    """Teacher jobs: the recipe at the tuned data size (``sized``), then the teachers' own settings; those
-    marked ``tuned`` also get the tuned knobs. Quick mode trains the same teachers as the full suite
+    """Teacher jobs: the recipe at the tuned data size (``sized``), the tuned knobs for those marked
+    ``tuned``, then the teachers' own settings. Quick mode trains the same teachers as the full suite
     unless it sets anything of its own."""
     recipe, _ = recipe_of(suite, quick)
     tdir = cache / ("teachers" + ("-quick" if quick and (suite.quick.set or suite.quick.teacher_set) else ""))
@@ -68,7 +69,7 @@ def plan_teachers(suite: SuiteCfg, base: Path, cache: Path, quick: bool, tuned: 
     jobs = []
     for name, t in suite.teachers.items():
         raw = _resolve(t.config, base, recipe, sized, suite.teacher_set, suite.quick.teacher_set if quick else {},
-                       t.set, tuned if t.tuned else {})
+                       tuned if t.tuned else {}, t.set)
         raw["seed"] = 0
         deps = []
         for key, src in t.distill_from.items():   # a teacher assistant distilled from a bigger teacher
@@ -116,6 +117,13 @@ def plan_rows(suite: SuiteCfg, base: Path, cache: Path, quick: bool, tuned: Dict
             jobs.append(Job(f"rows/{r.name}/s{seed}", raw, rdir / r.name / f"s{seed}",
                             deps, kind="row", row=r.name, seed=seed))
     return jobs
+
+
+def row_folder(cache: Path, row, seed: int) -> Path:
+    """The run folder of a (non-quick) row's run at ``seed``: its own, or a pipeline row's last stage."""
+    if row.pipeline:
+        return cache / "pipelines" / row.name / f"s{seed}" / "student"
+    return cache / "rows" / row.name / f"s{seed}"
 
 
 def _job_config(job: Job) -> Optional[dict]:

@@ -1,4 +1,6 @@
-"""The plots: accuracy against MACs per family (pareto.png) and accuracy per epoch (curves.png)."""
+"""The plots: accuracy against MACs per family (pareto.png), accuracy per epoch (curves.png), and, for the
+suites that have them, the gain over no-KD along a sweep (sweep.png: the data-size study) and against the
+teacher's size (teachers.png: the capacity study). Which plots a suite draws: :data:`PLOTS`, from its rows."""
 from __future__ import annotations
 
 import io
@@ -6,12 +8,35 @@ from pathlib import Path
 from typing import Dict, List
 
 
-def plots(suite, teachers, results, curves, out_dir: Path):
-    colors = suite.family_colors
-    not_methods = {suite.baseline_family, *suite.reference_families}
+def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path: Path, dpi: int = 120) -> None:
+    from ..io import atomic_write_bytes
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    _pyplot().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def plots(suite, teachers, results, curves, out_dir: Path) -> List[str]:
+    """Draw every plot that applies to these results; returns the files written."""
+    written = []
+    for name, (applies, draw) in PLOTS.items():
+        if applies(suite, teachers, results):
+            draw(suite, teachers, results, curves, out_dir / name)
+            written.append(name)
+    return written
+
+
+def pareto(suite, teachers, results, curves, path: Path):
+    colors = suite.family_colors
+    not_methods = {suite.baseline_family, *suite.reference_families}
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 6.5))
     seen = set()
     # rows at the same MACs are spread a little sideways so their error bars stay readable
@@ -51,12 +76,12 @@ def plots(suite, teachers, results, curves, out_dir: Path):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    from ..io import atomic_write_bytes
-    atomic_write_bytes(out_dir / "pareto.png", buf.getvalue())
+    _save(fig, path)
 
+
+def epoch_curves(suite, teachers, results, curves, path: Path):
+    colors = suite.family_colors
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
     for name, cv in curves.items():
         c = colors.get(cv["family"], "gray")
@@ -71,7 +96,124 @@ def plots(suite, teachers, results, curves, out_dir: Path):
                if any(cv["family"] == f for cv in curves.values())]
     axes[1].legend(handles=handles, fontsize=8, loc="lower right")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(out_dir / "curves.png", buf.getvalue())
+    _save(fig, path, dpi=110)
+
+
+def _delta_bar(r):
+    """(Δ, lower error, upper error) of a result row against its baseline (its 95% t-interval)."""
+    d = float(r["delta"])
+    lo, hi = r.get("ci_low"), r.get("ci_high")
+    if lo is None or lo != lo:
+        return d, 0.0, 0.0
+    return d, d - float(lo), float(hi) - d
+
+
+def _compared(results):
+    return [r for r in results if r.get("delta") is not None and r.get("verdict")]
+
+
+def sweep(suite, teachers, results, curves, path: Path):
+    """The gain of each method over its baseline at every value of the sweep (the data-size study), with
+    95% intervals; filled markers where the study's Holm-corrected test calls it; the accuracies below."""
+    from .sweep import sweep_points
+    plt = _pyplot()
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(9, 8.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    points = sweep_points(results)
+    methods = {k: v for k, v in points.items() if all(r.get("delta") is not None for r in v)}
+    n = max(1, len(methods))
+    # one colour per method (several methods may share a family here), the baselines black
+    color = {name: "black" if name not in methods else f"C{list(methods).index(name)}" for name in points}
+    for i, (name, pts) in enumerate(methods.items()):
+        c = color[name]
+        xs = [float(r["sweep_value"]) * (1 + 0.03 * (i - (n - 1) / 2)) for r in pts]
+        bars = [_delta_bar(r) for r in pts]
+        ax.errorbar(xs, [b[0] for b in bars], yerr=[[b[1] for b in bars], [b[2] for b in bars]], color=c,
+                    capsize=3, lw=1.2, marker=None, label=name)
+        for x, b, r in zip(xs, bars, pts):
+            called = r.get("verdict") in ("better", "worse")
+            ax.plot(x, b[0], "o", color=c, mfc=c if called else "white", ms=7)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_ylabel("Δ test top-1 vs no-KD (points), 95% CI")
+    ax.set_title("Gain over no-KD against train images (filled: significant, Holm within the study)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    for name, pts in points.items():
+        c = color[name]
+        ax2.errorbar([float(r["sweep_value"]) for r in pts], [r["test_top1_mean"] for r in pts],
+                     yerr=[r["test_top1_std"] for r in pts], color=c, capsize=2, marker="o", ms=4, lw=1, label=name)
+    by_t: Dict[str, List[dict]] = {}
+    for t in teachers:
+        if t.get("sweep_of"):
+            by_t.setdefault(t["sweep_of"], []).append(t)
+    for name, ts in by_t.items():
+        ts = sorted(ts, key=lambda t: float(t["sweep_value"]))
+        ax2.plot([float(t["sweep_value"]) for t in ts], [t["test_top1"] for t in ts], "*--", color="goldenrod",
+                 ms=10, label=f"teacher {name} (CNN reference)")
+    ax2.set_xscale("log")
+    ax2.set_xlabel((suite.sweep.label or suite.sweep.key) if suite.sweep else "sweep value")
+    ax2.set_ylabel("test top-1 (%)")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=7, loc="lower right")
+    xs = sorted({float(r["sweep_value"]) for pts in points.values() for r in pts})
+    ax2.set_xticks(xs)
+    ax2.set_xticklabels([f"{x:g}" for x in xs])
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def teacher_sizes(suite, teachers, results, curves, path: Path):
+    """Student accuracy against its teacher's MACs for the rows of one method with one teacher each (the
+    capacity study); a teacher-assistant chain (a teacher distilled from another) is drawn at its
+    assistant's MACs, joined to the teacher it was distilled from."""
+    plt = _pyplot()
+    by_label = {t["label"]: t for t in teachers}
+    rows = [r for r in results if r["group"] == "capacity" and r["teachers"] in by_label]
+    base = next((r for r in results if r["family"] == suite.baseline_family), None)
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for r in rows:
+        t = by_label[r["teachers"]]
+        chain = bool(t.get("distilled_from"))
+        ax.errorbar(t["macs_m"], r["test_top1_mean"], yerr=r["test_top1_std"], fmt="s" if chain else "o",
+                    color="tab:red" if chain else "tab:brown", capsize=3, ms=7)
+        ax.annotate(f"{r['row']} ({t['label']}: {t['test_top1']:.1f}%)", (t["macs_m"], r["test_top1_mean"]),
+                    fontsize=7, xytext=(6, 4), textcoords="offset points")
+        if chain:
+            src = next((x for x in teachers if x["teacher"] == t["distilled_from"]), None)
+            via = next((x for x in rows if src and x["teachers"] == src["label"]), None)
+            if via is not None:
+                ax.annotate("", (t["macs_m"], r["test_top1_mean"]), (src["macs_m"], via["test_top1_mean"]),
+                            arrowprops={"arrowstyle": "->", "color": "tab:red", "alpha": 0.6})
+    if base is not None:
+        ax.axhspan(base["test_top1_mean"] - base["test_top1_std"], base["test_top1_mean"] + base["test_top1_std"],
+                   color="k", alpha=0.08)
+        ax.axhline(base["test_top1_mean"], color="k", lw=0.8, label=f"no-KD ({base['test_top1_mean']:.1f} ± "
+                                                                       f"{base['test_top1_std']:.1f})")
+    ax.set_xscale("log")
+    ax.set_xlabel("teacher MACs per image (M, log scale)")
+    ax.set_ylabel("student test top-1 (%)  mean ± std over seeds")
+    ax.set_title("Student accuracy against teacher size (squares: through a teacher assistant)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _always(suite, teachers, results) -> bool:
+    return True
+
+
+def _has_sweep(suite, teachers, results) -> bool:
+    return any(r.get("sweep_of") for r in results)
+
+
+def _has_capacity(suite, teachers, results) -> bool:
+    return any(r["group"] == "capacity" for r in results) and len(teachers) > 1
+
+
+# file name -> (does it apply to these results?, draw it)
+PLOTS: Dict[str, tuple] = {
+    "pareto.png": (_always, pareto),
+    "curves.png": (_always, epoch_curves),
+    "sweep.png": (_has_sweep, sweep),
+    "teachers.png": (_has_capacity, teacher_sizes),
+}

@@ -6,13 +6,14 @@ the teacher's job and runs the teacher once over every epoch's augmented images 
 (:mod:`vitkd.logits.save`). The row then reads ``distill.teachers.<key>: {logits: <store>}`` and depends on
 that job. A teacher a term reads for tokens, attention or stages stays live. Rows of one seed and recipe share
 a store whatever their student, so a store's augmentation stream is the one its rows and their no-KD baseline
-see at that seed. The suite option ``stored_logits: false`` (or ``vitkd compare --live-teachers``) turns it off.
+see at that seed. The suite option ``stored_logits: false`` (or ``vitkd compare --live-teachers``) turns it off;
+a row's ``logits: {stored: false}`` keeps its own teachers live, and rows on a synthetic train set always do.
 """
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..config import ConfigError, parse_config
 from .plan import DONE_CHECKS, Job, _strip_checkpoints
@@ -38,9 +39,13 @@ def _logit_only_teachers(job: Job, planned: Dict[str, object], seen: Dict[str, s
     return seen[key]
 
 
-def plan_stored_logits(row_jobs: List[Job], teacher_jobs: List[Job], cache: Path
+def plan_stored_logits(row_jobs: List[Job], teacher_jobs: List[Job], cache: Path,
+                       options: Optional[Dict[str, Any]] = None, default: bool = True
                        ) -> Tuple[List[Job], List[Job]]:
-    """(the rows, rewritten to read stores where they can, the ``logits`` jobs that write those stores)."""
+    """(the rows, rewritten to read stores where they can, the ``logits`` jobs that write those stores).
+
+    ``options``: {row name: its :class:`~vitkd.compare.suite.RowLogits`}: whether the row reads stores
+    (None: ``default``) and their K (None: every class)."""
     from ..logits.fingerprint import data_fingerprint
     from ..logits.format import digest
     from ..logits.save import student_spec
@@ -57,6 +62,14 @@ def plan_stored_logits(row_jobs: List[Job], teacher_jobs: List[Job], cache: Path
     rows = []
     for job in row_jobs:
         job = copy.deepcopy(job)
+        opt = (options or {}).get(job.row)
+        stored = default if opt is None or opt.stored is None else opt.stored
+        topk = None if opt is None else opt.topk
+        # a row on a synthetic train set keeps its teachers live: its images are not known before the set is
+        # written, so no store can be planned for them (and one of the real split would be the wrong images)
+        if not stored or (job.raw.get("data") or {}).get("synthetic"):
+            rows.append(job)
+            continue
         teachers = ((job.raw.get("distill") or {}).get("teachers") or {})
         suite_teachers = {k: by_out[str(Path(t["checkpoint"]))] for k, t in teachers.items()
                           if isinstance(t, dict) and str(Path(t.get("checkpoint", ""))) in by_out}
@@ -69,6 +82,8 @@ def plan_stored_logits(row_jobs: List[Job], teacher_jobs: List[Job], cache: Path
                 if mkey not in specs:
                     specs[mkey] = student_spec(cfg)
                 fp = {**data_fingerprint(cfg, specs[mkey]), "epochs": cfg.train.epochs, "teacher": tjob.key}
+                if topk is not None:   # stores of every class keep the tag they had before K was an option
+                    fp["topk"] = topk
                 tag = f"s{cfg.seed}-{digest(fp)[:10]}"
                 name = tjob.row
                 lkey = f"{KIND}/{name}/{tag}"
@@ -76,8 +91,8 @@ def plan_stored_logits(row_jobs: List[Job], teacher_jobs: List[Job], cache: Path
                     raw = copy.deepcopy(job.raw)
                     raw["distill"] = {"teachers": {k: copy.deepcopy(teachers[k])},
                                       "terms": [{"type": "kd", "teacher": k}]}
-                    stores[lkey] = Job(lkey, raw, cache / "logits" / name / tag,
-                                       [tjob.key], kind=KIND, row=name, seed=cfg.seed, like=tjob.key)
+                    stores[lkey] = Job(lkey, raw, cache / "logits" / name / tag, [tjob.key], kind=KIND,
+                                       row=name, seed=cfg.seed, like=tjob.key, args={"topk": topk})
                 teachers[k] = {"logits": str(stores[lkey].out)}
                 job.deps = [d for d in job.deps if d != tjob.key] + [lkey]
         rows.append(job)
@@ -101,7 +116,8 @@ def _write_store(job: Job) -> None:
     cfg = parse_config(raw)
     cfg.train.threads = None   # the worker's thread count stands
     (name,) = cfg.distill.teachers
-    save_logits(cfg, None, stores={name: Path(job.out)}, progress=False, log=lambda m: None, replace=True)
+    save_logits(cfg, None, topk=job.args.get("topk"), stores={name: Path(job.out)}, progress=False,
+                log=lambda m: None, replace=True)
 
 
 DONE_CHECKS[KIND] = _store_done

@@ -18,6 +18,8 @@ class TeacherSpec:
     label: Optional[str] = None
     family: str = "teacher"
     tuned: bool = False                                 # also gets the knob tuned for the no-KD student
+    sweep_value: Optional[float] = None                 # set by a suite sweep: the value, and the teacher it
+    sweep_of: Optional[str] = None                      # was expanded from
 
 
 @dataclass
@@ -26,6 +28,17 @@ class SynthSpec:
     config: str                                         # a vitkd synthesize config (relative to the suite file)
     teacher: str                                        # the suite teacher it is inverted from
     set: Dict[str, Any] = field(default_factory=dict)   # overrides, dotted keys
+
+
+@dataclass
+class RowLogits:
+    """How a row's logit-only teachers are served (:mod:`vitkd.compare.stored`)."""
+    stored: Optional[bool] = None      # None: the suite's ``stored_logits``; false: live; true: from a store
+    topk: Optional[int] = None         # K of the row's stores (None: every class)
+
+    def __post_init__(self):
+        if self.topk is not None and self.topk < 1:
+            raise ConfigError(f"suite.rows.logits.topk: must be >= 1, got {self.topk}")
 
 
 @dataclass
@@ -41,6 +54,9 @@ class RowSpec:
     curve: Optional[str] = None                         # rows sharing a curve are joined in pareto.png (size sweeps)
     synthetic: Optional[str] = None                     # a suite synthetic set: the row trains on it (data.synthetic)
     pipeline: Optional[str] = None                      # trained by a pipeline of stages (m2mkd; vitkd.compare.pipelines)
+    logits: RowLogits = field(default_factory=RowLogits)   # live or stored logit-only teachers, the stores' K
+    sweep_value: Optional[float] = None                 # set by a suite sweep (vitkd.compare.sweep): the value
+    sweep_of: Optional[str] = None                      # ... and the row it was expanded from
 
 
 @dataclass
@@ -90,6 +106,27 @@ class TuneSpec:
 
 
 @dataclass
+class SweepSpec:
+    """Every row and teacher, once per value of one recipe key (:mod:`vitkd.compare.sweep`): the data-size
+    study sweeps ``data.train_subset``."""
+    key: str                                            # a dotted recipe key
+    values: List[float] = field(default_factory=list)
+    hold: str = "steps"                                 # steps: epochs rescaled so optimizer steps stay the same
+    steps: Optional[int] = None                         # hold: steps: the steps held (default: the recipe's)
+    label: Optional[str] = None                         # axis label of the sweep plot (default: the key)
+
+    def __post_init__(self):
+        if len(self.values) < 2:
+            raise ConfigError(f"suite.sweep.values: a sweep needs at least 2 values, got {self.values}")
+        if self.hold not in ("steps", "epochs"):
+            raise ConfigError(f"suite.sweep.hold: must be steps or epochs, got {self.hold!r}")
+        if self.steps is not None and (self.hold != "steps" or self.steps < 1):
+            raise ConfigError(f"suite.sweep.steps: a positive step count, with hold: steps (got {self.steps})")
+        if self.hold == "steps" and self.key != "data.train_subset":
+            raise ConfigError(f"suite.sweep.hold: steps is defined for data.train_subset, not {self.key}")
+
+
+@dataclass
 class QuickSpec:
     seeds: List[int] = field(default_factory=lambda: [0])
     rows: List[str] = field(default_factory=list)               # the rows quick mode runs (default: all)
@@ -104,6 +141,9 @@ class SuiteCfg:
     # another suite (by name) whose tuning record and run cache this one uses: a suite that extends the
     # main one (``base: digits.yaml``) with more rows reuses its teachers and baselines instead of retraining
     shares: Optional[str] = None
+    # another suite whose tuning record (only) this one reads, with a run cache of its own (the studies)
+    tuning_of: Optional[str] = None
+    sweep: Optional[SweepSpec] = None                   # rows and teachers repeated over one recipe key
     seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
     set: Dict[str, Any] = field(default_factory=dict)   # the recipe, applied to every run (teachers too)
     teacher_set: Dict[str, Any] = field(default_factory=dict)   # applied to teachers only
@@ -128,8 +168,13 @@ class SuiteCfg:
 
     @property
     def home(self) -> str:
-        """The name the tuning record and the run cache are kept under."""
+        """The name the run cache is kept under."""
         return self.shares or self.name
+
+    @property
+    def tuning_home(self) -> str:
+        """The name of the suite whose tuning record this one reads."""
+        return self.tuning_of or self.home
 
 
 def load_suite(path) -> Tuple[SuiteCfg, Path]:

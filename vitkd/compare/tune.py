@@ -42,7 +42,7 @@ TUNED_FILE = "tuning.json"
 
 
 def tuning_dir(suite, results: Optional[str] = None) -> Path:
-    return Path(results) if results else Path("results") / "compare" / suite.home / "tuning"
+    return Path(results) if results else Path("results") / "compare" / suite.tuning_home / "tuning"
 
 
 def read_tuned(suite, results: Optional[str] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:

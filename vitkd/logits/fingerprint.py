@@ -18,7 +18,9 @@ __all__ = ["data_fingerprint", "check_fingerprint", "weights_sha256", "FINGERPRI
 # the order in which fields are compared (the first that differs is named)
 FINGERPRINT_FIELDS = ("dataset", "split", "train_subset", "val_size", "input_size", "mean", "std", "transform",
                       "auto_augment", "re_prob", "hflip", "interpolation", "crop_pct", "repeated_aug", "mixup",
-                      "cutmix", "mixup_prob", "seed")
+                      "cutmix", "mixup_prob", "seed", "synthetic")
+# fields present only when set (stores written before they existed keep serving the runs they served)
+OPTIONAL_FIELDS = ("synthetic",)
 
 
 def data_fingerprint(cfg: RunCfg, spec: DataSpec) -> Dict[str, Any]:
@@ -37,8 +39,18 @@ def data_fingerprint(cfg: RunCfg, spec: DataSpec) -> Dict[str, Any]:
         "crop_pct": float(spec.crop_pct) if timm_tf else None,
         "repeated_aug": d.repeated_aug, "mixup": t.mixup, "cutmix": t.cutmix,
         "mixup_prob": t.mixup_prob if (t.mixup > 0 or t.cutmix > 0) else None, "seed": cfg.seed,
+        # a synthetic train set (data.synthetic) replaces the train split: its own fingerprint names its images
+        "synthetic": _synthetic_fingerprint(d.synthetic),
     }
-    return {k: fp[k] for k in FINGERPRINT_FIELDS}
+    return {k: fp[k] for k in FINGERPRINT_FIELDS if not (k in OPTIONAL_FIELDS and fp[k] is None)}
+
+
+def _synthetic_fingerprint(path: Optional[str]) -> Optional[str]:
+    if path is None:
+        return None
+    from ..synth.store import SyntheticStore
+    m = SyntheticStore(path).manifest()
+    return (m or {}).get("fingerprint") or f"incomplete:{path}"
 
 
 def check_fingerprint(meta: Dict[str, Any], cfg: RunCfg, spec: DataSpec, where: str,
@@ -47,8 +59,8 @@ def check_fingerprint(meta: Dict[str, Any], cfg: RunCfg, spec: DataSpec, where: 
     stored = meta.get("fingerprint") or {}
     want = data_fingerprint(cfg, spec)
     for k in FINGERPRINT_FIELDS:
-        if stored.get(k) != want[k]:
-            raise StoreError(f"{where}: the store was written for {k} = {stored.get(k)!r}, this run has {want[k]!r} "
+        if stored.get(k) != want.get(k):
+            raise StoreError(f"{where}: the store was written for {k} = {stored.get(k)!r}, this run has {want.get(k)!r} "
                              f"(a store serves only runs with its data recipe and seed; save one for this config)")
     if int(stored.get("epochs", 0)) < cfg.train.epochs:
         raise StoreError(f"{where}: the store holds {stored.get('epochs')} epochs, this run trains "

@@ -220,12 +220,25 @@ def suite_selection(results_dir: Path) -> List[Dict[str, Any]]:
     rows read (those in its ``teachers.csv``); the
     no-distillation baselines (the suite's ``baseline_family``), one per student size; and, for every other
     method family (reference families left out), the row with the best mean *validation* top-1 (ties: the
-    first in the suite's order). Each: {kind, key (teacher or row), family, group, teachers, csv row}."""
+    first in the suite's order). Each: {kind, key (teacher or row), family, group, teachers, csv row}.
+
+    Rows trained by a pipeline of stages (m2mKD) are left out: no single run config reproduces them.
+    A suite that shares another's runs (``shares:``, an extension of the main suite) publishes only the rows
+    and teachers the other's results do not hold: those are the other's own runs, published with it."""
     from ..compare.suite import load_suite
     results_dir = Path(results_dir)
     suite, _ = load_suite(results_dir / "suite.yaml")
     rows = _read_csv(results_dir / "results.csv", "row")
     trows = _read_csv(results_dir / "teachers.csv", "teacher") if suite.teachers else {}
+    if suite.shares:
+        home = results_dir.parent / suite.shares
+        if not (home / "results.csv").is_file():
+            raise ZooError(f"zoo publish-suite: {results_dir} shares the runs of suite '{suite.shares}', whose "
+                           f"results ({home / 'results.csv'}) are not there")
+        rows = {k: v for k, v in rows.items() if k not in _read_csv(home / "results.csv", "row")}
+        theirs = _read_csv(home / "teachers.csv", "teacher") if (home / "teachers.csv").is_file() else {}
+        trows = {k: v for k, v in trows.items() if k not in theirs}
+        suite.rows = [r for r in suite.rows if r.name in rows]
     out = []
     for tname, t in suite.teachers.items():
         if tname not in trows:   # a teacher no row of this suite reads was not trained by it
@@ -238,6 +251,8 @@ def suite_selection(results_dir: Path) -> List[Dict[str, Any]]:
         raise ZooError(f"zoo publish-suite: row {missing[0]} missing from {results_dir / 'results.csv'}")
     best: Dict[str, str] = {}
     for r in suite.rows:
+        if r.pipeline:   # reproduced by its pipeline of stages, not by one run config: not published
+            continue
         if r.family == suite.baseline_family:
             out.append({"kind": "row", "key": r.name, "family": r.family, "group": r.group,
                         "teachers": dict(r.teachers), "csv": rows[r.name]})
@@ -261,14 +276,17 @@ def publish_suite(results_dir, index_path, cache: Optional[str] = None, seed: in
     """Publish :func:`suite_selection` of the suite whose results are in ``results_dir``, from its run cache
     (default ``runs/compare/<suite>``): seed ``seed`` of each row, the teachers (seed 0). Refuses, before writing
     anything, when the weights would pass ``max_mb`` (fp32 parameter bytes)."""
+    from ..compare.plan import row_folder
     from ..compare.suite import load_suite
     results_dir = Path(results_dir)
     suite, _ = load_suite(results_dir / "suite.yaml")
     cache_dir = Path(cache) if cache else Path("runs") / "compare" / suite.home
     picks = suite_selection(results_dir)
+    spec = {r.name: r for r in suite.rows}
+    own = {p["key"] for p in picks if p["kind"] == "teacher"}   # the others: published with the suite it shares
     runs = []
     for p in picks:
-        run = cache_dir / "teachers" / p["key"] if p["kind"] == "teacher" else cache_dir / "rows" / p["key"] / f"s{seed}"
+        run = cache_dir / "teachers" / p["key"] if p["kind"] == "teacher" else row_folder(cache_dir, spec[p["key"]], seed)
         RunDir(run).finished_weights(f"zoo publish-suite ({p['kind']} {p['key']})")
         runs.append(run)
     est = sum(4e6 * float(p["csv"]["params_m"]) for p in picks) / 1e6
@@ -280,7 +298,7 @@ def publish_suite(results_dir, index_path, cache: Optional[str] = None, seed: in
     entries = []
     for p, run in zip(picks, runs):
         name = _zoo_name(suite.name, p["kind"], p["key"])
-        lineage = {k: _zoo_name(suite.name, "teacher", t) for k, t in p["teachers"].items()}
+        lineage = {k: _zoo_name(suite.name if t in own else suite.home, "teacher", t) for k, t in p["teachers"].items()}
         if p["kind"] == "teacher":
             ref = SuiteRef(results=f"{rel}/teachers.csv", key="teacher", row=p["key"], seed=0,
                            figures={k: p["csv"][k] for k in TEACHER_FIGURES if k in p["csv"]})

@@ -1,0 +1,269 @@
+"""The studies' machinery: a suite sweep (data size), per-row stored-logit options (live, K), pipeline rows'
+costs, the sweep and teacher-size plots, and the README's evidence block with its claim verdicts."""
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vitkd.cli import main
+from vitkd.compare.suite import load_suite
+from vitkd.compare.sweep import expand_sweep, held_settings
+from vitkd.config import ConfigError
+
+COMMON = {"data": {"name": "digits", "train_subset": 100, "batch_size": 32},
+          "train": {"epochs": 300, "warmup_epochs": 10, "progress": False}}
+KD = [{"type": "ce", "weight": 0.5}, {"type": "kd", "weight": 0.5}]
+
+
+def _suite(tmp_path, **extra):
+    (tmp_path / "student.yaml").write_text(yaml.safe_dump({"model": {"name": "vit_digits_tiny"}, **COMMON}))
+    (tmp_path / "teacher.yaml").write_text(yaml.safe_dump({"model": {"name": "resnet_digits_s"}, **COMMON}))
+    suite = {"name": "tiny", "student": "student.yaml", "seeds": [0, 1],
+             "teachers": {"cnn": {"config": "teacher.yaml", "label": "CNN"}},
+             "rows": [{"name": "no_kd", "family": "none", "size": "S"},
+                      {"name": "kd", "family": "logit", "size": "S", "teachers": {"t": "cnn"},
+                       "set": {"distill.terms": KD}},
+                      {"name": "kd2", "family": "logit", "size": "S", "baseline": "kd", "teachers": {"t": "cnn"},
+                       "set": {"distill.terms": KD}}],
+             "test_families": {"study": ["kd", "kd2"]}, **extra}
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite, sort_keys=False))
+    return load_suite(tmp_path / "suite.yaml")
+
+
+def test_held_steps_rescale_epochs_and_warmup_by_batches_per_epoch():
+    raw = {"data": {"train_subset": 100, "batch_size": 32}, "train": {"epochs": 300, "warmup_epochs": 10}}
+    # 100 images = 4 batches of 32: 1,200 steps; 200 = 7 batches -> 171 epochs (1,197 steps); 1,197 = 38 -> 32
+    assert held_settings(raw, "data.train_subset", 200, "steps") == \
+        {"data.train_subset": 200, "train.epochs": 171, "train.warmup_epochs": 5.7}
+    assert held_settings(raw, "data.train_subset", 1197, "steps")["train.epochs"] == 32
+    assert held_settings(raw, "data.train_subset", 100, "steps")["train.epochs"] == 300
+    # under mixup the loader drops the last partial batch: 100 // 32 = 3 batches, 400 // 32 = 12
+    mixed = {"data": {**raw["data"], "mixup": 0.8}, "train": raw["train"]}
+    assert held_settings(mixed, "data.train_subset", 400, "steps")["train.epochs"] == 75
+    assert held_settings(raw, "data.train_subset", 400, "epochs") == {"data.train_subset": 400}
+    with pytest.raises(ConfigError, match="train_subset"):
+        held_settings({"data": {"batch_size": 32}, "train": {"epochs": 3}}, "data.train_subset", 400, "steps")
+
+
+def test_a_sweep_repeats_rows_and_teachers_per_value_and_pairs_within_a_value(tmp_path):
+    suite, base = _suite(tmp_path, sweep={"key": "data.train_subset", "values": [100, 400], "label": "images"})
+    out = expand_sweep(suite, base, False, {}, {})
+    assert [r.name for r in out.rows] == ["no_kd_100", "kd_100", "kd2_100", "no_kd_400", "kd_400", "kd2_400"]
+    assert set(out.teachers) == {"cnn_100", "cnn_400"}
+    kd400 = next(r for r in out.rows if r.name == "kd_400")
+    assert kd400.teachers == {"t": "cnn_400"} and kd400.size == "S@400" and kd400.sweep_of == "kd"
+    assert kd400.set["data.train_subset"] == 400 and kd400.set["train.epochs"] == 92
+    assert out.teachers["cnn_400"].set["train.epochs"] == 92 and out.teachers["cnn_400"].sweep_value == 400
+    assert next(r for r in out.rows if r.name == "kd2_400").baseline == "kd_400"
+    assert out.test_families == {"study": ["kd_100", "kd2_100", "kd_400", "kd2_400"]}
+    assert expand_sweep(out, base, False, {}, {}) is out   # expanded once
+    # the rows of one value read that value's teacher, and their configs carry the value
+    from vitkd.compare.plan import plan_rows, plan_teachers
+    teachers = plan_teachers(out, base, tmp_path / "cache", False, {}, {})
+    rows = plan_rows(out, base, tmp_path / "cache", False, {}, {}, {j.row: j.out for j in teachers})
+    j = next(r for r in rows if r.key == "rows/kd_400/s1")
+    assert j.raw["data"]["train_subset"] == 400 and j.deps == ["teachers/cnn_400"]
+    assert next(t for t in teachers if t.row == "cnn_400").raw["data"]["train_subset"] == 400
+
+
+def test_sweep_errors(tmp_path):
+    with pytest.raises(ConfigError, match="suite.sweep.values"):
+        _suite(tmp_path, sweep={"key": "data.train_subset", "values": [100]})
+    with pytest.raises(ConfigError, match="suite.sweep.hold"):
+        _suite(tmp_path, sweep={"key": "train.lr", "values": [1, 2]})
+    suite, base = _suite(tmp_path, sweep={"key": "data.train_subset", "values": [100, 200]})
+    suite.rows[1].pipeline = "m2m.yaml"
+    with pytest.raises(ConfigError, match="suite.rows.kd: a swept suite"):
+        expand_sweep(suite, base, False, {}, {})
+
+
+def test_rows_choose_live_or_stored_teachers_and_the_stores_k(tmp_path):
+    from vitkd.compare import _stored
+    from vitkd.compare.plan import plan_rows, plan_teachers
+    suite, base = _suite(tmp_path)
+    suite.rows[1].logits.stored = False            # kd: live
+    suite.rows[2].logits.topk = 2                  # kd2: stores of the top 2
+    cache = tmp_path / "cache"
+    teachers = plan_teachers(suite, base, cache, False, {}, {})
+    rows, stores = _stored(suite, plan_rows(suite, base, cache, False, {}, {}, {j.row: j.out for j in teachers}),
+                           teachers, cache)
+    by = {j.key: j for j in rows}
+    assert "checkpoint" in by["rows/kd/s0"].raw["distill"]["teachers"]["t"]
+    assert "logits" in by["rows/kd2/s0"].raw["distill"]["teachers"]["t"]
+    assert sorted(j.args["topk"] for j in stores) == [2, 2]
+    # without a K the store keeps the tag it had before K was an option (committed caches stay valid)
+    suite.rows[2].logits.topk = None
+    _, plain = _stored(suite, plan_rows(suite, base, cache, False, {}, {}, {j.row: j.out for j in teachers}),
+                       teachers, cache)
+    assert {j.out.name for j in plain}.isdisjoint({j.out.name for j in stores})
+    suite.stored_logits, suite.rows[2].logits.stored = False, None
+    assert _stored(suite, rows, teachers, cache)[1] == []
+    with pytest.raises(ConfigError, match="topk"):
+        _suite(tmp_path, rows=[{"name": "a", "family": "none", "logits": {"topk": 0}}])
+
+
+def test_a_pipeline_row_is_charged_for_all_its_stages():
+    from vitkd.compare.pipelines import pipeline_overrides
+    from vitkd.compare.plan import Job
+    stage = {"macs_per_image": 1e6, "train_images": 100}
+    costs = {"m2m": {"total_macs": 3e12, "stages": {
+        "teachers/meta": {**stage, "epochs": 300}, "pipelines/m2m/incubate0": {**stage, "epochs": 50},
+        "pipelines/m2m/s0/module0": {**stage, "epochs": 200}, "pipelines/m2m/s0/module1": {**stage, "epochs": 200},
+        "rows/m2m/s0": {**stage, "epochs": 100}}}}
+    jobs = [Job(k, {}, Path(k), row=r, seed=s) for k, r, s in [
+        ("pipelines/m2m/s0/module0", "m2m/module0", 0), ("pipelines/m2m/s0/module1", "m2m/module1", 0),
+        ("pipelines/m2m/s1/module0", "m2m/module0", 1), ("pipelines/m2m/s1/module1", "m2m/module1", 1)]]
+    walls = {"teachers/meta": 40.0, "pipelines/m2m/incubate0": 20.0, "pipelines/m2m/s0/module0": 10.0,
+             "pipelines/m2m/s0/module1": 10.0, "pipelines/m2m/s1/module0": 12.0, "pipelines/m2m/s1/module1": 12.0,
+             "rows/m2m/s0": 5.0, "rows/m2m/s1": 7.0}
+    out = pipeline_overrides(costs, jobs, walls, [0, 1])["m2m"]
+    assert out["train_mmacs_per_image"] == pytest.approx(3e12 / (100 * 300) / 1e6)   # module epochs + fine-tuning
+    assert out["wall_s_per_run"] == pytest.approx((25 + 31) / 2 + 60 / 2)
+
+
+# ------------------------------------------------------------------------------------------------ evidence
+ROW_KEYS = ["row", "group", "family", "teachers", "seeds", "test_top1_mean", "test_top1_std", "baseline", "delta",
+            "ci_low", "ci_high", "p_raw", "p_holm", "verdict", "paired_seeds", "train_mmacs_per_image",
+            "wall_s_per_run", "sweep_of", "sweep_value"]
+
+
+def _results(folder: Path, rows, teachers=(), wall=600.0):
+    folder.mkdir(parents=True)
+    with open(folder / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=ROW_KEYS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({"group": "g", "family": "logit", "teachers": "CNN", "seeds": 3, "test_top1_std": 1.0,
+                        "train_mmacs_per_image": 20.0, "wall_s_per_run": 40.0, "paired_seeds": 3, **r})
+    if teachers:
+        with open(folder / "teachers.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["teacher", "label", "test_top1", "sweep_of", "sweep_value",
+                                              "macs_m", "distilled_from"])
+            w.writeheader()
+            for t in teachers:
+                w.writerow(t)
+    (folder / "timing.json").write_text(json.dumps({"empty_cache_wall_s": wall}))
+
+
+def _cmp(row, delta, verdict, base="no_kd", p=0.01, **kw):
+    return {"row": row, "baseline": base, "delta": delta, "ci_low": delta - 2, "ci_high": delta + 2, "p_raw": p,
+            "p_holm": p * 2, "verdict": verdict, "test_top1_mean": 80 + delta, **kw}
+
+
+def test_claim_verdicts_follow_the_paired_tests(tmp_path):
+    from vitkd.compare.evidence import ClaimSpec, Evidence, Suite, judge
+    _results(tmp_path / "a", [{"row": "no_kd", "baseline": "", "test_top1_mean": 80},
+                              _cmp("up", 5.0, "better"), _cmp("down", -4.0, "worse"), _cmp("flat", 0.5, "n.s.")])
+    suites = {str(tmp_path / "a"): Suite(tmp_path / "a")}
+
+    def verdict(expect, *rows):
+        return judge(ClaimSpec("c", "direction", expect, [Evidence(str(tmp_path / "a"), list(rows))]), suites)[0]
+    assert verdict("better", "up", "flat") == "supported"
+    assert verdict("worse", "up") == "contradicted"
+    assert verdict("better", "flat").startswith("silent")
+    assert verdict("same", "flat").startswith("supported")     # n.s., interval [-1.5, +2.5] within ±5
+    assert verdict("same", "flat", "down").startswith("contradicted")
+    wide = judge(ClaimSpec("c", "direction", "same", [Evidence(str(tmp_path / "a"), ["flat"])], margin=2.0), suites)
+    assert wide[0].startswith("silent") and "flat" in wide[0]
+    lines = judge(ClaimSpec("c", "direction", "better", [Evidence(str(tmp_path / "a"), ["up"])]), suites)[1]
+    assert lines == ["`up` vs `no_kd` (a, 3 seeds): Δ +5.00 [+3.0, +7.0], p 0.01 / 0.02 (better)"]
+    with pytest.raises(ConfigError, match="no row 'nope'"):
+        verdict("better", "nope")
+
+
+def test_sweep_claims_ask_where_a_gain_stops_being_significant(tmp_path):
+    from vitkd.compare.evidence import ClaimSpec, Evidence, Suite, judge
+    fades = [_cmp(f"kd_{n}", d, v, base=f"no_kd_{n}", sweep_of="kd", sweep_value=n)
+             for n, d, v in [(100, 8.0, "better"), (400, 3.0, "n.s."), (1197, 0.5, "n.s.")]]
+    flat = [_cmp(f"fit_{n}", 1.0, "n.s.", base=f"no_kd_{n}", sweep_of="fit", sweep_value=n) for n in (100, 400, 1197)]
+    _results(tmp_path / "s", fades + flat)
+    suites = {str(tmp_path / "s"): Suite(tmp_path / "s")}
+    verdict, lines = judge(ClaimSpec("c", "sweep", evidence=[Evidence(str(tmp_path / "s"), ["kd", "fit"])]), suites)
+    assert verdict.startswith("supported by kd")
+    assert lines[0].startswith("`kd` (significant at 100 images)") and "significant at no size" in lines[1]
+    verdict, _ = judge(ClaimSpec("c", "sweep", evidence=[Evidence(str(tmp_path / "s"), ["fit"])]), suites)
+    assert verdict.startswith("silent")
+
+
+def test_vitkd_report_fills_the_readme_block_and_refuses_bad_input(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _results(tmp_path / "results" / "main", [{"row": "no_kd", "baseline": "", "test_top1_mean": 80},
+                                             _cmp("kd", 5.0, "better")], wall=1452.0)
+    _results(tmp_path / "results" / "more", [{"row": "no_kd", "baseline": "", "test_top1_mean": 80},
+                                             _cmp("two_stage", -1.0, "n.s.", base="kd")], wall=0)
+    _results(tmp_path / "results" / "cap", [_cmp("big", -3.0, "worse", base="kd", teachers="Big")],
+             teachers=[{"teacher": "big", "label": "Big", "test_top1": 97.5}])
+    spec = {"main": "results/main", "more": ["results/more"],
+            "studies": [{"results": "results/cap", "title": "Capacity", "plot": "teachers.png"}],
+            "claims": [{"title": "A big teacher distils worse", "kind": "direction", "expect": "worse",
+                        "evidence": [{"results": "results/cap", "rows": ["big"]}]}]}
+    (tmp_path / "readme.yaml").write_text(yaml.safe_dump(spec))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- results:start -->\nold\n<!-- results:end -->\ntail\n")
+    assert main(["report", "readme.yaml", "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old" not in text and text.endswith("<!-- results:end -->\ntail\n")
+    assert "| more | g | two_stage | logit | CNN | 3 | 79.00 ± 1.00 | -1.00 [-3.0, +1.0] vs `kd` |" in text
+    assert text.count("| no_kd |") == 1   # a row the main table has is not repeated
+    assert "`main`: 1452 s (24.2 min) from an empty cache" in text
+    assert "| big | Big | 97.50 | 77.00 ± 1.00 | -3.00 [-5.0, -1.0] vs `kd` |" in text
+    assert "- **A big teacher distils worse.** Verdict: supported." in text
+    assert "![teachers](results/cap/teachers.png)" in text
+    capsys.readouterr()
+    spec["claims"][0]["kind"] = "vibes"
+    (tmp_path / "readme.yaml").write_text(yaml.safe_dump(spec))
+    before = readme.read_text()
+    assert main(["report", "readme.yaml", "--readme", str(readme)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "kind" in err[0] and readme.read_text() == before
+
+
+def test_the_study_plots_are_drawn_from_result_rows(tmp_path):
+    from vitkd.compare.plots import plots
+    suite, base = _suite(tmp_path, sweep={"key": "data.train_subset", "values": [100, 400], "label": "images"})
+    rows = [{"row": f"no_kd_{n}", "family": "none", "group": "baseline", "macs_m": 5.0, "test_top1_mean": 80.0,
+             "test_top1_std": 2.0, "delta": None, "sweep_of": "no_kd", "sweep_value": float(n)} for n in (100, 400)]
+    rows += [{"row": f"kd_{n}", "family": "logit", "group": "capacity", "macs_m": 5.0, "test_top1_mean": 85.0,
+              "test_top1_std": 1.0, "delta": 5.0, "ci_low": 1.0, "ci_high": 9.0, "verdict": v, "teachers": "CNN",
+              "sweep_of": "kd", "sweep_value": float(n)} for n, v in ((100, "better"), (400, "n.s."))]
+    teachers = [{"teacher": "cnn", "label": "CNN", "macs_m": 6.0, "test_top1": 97.0, "distilled_from": "",
+                 "sweep_of": "cnn", "sweep_value": 100.0},
+                {"teacher": "ta", "label": "TA", "macs_m": 6.0, "test_top1": 96.0, "distilled_from": "cnn"}]
+    drawn = plots(suite, teachers, rows, {}, tmp_path)
+    assert drawn == ["pareto.png", "curves.png", "sweep.png", "teachers.png"]
+    assert all((tmp_path / f).stat().st_size > 10_000 for f in drawn)
+    assert plots(suite, teachers[:1], [dict(r, group="g", sweep_of=None) for r in rows], {}, tmp_path) == \
+        ["pareto.png", "curves.png"]
+
+
+def test_rows_on_a_synthetic_set_keep_their_teachers_live_and_a_real_store_refuses_them(tmp_path):
+    """A row trained on a synthetic set may not read a store of the real train split (other images): the suite
+    keeps its teachers live, and the store's fingerprint names the synthetic set, so a direct run is refused."""
+    from vitkd.compare import _stored
+    from vitkd.compare.plan import plan_rows, plan_teachers
+    from vitkd.config import parse_config
+    from vitkd.logits.fingerprint import check_fingerprint, data_fingerprint
+    from vitkd.logits.format import StoreError
+    from vitkd.synth.store import SyntheticStore
+    suite, base = _suite(tmp_path)
+    suite.rows[1].set = {**suite.rows[1].set, "data.synthetic": str(tmp_path)}
+    cache = tmp_path / "cache"
+    teachers = plan_teachers(suite, base, cache, False, {}, {})
+    rows, stores = _stored(suite, plan_rows(suite, base, cache, False, {}, {}, {j.row: j.out for j in teachers}),
+                           teachers, cache)
+    assert "checkpoint" in next(j for j in rows if j.key == "rows/kd/s0").raw["distill"]["teachers"]["t"]
+    assert "logits" in next(j for j in rows if j.key == "rows/kd2/s0").raw["distill"]["teachers"]["t"]
+    real = parse_config({"model": {"name": "vit_digits_tiny"}, **COMMON})
+    from vitkd.logits.save import student_spec
+    spec = student_spec(real)
+    fp = data_fingerprint(real, spec)
+    assert "synthetic" not in fp   # stores of the real split keep the fingerprint they were written with
+    (tmp_path / SyntheticStore.MANIFEST).write_text(json.dumps({"fingerprint": "abc"}))
+    synth = parse_config({"model": {"name": "vit_digits_tiny"}, **COMMON,
+                          "data": {**COMMON["data"], "synthetic": str(tmp_path)}}, paths=False)
+    assert data_fingerprint(synth, spec)["synthetic"] == "abc"
+    with pytest.raises(StoreError, match="synthetic = None, this run has 'abc'"):
+        check_fingerprint({"fingerprint": {**fp, "epochs": 300}}, synth, spec, "store")
+    check_fingerprint({"fingerprint": {**fp, "epochs": 300}}, real, spec, "store")   # the real run is served

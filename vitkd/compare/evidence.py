@@ -1,0 +1,306 @@
+"""The README's results block, composed from committed suite results: the paired main table (with the rows of
+extension suites appended), the studies (data size, capacity) with their plots, the pareto plot, and one
+paragraph per claim saying what the evidence says and where it is silent.
+
+Everything is read from the suites' ``results.csv`` / ``teachers.csv`` / ``timing.json``; the claims are
+declared in a YAML file (``configs/compare/readme.yaml``) as comparisons the suites already made (each row
+against its baseline, paired by seed, Holm-corrected within its family), and the verdict of each claim is
+computed from those verdicts, never written by hand:
+
+* ``direction`` (``expect: better | worse | same``): supported when a comparison is significant in the
+  expected direction; contradicted when one is significant the other way and none the expected way; silent
+  when none is significant. ``same``: supported when none is significant and every 95% interval lies within
+  ``±margin`` points (a non-significant difference alone is not shown to be small), silent when an interval
+  reaches past it, contradicted when a difference is significant;
+* ``sweep`` (the data-size study): per method, the sizes at which its gain is significant; supported when a
+  method's gain is significant at the smallest size, not at the largest, and smaller at the largest.
+
+``vitkd report configs/compare/readme.yaml --readme README.md`` writes the block between the
+``<!-- results:start -->`` / ``<!-- results:end -->`` markers.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from ..config import ConfigError, build_dataclass, read_yaml
+from ..io import atomic_write_text
+from .report import README_END, README_START
+
+__all__ = ["ReadmeSpec", "load_readme_spec", "compose", "write_readme", "judge"]
+
+
+@dataclass
+class Evidence:
+    results: str                       # a suite's results folder
+    rows: List[str] = field(default_factory=list)
+
+
+@dataclass
+class ClaimSpec:
+    title: str
+    kind: str                          # direction | sweep
+    expect: str = "better"             # direction: better | worse | same
+    evidence: List[Evidence] = field(default_factory=list)
+    margin: float = 5.0                # same: how far (points) the interval may reach and still count as the same
+
+    def __post_init__(self):
+        if self.kind not in JUDGES:
+            raise ConfigError(f"claims.{self.title}.kind: one of {', '.join(JUDGES)}, got {self.kind!r}")
+        if self.expect not in ("better", "worse", "same"):
+            raise ConfigError(f"claims.{self.title}.expect: better, worse or same, got {self.expect!r}")
+
+
+@dataclass
+class StudySpec:
+    results: str
+    title: str
+    plot: Optional[str] = None
+    text: str = ""
+
+
+@dataclass
+class ReadmeSpec:
+    main: str                                        # the main suite's results folder
+    more: List[str] = field(default_factory=list)    # suites whose new rows join the main table
+    studies: List[StudySpec] = field(default_factory=list)
+    claims: List[ClaimSpec] = field(default_factory=list)
+
+
+def load_readme_spec(path) -> ReadmeSpec:
+    return build_dataclass(ReadmeSpec, read_yaml(Path(path)), "readme")
+
+
+def _num(v) -> Optional[float]:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if x != x else x
+
+
+class Suite:
+    """One suite's committed results."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        path = self.folder / "results.csv"
+        if not path.is_file():
+            raise ConfigError(f"{path}: no results (run the suite first: vitkd compare)")
+        with open(path, newline="") as f:
+            self.rows = list(csv.DictReader(f))
+        self.by_name = {r["row"]: r for r in self.rows}
+        tpath = self.folder / "teachers.csv"
+        self.teachers = list(csv.DictReader(open(tpath, newline=""))) if tpath.is_file() else []
+        timing = self.folder / "timing.json"
+        self.timing = json.loads(timing.read_text()) if timing.is_file() else {}
+        self.name = self.folder.name
+
+    def row(self, name: str) -> dict:
+        if name not in self.by_name:
+            raise ConfigError(f"{self.folder}/results.csv: no row '{name}'")
+        return self.by_name[name]
+
+    def wall_line(self) -> str:
+        w = self.timing.get("empty_cache_wall_s")
+        if w:
+            return f"{w:.0f} s ({w / 60:.1f} min) from an empty cache"
+        runs = self.timing.get("per_run_s") or {}
+        env = self.folder / "environment.json"
+        jobs = (json.loads(env.read_text()).get("jobs") if env.is_file() else None) or 1
+        return (f"its own {len(runs)} jobs ran {sum(runs.values()):.0f} s, {jobs} at a time "
+                f"(about {sum(runs.values()) / jobs / 60:.1f} min; the rest reused from the cache it shares)")
+
+
+def _delta(r: dict) -> str:
+    d, lo, hi = _num(r.get("delta")), _num(r.get("ci_low")), _num(r.get("ci_high"))
+    if d is None:
+        return ""
+    return f"{d:+.2f} [{lo:+.1f}, {hi:+.1f}]" if lo is not None else f"{d:+.2f}"
+
+
+def _p(r: dict) -> str:
+    p, ph = _num(r.get("p_raw")), _num(r.get("p_holm"))
+    if p is None:
+        return ""
+    return f"{p:.3g} / {ph:.3g}" if ph is not None else f"{p:.3g}"
+
+
+def _pstr(v) -> str:
+    x = _num(v)
+    return "n/a" if x is None else f"{x:.3g}"
+
+
+def _evidence_line(suite: Suite, r: dict) -> str:
+    return (f"`{r['row']}` vs `{r['baseline']}` ({suite.name}, {r.get('paired_seeds') or r['seeds']} seeds): "
+            f"Δ {_delta(r)}, p {_p(r)} ({r.get('verdict') or 'n/a'})")
+
+
+# ------------------------------------------------------------------------------------------------ claims
+def _judge_direction(claim: ClaimSpec, suites: Dict[str, Suite]) -> tuple:
+    items = [(suites[e.results], suites[e.results].row(n)) for e in claim.evidence for n in e.rows]
+    verdicts = [r.get("verdict") for _, r in items]
+    lines = [_evidence_line(s, r) for s, r in items]
+    if claim.expect == "same":
+        moved = [v for v in verdicts if v in ("better", "worse")]
+        wide = [r["row"] for _, r in items
+                if not (-claim.margin <= (_num(r.get("ci_low")) or -1e9) and (_num(r.get("ci_high")) or 1e9) <= claim.margin)]
+        if moved:
+            verdict = "contradicted: a difference is significant"
+        elif wide:
+            verdict = (f"silent: no difference is significant, but the interval of {', '.join(wide)} reaches past "
+                       f"±{claim.margin:g} points, so a difference that large is not ruled out")
+        else:
+            verdict = f"supported: no difference is significant and every interval lies within ±{claim.margin:g} points"
+        return verdict, lines
+    other = {"better": "worse", "worse": "better"}[claim.expect]
+    if claim.expect in verdicts:
+        verdict = "supported"
+    elif other in verdicts:
+        verdict = "contradicted"
+    else:
+        verdict = "silent: no comparison is significant at this scale"
+    return verdict, lines
+
+
+def _judge_sweep(claim: ClaimSpec, suites: Dict[str, Suite]) -> tuple:
+    lines, supported, any_called = [], [], False
+    for e in claim.evidence:
+        s = suites[e.results]
+        for method in e.rows:
+            pts = sorted((r for r in s.rows if r.get("sweep_of") == method), key=lambda r: float(r["sweep_value"]))
+            if not pts:
+                raise ConfigError(f"{s.folder}/results.csv: no sweep rows of '{method}'")
+            sig = [f"{float(r['sweep_value']):g}" for r in pts if r.get("verdict") == "better"]
+            hurt = [f"{float(r['sweep_value']):g}" for r in pts if r.get("verdict") == "worse"]
+            any_called = any_called or bool(sig or hurt)
+            first, last = pts[0], pts[-1]
+            if (first.get("verdict") == "better" and last.get("verdict") != "better"
+                    and _num(last["delta"]) < _num(first["delta"])):
+                supported.append(method)
+            steps = "; ".join(f"{float(r['sweep_value']):g}: {_delta(r)} (p Holm {_pstr(r.get('p_holm'))})"
+                              for r in pts)
+            where = (f"significant at {', '.join(sig)} images" if sig else "significant at no size") + \
+                    (f", significantly worse at {', '.join(hurt)}" if hurt else "")
+            lines.append(f"`{method}` ({where}): {steps}")
+    if supported:
+        verdict = f"supported by {', '.join(supported)}: a significant gain at the smallest size that fades by the largest"
+    elif any_called:
+        verdict = "not supported: the significant gains do not shrink with data as claimed"
+    else:
+        verdict = "silent: no gain is significant at any size (Holm within the study)"
+    return verdict, lines
+
+
+JUDGES = {"direction": _judge_direction, "sweep": _judge_sweep}
+
+
+def judge(claim: ClaimSpec, suites: Dict[str, Suite]) -> tuple:
+    """(verdict sentence, evidence lines) of one claim."""
+    return JUDGES[claim.kind](claim, suites)
+
+
+# ------------------------------------------------------------------------------------------------ block
+def _rel(path: Path, readme: Path) -> str:
+    return os.path.relpath(path, readme.parent).replace(os.sep, "/")
+
+
+def _main_table(main: Suite, more: List[Suite]) -> List[str]:
+    L = ["| suite | group | row | family | teacher | seeds | test top-1 | Δ vs baseline [95% CI] | p raw / Holm | "
+         "verdict | train MMACs/img | wall s/run |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    seen = set()
+    for s in [main] + more:
+        for r in s.rows:
+            if r["row"] in seen:
+                continue
+            seen.add(r["row"])
+            base = r.get("baseline") or ""
+            delta = _delta(r) + (f" vs `{base}`" if base and base != "no_kd" and r.get("delta") else "")
+            L.append(f"| {s.name} | {r['group']} | {r['row']} | {r['family']} | {r['teachers'] or '-'} | {r['seeds']} | "
+                     f"{float(r['test_top1_mean']):.2f} ± {float(r['test_top1_std']):.2f} | {delta} | {_p(r)} | "
+                     f"{r.get('verdict') or ''} | {float(r['train_mmacs_per_image']):.1f} | "
+                     f"{float(r['wall_s_per_run']):.0f} |")
+    return L
+
+
+def _study_table(s: Suite) -> List[str]:
+    sweep = [r for r in s.rows if r.get("sweep_of")]
+    if sweep:
+        values = sorted({float(r["sweep_value"]) for r in sweep})
+        methods = list(dict.fromkeys(r["sweep_of"] for r in sweep))
+        L = ["| row | " + " | ".join(f"{v:g}" for v in values) + " |", "|---" * (len(values) + 1) + "|"]
+        for m in methods:
+            cells = []
+            for v in values:
+                r = next((x for x in sweep if x["sweep_of"] == m and float(x["sweep_value"]) == v), None)
+                if r is None:
+                    cells.append("")
+                elif r.get("delta"):
+                    cells.append(f"{float(r['test_top1_mean']):.1f}, Δ {_delta(r)} p {_pstr(r.get('p_holm'))}"
+                                 f"{' **' + r['verdict'] + '**' if r.get('verdict') in ('better', 'worse') else ''}")
+                else:
+                    cells.append(f"{float(r['test_top1_mean']):.1f} ± {float(r['test_top1_std']):.1f}")
+            L.append(f"| {m} | " + " | ".join(cells) + " |")
+        tv = {}
+        for t in s.teachers:
+            if t.get("sweep_of"):
+                tv.setdefault(t["label"].rsplit(" (", 1)[0], {})[float(t["sweep_value"])] = float(t["test_top1"])
+        for label, acc in tv.items():
+            L.append(f"| teacher {label} | " + " | ".join(f"{acc.get(v, float('nan')):.1f}" for v in values) + " |")
+        return L
+    L = ["| row | teacher | teacher top-1 | test top-1 | Δ vs baseline [95% CI] | p raw / Holm | verdict |",
+         "|---|---|---|---|---|---|---|"]
+    tacc = {t["label"]: float(t["test_top1"]) for t in s.teachers}
+    for r in s.rows:
+        t, base = r["teachers"], r.get("baseline") or ""
+        L.append(f"| {r['row']} | {t or '-'} | {f'{tacc[t]:.2f}' if t in tacc else '-'} | "
+                 f"{float(r['test_top1_mean']):.2f} ± {float(r['test_top1_std']):.2f} | "
+                 f"{_delta(r) + (f' vs `{base}`' if r.get('delta') else '')} | {_p(r)} | {r.get('verdict') or ''} |")
+    return L
+
+
+def compose(spec: ReadmeSpec, readme: Path, command: str) -> str:
+    folders = [spec.main, *spec.more, *(s.results for s in spec.studies),
+               *(e.results for c in spec.claims for e in c.evidence)]
+    suites = {f: Suite(f) for f in dict.fromkeys(folders)}
+    main = suites[spec.main]
+    more = [suites[f] for f in spec.more]
+    L = [f"<!-- generated by `{command}`; do not edit by hand -->", "", "### The paired main table", "",
+         f"Test top-1 (%) on the 400-image digits test split, mean ± std over seeds; Δ against the row's baseline "
+         f"(no-KD unless named), paired by seed, with its 95% t-interval; p raw / Holm-corrected within the row's "
+         f"family of comparisons in its suite; a verdict only where Holm rejects at α = 0.05. Train cost: MACs per "
+         f"train image (student forward + backward, teachers' forwards, connectors; a pipeline row: all its stages "
+         f"per image and student epoch). `{main.name}`: {main.wall_line()}"
+         + "".join(f"; `{s.name}`: {s.wall_line()}" for s in more) + ".", ""]
+    L += _main_table(main, more)
+    L += ["", f"![pareto]({_rel(main.folder / 'pareto.png', readme)})", ""]
+    for st in spec.studies:
+        s = suites[st.results]
+        L += [f"### {st.title}", ""]
+        if st.text:
+            L += [st.text.strip(), ""]
+        L += [f"`{s.name}`: {s.wall_line()}.", ""] + _study_table(s) + [""]
+        if st.plot:
+            L += [f"![{Path(st.plot).stem}]({_rel(s.folder / st.plot, readme)})", ""]
+    L += ["### What the evidence says", ""]
+    for c in spec.claims:
+        verdict, lines = judge(c, suites)
+        L.append(f"- **{c.title}.** Verdict: {verdict}.")
+        L += [f"  - {line}" for line in lines]
+    return "\n".join(L) + "\n"
+
+
+def write_readme(spec_path, readme) -> None:
+    readme = Path(readme)
+    spec = load_readme_spec(spec_path)
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise ConfigError(f"--readme {readme}: no '{README_START}' ... '{README_END}' block to fill")
+    body = compose(spec, readme, f"vitkd report {spec_path} --readme {readme.name}")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    atomic_write_text(readme, head + README_START + "\n" + body + README_END + tail)
