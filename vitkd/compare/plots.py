@@ -23,6 +23,18 @@ def _save(fig, path: Path, dpi: int = 120) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _finish_log_x(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> None:
+    """Log x axis, labels, grid, legend; written to ``path``."""
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def plots(suite, teachers, results, curves, out_dir: Path) -> List[str]:
     """Draw every plot that applies to these results; returns the files written."""
     written = []
@@ -69,14 +81,8 @@ def pareto(suite, teachers, results, curves, path: Path):
         ax.scatter(t["macs_m"], t["test_top1"], marker="*", s=160, color="gold", edgecolor="k", zorder=5,
                    label="teacher" if t is teachers[0] else None)
         ax.annotate(t["label"], (t["macs_m"], t["test_top1"]), fontsize=7, xytext=(3, -9), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("MACs per image (M, log scale)")
-    ax.set_ylabel("test top-1 (%)  mean ± std over seeds")
-    ax.set_title("Accuracy vs compute: students by distillation family, teachers as stars")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    _save(fig, path)
+    _finish_log_x(fig, ax, path, "MACs per image (M, log scale)", "test top-1 (%)  mean ± std over seeds",
+                  "Accuracy vs compute: students by distillation family, teachers as stars")
 
 
 def epoch_curves(suite, teachers, results, curves, path: Path):
@@ -188,14 +194,9 @@ def teacher_sizes(suite, teachers, results, curves, path: Path):
                    color="k", alpha=0.08)
         ax.axhline(base["test_top1_mean"], color="k", lw=0.8, label=f"no-KD ({base['test_top1_mean']:.1f} ± "
                                                                        f"{base['test_top1_std']:.1f})")
-    ax.set_xscale("log")
-    ax.set_xlabel("teacher MACs per image (M, log scale)")
-    ax.set_ylabel("student test top-1 (%)  mean ± std over seeds")
-    ax.set_title("Student accuracy against teacher size (squares: through a teacher assistant)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    _save(fig, path)
+    _finish_log_x(fig, ax, path, "teacher MACs per image (M, log scale)",
+                  "student test top-1 (%)  mean ± std over seeds",
+                  "Student accuracy against teacher size (squares: through a teacher assistant)")
 
 
 def _always(suite, teachers, results) -> bool:
