@@ -124,7 +124,7 @@ def test_a_pipeline_row_is_charged_for_all_its_stages():
 
 
 # ------------------------------------------------------------------------------------------------ evidence
-ROW_KEYS = ["row", "group", "family", "teachers", "seeds", "test_top1_mean", "test_top1_std", "baseline", "delta",
+ROW_KEYS = ["row", "group", "family", "teachers", "seeds", "test_top1_mean", "test_top1_std", "test_top1_all", "baseline", "delta",
             "ci_low", "ci_high", "p_raw", "p_holm", "verdict", "paired_seeds", "train_mmacs_per_image",
             "wall_s_per_run", "sweep_of", "sweep_value"]
 
@@ -171,6 +171,13 @@ def test_claim_verdicts_follow_the_paired_tests(tmp_path):
     assert lines == ["`up` vs `no_kd` (a, 3 seeds): Δ +5.00 [+3.0, +7.0], p 0.01 / 0.02 (better)"]
     with pytest.raises(ConfigError, match="no row 'nope'"):
         verdict("better", "nope")
+    # against another row than its baseline: a paired t over the per-seed values, Holm over the claim's such tests
+    _results(tmp_path / "b", [{"row": "real", "baseline": "", "test_top1_all": "80.00 82.00 84.00"},
+                              {"row": "fake", "baseline": "", "test_top1_all": "50.00 51.00 53.00"}])
+    suites[str(tmp_path / "b")] = Suite(tmp_path / "b")
+    v, lines = judge(ClaimSpec("c", "direction", "same", [Evidence(str(tmp_path / "b"), ["fake"], against="real")]),
+                     suites)
+    assert v.startswith("contradicted") and lines[0].startswith("`fake` vs `real` (b, 3 seeds): Δ -30.67")
 
 
 def test_sweep_claims_ask_where_a_gain_stops_being_significant(tmp_path):

@@ -38,6 +38,9 @@ __all__ = ["ReadmeSpec", "load_readme_spec", "compose", "write_readme", "judge"]
 class Evidence:
     results: str                       # a suite's results folder
     rows: List[str] = field(default_factory=list)
+    # compare the rows with this row of the same suite instead of their own baselines: a paired t-test over the
+    # seeds both ran (their per-seed test top-1), Holm-corrected over the claim's such comparisons
+    against: Optional[str] = None
 
 
 @dataclass
@@ -141,8 +144,33 @@ def _evidence_line(suite: Suite, r: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ claims
+def _against(claim: ClaimSpec, suites: Dict[str, Suite]) -> Dict[tuple, dict]:
+    """The claim's comparisons of rows with another row than their baseline ({(evidence index, row): result row})."""
+    from . import stats
+    out = {}
+    for i, e in enumerate(claim.evidence):
+        if e.against is None:
+            continue
+        s = suites[e.results]
+        base = s.row(e.against)
+        for n in e.rows:
+            a, b = ([float(x) for x in s.row(n)["test_top1_all"].split()], [float(x) for x in base["test_top1_all"].split()])
+            if len(a) != len(b) or len(a) < 2:
+                raise ConfigError(f"claims.{claim.title}: {n} and {e.against} in {s.folder} do not share 2+ seeds")
+            t = stats.paired_t(a, b)
+            out[(i, n)] = {**s.row(n), "baseline": e.against, "delta": t.mean_delta, "ci_low": t.ci_low,
+                                   "ci_high": t.ci_high, "p_raw": t.p, "paired_seeds": t.n}
+    if out:
+        h = stats.holm([r["p_raw"] for r in out.values()])
+        for r, ph, rej in zip(out.values(), h.p_adjusted, h.reject):
+            r.update(p_holm=float(ph), verdict=("better" if r["delta"] > 0 else "worse") if bool(rej) else "n.s.")
+    return out
+
+
 def _judge_direction(claim: ClaimSpec, suites: Dict[str, Suite]) -> tuple:
-    items = [(suites[e.results], suites[e.results].row(n)) for e in claim.evidence for n in e.rows]
+    extra = _against(claim, suites)
+    items = [(suites[e.results], extra.get((i, n)) or suites[e.results].row(n))
+             for i, e in enumerate(claim.evidence) for n in e.rows]
     verdicts = [r.get("verdict") for _, r in items]
     lines = [_evidence_line(s, r) for s, r in items]
     if claim.expect == "same":
