@@ -173,7 +173,7 @@ def test_dearkd_switches_distillation_off_at_the_stage_boundary():
     dearkd = parse_config(read_yaml(ROOT / "configs/digits/dearkd.yaml"), paths=False)   # teacher not trained here
     assert dearkd.model.name == "vit_digits_small_gpsa"
     for terms in (dearkd.distill.terms,
-                  next(r for r in yaml.safe_load((ROOT / "configs/compare/digits_more.yaml").read_text())["rows"]
+                  next(r for r in yaml.safe_load((ROOT / "configs/compare/digits_methods.yaml").read_text())["rows"]
                        if r["name"] == "dearkd_cnn")["set"]["distill.terms"]):
         built = {t.label: t for t in (build_term(s, i, ["t"]) for i, s in enumerate(terms))}
         stage1 = {k: t.schedule(0.5) for k, t in built.items()}
