@@ -197,6 +197,8 @@ def test_the_quick_suite_on_ray_gives_the_local_pools_numbers():
     assert set(local) == set(remote)
     for r in local:
         assert remote[r]["test_top1_all"] == local[r]["test_top1_all"], r
+    wall = json.loads((ray / "timing.json").read_text())["wall_s_this_invocation"]
+    assert f"{wall:.0f} s on 2 cores" in (ROOT / "docs" / "scale_out.md").read_text()
 
 
 def test_the_quick_suite_was_timed_with_and_without_stored_logits():
