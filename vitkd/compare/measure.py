@@ -97,9 +97,9 @@ def summarize(suite: SuiteCfg, teacher_jobs: List[Job], row_jobs: List[Job], wal
         if spec.sweep_of:   # a row a suite sweep made (vitkd.compare.sweep)
             results[-1].update(sweep_of=spec.sweep_of, sweep_value=spec.sweep_value)
     # each row against its baseline (no-KD of the same student size unless named), paired by seed
+    present = {r["row"] for r in results}
     for r in results:
-        r["baseline"] = r["baseline"] or next((x["row"] for x in results if x["family"] == suite.baseline_family
-                                               and x["size"] == r["size"]), "")
+        r["baseline"] = suite.baseline_of(rowspec[r["row"]], among=present) or ""
     seeds_of = {name: verdicts.per_seed(jobs) for name, jobs in by_row.items()}
     families = {m: fam for fam, members in suite.test_families.items() for m in members}
     verdicts.compare_to_baselines(results, seeds_of, families, alpha=suite.alpha)

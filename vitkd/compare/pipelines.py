@@ -114,8 +114,7 @@ def pipeline_costs(suite: SuiteCfg, jobs: List[Job], teacher_jobs: List[Job], ro
         stages = {k: training_macs(by_key[k].out) for k in keys if k in by_key}
         entry = {"stages": stages, "total_macs": sum(s["total_macs"] for s in stages.values()),
                  "note": "the teacher's own training is not counted (shared with every row that reads it)"}
-        base = r.baseline or next((x.name for x in suite.rows if x.family == suite.baseline_family
-                                   and x.size == r.size), None)   # the default: no-KD of its size
+        base = suite.baseline_of(r)
         if base and f"rows/{base}/s{seed}" in by_key:
             b = training_macs(by_key[f"rows/{base}/s{seed}"].out)
             entry["baseline"] = {"row": base, **b}

@@ -144,23 +144,22 @@ def update_readme(readme, out_dir: Path) -> None:
 def run_walls(out_dir: Path, walls: Dict[str, float]) -> Dict[str, float]:
     """Wall seconds per job: this invocation's, and for jobs it reused from the cache (0 here), the time they
     took when they ran, as the suite's ``timing.json`` recorded it."""
-    prev = {}
-    try:
-        prev = json.loads((out_dir / "timing.json").read_text()).get("per_run_s", {})
-    except (OSError, ValueError):
-        pass
+    prev = _read_timing(out_dir / "timing.json").get("per_run_s", {})
     return {**prev, **{k: v for k, v in walls.items() if v > 0 or k not in prev}}
+
+
+def _read_timing(path: Path) -> dict:
+    """A suite's timing record ({} when there is none or it cannot be read)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def write_timing(path: Path, walls: Dict[str, float], wall_total: float) -> None:
     """Seconds per run; runs reused from the cache keep the time measured when they were trained, and the
     suite's wall time from an empty cache is kept from the invocation that trained every run."""
-    prev = {}
-    if path.is_file():
-        try:
-            prev = json.loads(path.read_text())
-        except ValueError:
-            prev = {}
+    prev = _read_timing(path)
     trained = {k: v for k, v in walls.items() if v > 0}
     reused = sorted(k for k, v in walls.items() if v == 0)
     atomic_write_json(path, {

@@ -171,6 +171,14 @@ class SuiteCfg:
         """The name the run cache is kept under."""
         return self.shares or self.name
 
+    def baseline_of(self, row: RowSpec, among=None) -> Optional[str]:
+        """The row a row is compared with: the one it names, else the baseline family's row at its student
+        size (the first in the suite's order; among the names ``among`` when given)."""
+        if row.baseline:
+            return row.baseline
+        return next((x.name for x in self.rows if x.family == self.baseline_family
+                     and (x.size or "") == (row.size or "") and (among is None or x.name in among)), None)
+
     @property
     def tuning_home(self) -> str:
         """The name of the suite whose tuning record this one reads."""
