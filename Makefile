@@ -10,7 +10,7 @@ PY_OLDEST ?= $(shell for p in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python
 VENV_OLDEST := .venv-oldest
 STAMP_OLDEST := $(VENV_OLDEST)/.installed
 
-.PHONY: setup demo compare test test-oldest bench clean
+.PHONY: setup demo quick-results isa-spread compare test test-oldest bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,9 +21,18 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# main job on the embedded digits (no download): every family once, one seed, shorter schedule
+# main job on the embedded digits (no download): every family once, one seed; writes runs/quick/digits-quick/
+# (untracked) and checks each row against the committed reference and its cross-instruction-set band
 demo: $(STAMP)
 	$(BIN)/vitkd compare --quick
+
+# re-make the committed quick reference (results/compare/digits-quick/): only on purpose
+quick-results: $(STAMP)
+	$(BIN)/vitkd compare --quick --out results/compare/digits-quick
+
+# the quick suite, every zoo entry and the behaviour record under three CPU instruction sets (about 25 min)
+isa-spread: $(STAMP)
+	$(BIN)/python tools/isa_spread.py
 
 # the full default suite (5 seeds per row): writes results/compare/digits/, then the README's results block
 # (vitkd report: the main table with the methods suite's rows, the studies, the claims; from results/compare/)

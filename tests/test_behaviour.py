@@ -6,6 +6,8 @@ import pytest
 import tempfile
 from pathlib import Path
 
+pytestmark = pytest.mark.isa   # CPU-sensitive: .ci/run runs these again under other instruction sets
+
 HERE = Path(__file__).parent / "behaviour"
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.isa   # CPU-sensitive: .ci/run runs these again under other instruction sets
+
 ROOT = Path(__file__).parents[1]
 FULL = ROOT / "results" / "compare" / "digits"
 QUICK = ROOT / "results" / "compare" / "digits-quick"

@@ -26,6 +26,8 @@ import yaml
 from vitkd.cli import main
 from vitkd.rundir import RunDir
 
+pytestmark = pytest.mark.isa   # CPU-sensitive: .ci/run runs these again under other instruction sets
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 

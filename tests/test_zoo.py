@@ -223,6 +223,7 @@ def check_cards(index_path: Path):
     return len(idx.models)
 
 
+@pytest.mark.isa
 def test_every_card_cites_its_results_row_exactly(zoo, tmp_path):
     proj, _, _ = zoo
     assert check_cards(proj / "models" / "zoo.yaml") == 3
@@ -253,6 +254,7 @@ def check_entries_reproduce(index_path: Path, home: Path, monkeypatch):
     return len(idx.models)
 
 
+@pytest.mark.isa
 def test_every_entry_reproduces_its_top1_from_a_fresh_cache(zoo, tmp_path, monkeypatch):
     proj, _, _ = zoo
     assert check_entries_reproduce(proj / "models" / "zoo.yaml", tmp_path / "a", monkeypatch) == 3

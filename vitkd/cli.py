@@ -19,6 +19,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"vitkd: error: {message}\n")
 
 
+class _Overrides(argparse.Action):
+    """``--set a=1 b=2 --set c=3``: every KEY=VALUE pair after each ``--set``, in order (as mmengine's
+    ``--cfg-options``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for kv in values:
+            if "=" not in kv:
+                parser.error(f"{option_string} {kv}: expected KEY=VALUE")
+        setattr(namespace, self.dest, list(getattr(namespace, self.dest) or []) + list(values))
+
+
+def add_overrides(parser, help: str) -> None:
+    """The ``--set KEY=VALUE [KEY=VALUE ...]`` option (repeatable)."""
+    parser.add_argument("--set", action=_Overrides, nargs="+", default=[], metavar="KEY=VALUE", help=help)
+
+
 def _cmd_train(args) -> int:
     from .config import load_config
     from .engine import train
@@ -229,7 +245,7 @@ def _add_logits_parser(sub) -> None:
     s.add_argument("--values", choices=["fp16", "fp32"], default="fp16", help="stored logit precision")
     s.add_argument("--chunk", type=int, default=4096, help="sample keys per shard file (default 4096)")
     s.add_argument("--batch-size", type=int, help="teacher batch (default data.eval_batch_size)")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    add_overrides(s, "override config keys")
     s.set_defaults(fn=_cmd_logits_save)
 
 
@@ -240,8 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model (optionally distilled) from a YAML config")
     t.add_argument("config")
     t.add_argument("--out", help="run folder (default runs/<config name>)")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set train.epochs=5 (repeatable)")
+    add_overrides(t, "override config keys, e.g. --set train.epochs=5 train.lr=1e-3 (repeatable)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="start over in a folder that holds a run")
     t.add_argument("--nproc", type=int, metavar="N",
@@ -253,8 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "file with --model) on val and test; no teacher is loaded")
     e.add_argument("checkpoint")
     e.add_argument("--model", help="timm/vitkd model name of a bare weights file")
-    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for the data, e.g. --set data.name=digits (repeatable)")
+    add_overrides(e, "config overrides for the data, e.g. --set data.name=digits (repeatable)")
     e.add_argument("--splits", nargs="+", default=["val", "test"], choices=["train", "val", "test"])
     e.add_argument("--device", choices=["auto", "cpu", "cuda"])
     e.add_argument("--json", action="store_true")
@@ -271,8 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="run a comparison suite: teachers, tuned recipe, every method x seeds -> "
                                        "results/compare/<suite>/ (table, pareto.png, curves.png)")
     c.add_argument("suite", nargs="?", default="configs/compare/digits.yaml")
-    c.add_argument("--out", help="results folder (default results/compare/<suite>[-quick])")
-    c.add_argument("--quick", action="store_true", help="every family, one seed, shorter schedule")
+    c.add_argument("--out", help="results folder (default results/compare/<suite>; with --quick "
+                                 "runs/quick/<suite>-quick, checked against results/compare/<suite>-quick)")
+    c.add_argument("--quick", action="store_true", help="every family, one seed, the full suite's recipe; prints "
+                                                        "each row beside the committed reference and its band")
     c.add_argument("--cache", help="run folders, reused when a run's config is unchanged "
                                    "(default runs/compare/<suite>)")
     c.add_argument("--jobs", type=int, help="runs in parallel (default: the suite's jobs; with --executor ray: "
@@ -319,8 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("config")
     sy.add_argument("--out", help="the set's folder (default runs/synth/<config name>); a partial set there is "
                                   "continued, a complete one of the same teacher and settings reused")
-    sy.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config key, e.g. --set synth.iterations=100 (repeatable)")
+    add_overrides(sy, "override config keys, e.g. --set synth.iterations=100 (repeatable)")
     sy.add_argument("--overwrite", action="store_true", help="replace a set of another teacher or settings")
     sy.set_defaults(fn=_cmd_synthesize)
 

@@ -80,8 +80,17 @@ def _canonical_safetensors(data: bytes) -> bytes:
     return struct.pack("<Q", len(body)) + body + data[8 + n:]
 
 
+def is_p_value(column: str) -> bool:
+    """A column that holds a p-value (``p``, ``p_raw``, ``p_holm``, ``mcnemar_p``, ...)."""
+    return column == "p" or column.startswith("p_") or column.endswith("_p")
+
+
+P_VALUE_FORMAT = "{:.4g}"   # significant digits: 0.000581 stays 0.000581, 3e-07 is not written 0.0000
+
+
 def atomic_write_csv(path, rows, float_format: str = "{:.6g}"):
-    """Rows (dicts) as CSV; the header is the union of their keys in first-seen order."""
+    """Rows (dicts) as CSV; the header is the union of their keys in first-seen order. p-value columns
+    (:func:`is_p_value`) are written with 4 significant digits whatever ``float_format`` says."""
     import csv
     import io
     keys = []
@@ -91,5 +100,6 @@ def atomic_write_csv(path, rows, float_format: str = "{:.6g}"):
     w = csv.DictWriter(buf, fieldnames=keys)
     w.writeheader()
     for row in rows:
-        w.writerow({k: (float_format.format(v) if isinstance(v, float) else v) for k, v in row.items()})
+        w.writerow({k: ((P_VALUE_FORMAT if is_p_value(k) else float_format).format(v) if isinstance(v, float) else v)
+                    for k, v in row.items()})
     atomic_write_text(path, buf.getvalue())

@@ -28,6 +28,7 @@ SETTINGS = {"train.epochs": 2, "data.train_subset": 64, "data.batch_size": 16, "
 TEACHERS = {"runs/digits_cnn_teacher": "cnn_teacher.yaml", "runs/digits_vit_teacher": "vit_teacher.yaml",
             "runs/digits_inv_teacher": "inv_teacher.yaml"}
 TOLERANCE = 1e-6
+FLOOR = 1.0   # differences are relative to max(|recorded|, FLOOR)
 CROSS_VERSION_TOLERANCE = 1e-3
 
 
@@ -99,6 +100,22 @@ def _teacher_refs(path: Path) -> dict:
     return out
 
 
+def difference(recorded: float, now: float) -> float:
+    """A loss's difference, relative to its recorded value (values below ``FLOOR`` count as ``FLOOR``)."""
+    return abs(now - recorded) / max(abs(recorded), FLOOR)
+
+
+def relative_differences(ref_steps: list, got_steps: list) -> float:
+    """The largest :func:`difference` over every step and term of one config (inf when the steps differ)."""
+    if len(ref_steps) != len(got_steps):
+        return float("inf")
+    worst = 0.0
+    for a, b in zip(ref_steps, got_steps):
+        for k, v in a.items():
+            worst = max(worst, difference(v, b[k]) if k in b else float("inf"))
+    return worst
+
+
 def compare(reference: dict, now: dict, tol: float = TOLERANCE) -> list:
     problems = []
     for name, ref_steps in reference.items():
@@ -108,7 +125,7 @@ def compare(reference: dict, now: dict, tol: float = TOLERANCE) -> list:
             continue
         for i, (a, b) in enumerate(zip(ref_steps, got)):
             for k, v in a.items():
-                if k not in b or abs(b[k] - v) > tol * max(1.0, abs(v)):
+                if k not in b or difference(v, b[k]) > tol:
                     problems.append(f"{name} step {i} {k}: {v!r} recorded, {b.get(k)!r} now")
     problems += [f"{n}: not in the reference" for n in now if n not in reference]
     return problems
@@ -118,6 +135,9 @@ def main(argv) -> int:
     mode = argv[1] if len(argv) > 1 else "check"
     with tempfile.TemporaryDirectory() as tmp:
         now = run_all(Path(tmp))
+    if mode == "dump":   # the losses of this machine and environment, for tools/isa_spread.py
+        Path(argv[2]).write_text(json.dumps(now, indent=1) + "\n")
+        return 0
     if mode == "record":
         REFERENCE.write_text(json.dumps({"versions": versions(), "steps": now}, indent=1) + "\n")
         print(f"recorded {sum(len(v) for v in now.values())} steps of {len(now)} configs -> {REFERENCE}")

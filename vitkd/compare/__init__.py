@@ -31,6 +31,7 @@ from .execute import Executor, make_executor
 from .from_zoo import teachers_from_zoo
 from .measure import _mean_std, summarize  # noqa: F401  (_mean_std: used by the tests)
 from .plan import check_jobs, plan_rows, plan_synth, plan_teachers, recipe_of
+from .reference import QUICK_HOME, check_against_reference, format_checks, reference_dir, write_checks
 from .pipelines import pipeline_costs, pipeline_overrides, pipeline_rows, plan_pipelines, run_checks
 from .report import run_walls, update_readme, write_timing
 from .run import execute
@@ -98,7 +99,8 @@ def _stored(suite, row_jobs, teacher_jobs, cache_dir):
 def _run_suite(suite, base, path, out, quick, cache, n_jobs, progress, log, readme, plan_seeds,
                runner: Executor, tuned: dict, sized: dict) -> Path:
     name = suite.name + ("-quick" if quick else "")
-    out_dir = Path(out) if out else Path("results") / "compare" / name
+    # quick mode (the demo) never writes the committed reference: it is re-made only with an explicit --out
+    out_dir = Path(out) if out else (QUICK_HOME / name if quick else reference_dir(name))
     cache_dir = Path(cache) if cache else Path("runs") / "compare" / suite.home
     # check every config before any work starts
     teacher_jobs = plan_teachers(suite, base, cache_dir, quick, tuned, sized)
@@ -154,5 +156,16 @@ def _run_suite(suite, base, path, out, quick, cache, n_jobs, progress, log, read
         for p in meta["seed_plan"]:
             log(f"family {p['family']} (m={p['family_size']}): |Δ| {p['delta']:.1f} needs {p['seeds_median_sd']} seeds "
                 f"at the median paired SD {p['median_sd']:.2f}, {p['seeds_max_sd']} at the largest {p['max_sd']:.2f}")
+    if quick:
+        _check_reference(out_dir, reference_dir(name), log)
     log(f"wrote {out_dir} ({len(results)} rows, {meta['wall_s_total']:.0f}s)")
     return out_dir
+
+
+def _check_reference(out_dir: Path, ref_dir: Path, log) -> None:
+    """Print each row beside the committed reference and its cross-instruction-set band (:mod:`.reference`)."""
+    if not (ref_dir / "results.csv").is_file() or out_dir.resolve() == ref_dir.resolve():
+        return
+    checks = check_against_reference(out_dir, ref_dir)
+    log(format_checks(checks, ref_dir))
+    write_checks(checks, ref_dir, out_dir / "reference_check.json")

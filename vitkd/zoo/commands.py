@@ -57,7 +57,8 @@ def _cmd_download(args) -> int:
 
 def _cmd_eval(args) -> int:
     from .load import evaluate_entry
-    print(json.dumps(evaluate_entry(args.name, args.manifest, split=args.split, device=args.device)))
+    res = evaluate_entry(args.name, args.manifest, split=args.split, device=args.device)
+    print(json.dumps(res, indent=None if args.json else 2))
     return 0
 
 
@@ -118,6 +119,7 @@ def add_zoo_parser(sub, parser_class) -> None:
     e.add_argument("name")
     e.add_argument("--split", choices=["train", "val", "test"], help="default: the entry's split")
     e.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    e.add_argument("--json", action="store_true", help="one line of JSON (default: indented JSON)")
     e.set_defaults(fn=_cmd_eval)
 
     p = zs.add_parser("publish", help="export a finished run's student (timm HF-hub layout) as a zoo entry")
