@@ -2,6 +2,7 @@
 table, plots; plus the teacher-assistant chain."""
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,24 @@ def test_suite_end_to_end_and_cache(tmp_path, suite_file, capsys):
     q = list(csv.DictReader(open(qout / "results.csv")))
     assert [r["row"] for r in q] == ["kd"] and q[0]["test_top1_all"] == kd["test_top1_all"].split()[0]
     assert json.loads((qout / "timing.json").read_text())["runs_trained_now"] == 0
+    # without --out, quick mode (the demo) writes runs/quick/<suite>-quick, never the committed reference in
+    # results/compare/<suite>-quick, and prints each row against that reference and its band
+    proj = tmp_path / "proj"
+    ref = proj / "results" / "compare" / "tiny-quick"
+    shutil.copytree(qout, ref)
+    (ref / "isa_spread.json").write_text(json.dumps({"quick": {"rows": {"kd": {"band": 0.5}}}}))
+    before = {f.name: f.read_bytes() for f in ref.iterdir()}
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(proj)
+        assert main(["compare", str(suite_file), "--quick", "--cache", str(cache), "--tuning", str(tuning)]) == 0
+    printed = capsys.readouterr().out
+    assert {f.name: f.read_bytes() for f in ref.iterdir()} == before
+    demo = proj / "runs" / "quick" / "tiny-quick"
+    assert (demo / "results.csv").is_file() and "wrote runs/quick/tiny-quick" in printed
+    assert "all 1 rows within their bands" in printed
+    check = json.loads((demo / "reference_check.json").read_text())
+    assert [(r["row"], r["status"]) for r in check["rows"]] == [("kd", "OK")]
     # quick mode from an empty cache: the teacher published in a zoo (from this suite) is restored, not trained,
     # and the quick row is the full suite's seed-0 run to the last digit
     from vitkd.zoo.publish import publish_suite

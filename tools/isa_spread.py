@@ -138,6 +138,19 @@ def behaviour(work: Path) -> dict:
             "overall_max_rel_diff": max(max(v.values()) for v in configs.values())}
 
 
+def markdown_table(doc: dict) -> str:
+    """The README's table: per row, the committed reference, each instruction set's top-1, the spread, the band."""
+    isas = list(doc["machine"])
+    head = ["row", "committed"] + [f"{i} ({doc['machine'][i]['aten_capability']})" for i in isas] + \
+        ["spread", "band"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row, r in doc["quick"]["rows"].items():
+        cells = [row, f"{r['reference']:.2f}"] + [f"{r[i]:.2f}" for i in isas] + \
+            [f"{r['spread_across_isas']:.2f}", f"±{r['band']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--parts", nargs="+", default=["quick", "zoo", "behaviour"], choices=["quick", "zoo", "behaviour"])
@@ -164,6 +177,8 @@ def main(argv=None) -> int:
             doc["zoo_eval"] = zoo(work)
         target.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"wrote {target}")
+        if "quick" in doc:
+            print(markdown_table(doc))
     if "behaviour" in args.parts:
         target = BEHAVIOUR / "isa_spread.json"
         doc = {"what": "per-step losses of every digits config under three CPU instruction sets, against the record",
