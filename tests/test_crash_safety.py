@@ -191,7 +191,7 @@ def test_a_killed_overwrite_never_loads_as_the_old_run(tmp_path, reference, caps
     if code == 2:
         assert len(err.strip().splitlines()) == 1 and str(old) in err
     else:
-        assert code == 0 and torch.load(old / RunDir.CHECKPOINT, weights_only=False)["config"]["seed"] == 2
+        assert code == 0 and torch.load(old / RunDir.CHECKPOINT, weights_only=True)["config"]["seed"] == 2
         assert "epoch" in json.loads(out.strip().splitlines()[-1])
 
 

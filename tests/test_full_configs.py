@@ -64,7 +64,7 @@ def test_full_config_two_steps(tmp_path, capsys, config, kind, n_cls, val_size):
     assert m["num_classes"] == n_cls and len(m["epochs"]) == 1
     e = m["epochs"][0]
     assert "train_deit" in e and "ema_test_top1" in e
-    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ck["scheduler"]["step_count"] == 2   # two optimizer steps
 
 

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import csv
 import http.server
+import json
 import os
 import pickle
 import shutil
 import socket
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -34,6 +38,7 @@ from vitkd.zoo.load import evaluate_entry, model_folder
 from vitkd.zoo.publish import check_card_figures, publish_run, publish_suite
 
 ROOT = Path(__file__).resolve().parents[1]
+CHUNK = 1 << 16
 WEIGHTS = RunDir.WEIGHTS
 VIT = {"name": "vit_tiny_patch16_224", "args": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2,
                                                 "num_heads": 2}}
@@ -47,10 +52,14 @@ class State:
         self.root = root
         self.reset()
 
-    def reset(self, **modes):
-        self.modes = dict(modes)        # {file name: mode}: ok | no_range | cut_once | 503_once | corrupt
+    def reset(self, redirect_to: str = "", **modes):
+        # {file name: mode}: ok | no_range | cut_once | 503_once | corrupt | redirect | redirect_twice | drip |
+        # oversize (no Content-Length) | oversize_declared
+        self.modes = dict(modes)
+        self.redirect_to = redirect_to  # where redirect modes send the client (the last hop)
         self.requests = []              # (file name, Range header or None, status)
         self.spent = set()
+        self.sent = 0                   # body bytes the drip and oversize modes managed to send
 
 
 def _handler(state: State):
@@ -64,9 +73,18 @@ def _handler(state: State):
             name = Path(rel).name
             mode = state.modes.get(name, "ok")
             rng = self.headers.get("Range")
+            if rel.startswith("hop/"):
+                p = state.root / rel[len("hop/"):]
             if not p.is_file():
                 state.requests.append((name, rng, 404))
                 self.send_error(404, "Not Found")
+                return
+            if mode in ("redirect", "redirect_twice"):
+                hop = mode == "redirect_twice" and not rel.startswith("hop/")
+                state.requests.append((name, rng, 302))
+                self.send_response(302)
+                self.send_header("Location", f"/hop/{rel}" if hop else state.redirect_to)
+                self.end_headers()
                 return
             if mode == "503_once" and name not in state.spent:
                 state.spent.add(name)
@@ -84,6 +102,9 @@ def _handler(state: State):
             else:
                 self.send_response(200)
             body = data[start:]
+            if mode in ("drip", "oversize", "oversize_declared"):
+                self._stream(name, rng, body, mode)
+                return
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             state.requests.append((name, rng, 206 if start else 200))
@@ -94,6 +115,27 @@ def _handler(state: State):
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
             self.wfile.write(body)
+
+        def _stream(self, name, rng, body, mode):
+            """drip: the file one byte a second; oversize: the file, then up to 256 MiB more, with no length
+            (oversize_declared: that length announced). Stops when the client hangs up; counts what it sent."""
+            extra = 0 if mode == "drip" else 256 << 20
+            if mode != "oversize":
+                self.send_header("Content-Length", str(len(body) + extra))
+            self.end_headers()
+            state.requests.append((name, rng, 200))
+            if mode == "drip":
+                blocks = (body[i:i + 1] for i in range(len(body)))
+            else:
+                blocks = iter([body] + [bytes(CHUNK)] * (extra // CHUNK))
+            try:
+                for block in blocks:
+                    self.wfile.write(block)
+                    self.wfile.flush()
+                    state.sent += len(block)
+                    time.sleep(1.0 if mode == "drip" else 0.0)
+            except OSError:   # the client hung up
+                pass
     return H
 
 
@@ -516,3 +558,239 @@ def test_the_reproduce_config_retrains_the_same_bytes_with_its_zoo_teacher(zoo, 
     again = publish_run(tmp_path / "again", "tiny-kd", tmp_path / "models" / "zoo.yaml", figures={"params_m": 0.0})
     assert again.file(WEIGHTS).sha256 == e.file(WEIGHTS).sha256
     assert again.teachers == {"t": "tiny-teacher-inv"}   # lineage read from the config's zoo teacher
+
+
+# ---------------------------------------------------------------------- hostile servers, indexes and caches (issue 26)
+def _left_in(folder: Path):
+    """What an entry's cache folder holds besides its lock (nothing when the folder was never made)."""
+    return sorted(p.name for p in folder.iterdir() if p.name != ".lock") if folder.is_dir() else []
+
+
+def _listener():
+    """A loopback TCP port that accepts nothing by itself: a connection to it shows up in accept()."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(4)
+    s.setblocking(False)
+    return s
+
+
+def _connections(s: socket.socket) -> int:
+    n = 0
+    while True:
+        try:
+            s.accept()[0].close()
+            n += 1
+        except BlockingIOError:
+            return n
+
+
+@pytest.mark.parametrize("mode,hops", [("redirect", 1), ("redirect_twice", 2)])
+def test_a_redirect_to_ftp_is_refused_at_every_hop_without_retries(zoo, capsys, mode, hops):
+    _, state, _ = zoo
+    ftp = _listener()
+    try:
+        state.reset(redirect_to=f"ftp://127.0.0.1:{ftp.getsockname()[1]}/model.safetensors", **{WEIGHTS: mode})
+        err = _one_line_exit_2(["zoo", "download", "tiny-no_kd"], capsys)
+        assert "scheme 'ftp' not allowed" in err and "redirected to ftp://" in err
+        assert [r for r in state.requests if r[0] == WEIGHTS] == [(WEIGHTS, None, 302)] * hops   # one try
+        assert _connections(ftp) == 0   # the ftp: URL was never opened
+    finally:
+        ftp.close()
+    assert WEIGHTS not in _left_in(_cache("tiny-no_kd")) and not [n for n in _left_in(_cache("tiny-no_kd"))
+                                                                   if n.endswith(".part")]
+
+
+def test_a_server_dripping_bytes_meets_the_download_deadline(zoo, capsys, monkeypatch):
+    _, state, _ = zoo
+    state.reset(**{WEIGHTS: "drip"})
+    monkeypatch.setenv("VITKD_ZOO_DEADLINE", "1.5")
+    t0 = time.monotonic()
+    err = _one_line_exit_2(["zoo", "download", "tiny-no_kd"], capsys)
+    assert time.monotonic() - t0 < 15 and "download deadline of 1.5s" in err and "VITKD_ZOO_DEADLINE" in err
+    assert 0 < state.sent < 10
+    assert WEIGHTS not in _left_in(_cache("tiny-no_kd"))
+    assert not [n for n in _left_in(_cache("tiny-no_kd")) if n.endswith(".part")]
+
+
+def test_sizes_above_the_ceiling_are_refused_before_any_request(zoo, capsys, monkeypatch, tmp_path):
+    proj, state, _ = zoo
+    size = (proj / "models" / "tiny-no_kd" / WEIGHTS).stat().st_size
+    monkeypatch.setenv("VITKD_ZOO_MAX_BYTES", str(size - 1))
+    assert "download ceiling" in _one_line_exit_2(["zoo", "download", "tiny-no_kd"], capsys)
+    monkeypatch.delenv("VITKD_ZOO_MAX_BYTES")
+    raw = yaml.safe_load(Path(load_index().path).read_text())   # a hostile index: 8 TiB of weights
+    entry = raw["models"][1]
+    entry["files"] = [dict(f, size=8 << 40) if f["name"] == WEIGHTS else f for f in entry["files"]]
+    manifest = tmp_path / "zoo.yaml"
+    manifest.write_text(yaml.safe_dump({"models": [entry]}))
+    err = _one_line_exit_2(["zoo", "download", entry["name"], "--manifest", str(manifest)], capsys)
+    total = sum(f["size"] for f in entry["files"])
+    assert f"entry {entry['name']}: {total} bytes exceed the download ceiling of {2 << 30} bytes" in err
+    assert not state.requests and not _cache(entry["name"]).exists()
+
+
+@pytest.mark.parametrize("mode,said", [("oversize", "sends more than"), ("oversize_declared", "announces")])
+def test_a_server_sending_more_than_declared_is_cut_off(zoo, capsys, mode, said):
+    proj, state, _ = zoo
+    state.reset(**{WEIGHTS: mode})   # the file, then 256 MiB of zeros
+    err = _one_line_exit_2(["zoo", "download", "tiny-no_kd"], capsys)
+    assert said in err
+    for _ in range(100):   # the server notices the hang-up on its next writes
+        sent = state.sent
+        time.sleep(0.05)
+        if state.sent == sent:
+            break
+    assert state.sent < 64 << 20   # reading stopped: the 256 MiB were not taken
+    assert [r for r in state.requests if r[0] == WEIGHTS] == [(WEIGHTS, None, 200)]
+    assert WEIGHTS not in _left_in(_cache("tiny-no_kd"))
+    assert not [n for n in _left_in(_cache("tiny-no_kd")) if n.endswith(".part")]
+
+
+def test_a_full_disk_ends_the_download_in_one_line_and_removes_the_part(zoo, tmp_path):
+    """The disk refuses the bytes half way through the weights. Simulated with a real kernel refusal: the download
+    runs in a child process whose file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored) makes the write past it fail
+    with EFBIG, the same OSError path as ENOSPC (no small filesystem can be mounted here)."""
+    proj, state, _ = zoo
+    files = {p.name: p.stat().st_size for p in (proj / "models" / "tiny-no_kd").iterdir()}
+    limit = files[WEIGHTS] // 2
+    assert all(n < limit for name, n in files.items() if name != WEIGHTS)   # the other files fit
+    code = ("import resource, signal, sys\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+            "from vitkd.cli import main\n"
+            "sys.exit(main(['zoo', 'download', 'tiny-no_kd']))\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "cannot write" in lines[0] and "File too large" in lines[0] and f".{WEIGHTS}.part" in lines[0]
+    assert [r for r in state.requests if r[0] == WEIGHTS] == [(WEIGHTS, None, 200)]   # not retried
+    left = _left_in(_cache("tiny-no_kd"))
+    assert WEIGHTS not in left and not [n for n in left if n.endswith(".part")]
+
+
+def _as_root_without_dac_override():
+    """Root passes mode bits through CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH. Dropped from the bounding set
+    before exec, the child is root that a read-only folder really stops (EACCES), as any other user; no mount
+    rights are needed, and nothing in vitkd is patched."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):   # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, cap, 0, 0, 0) != 0:   # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def _read_only_child(args, env):
+    pre = _as_root_without_dac_override if os.geteuid() == 0 else None
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=300,
+                          preexec_fn=pre)
+
+
+def _tree_mode(root: Path, folders: int, files: int):
+    for p in [root, *root.rglob("*")]:
+        p.chmod(folders if p.is_dir() else files)
+
+
+def test_a_read_only_cache_holding_a_verified_download_is_used(zoo, tmp_path):
+    from test_bad_input import snapshot
+    proj, state, _ = zoo
+    model_folder("tiny-kd")
+    _, broken = model_folder("tiny-no_kd")
+    (broken / "README.md").unlink()   # an incomplete download: refused below, since nothing can be fetched into it
+    home = Path(os.environ["VITKD_HOME"])
+    requests = len(state.requests)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    _tree_mode(home, 0o555, 0o444)
+    try:
+        try:
+            probe = _read_only_child(["-c", f"open({str(home / 'probe')!r}, 'w')"], env).stderr
+        except subprocess.SubprocessError as e:   # root without the right to drop its capabilities
+            probe = str(e)
+        if "PermissionError" not in probe:
+            pytest.skip(f"no read-only folder can be made here ({probe.strip()[-200:] or 'writable'})")
+        before = snapshot(home)
+        out = []
+        for args in (["-m", "vitkd", "zoo", "download", "tiny-kd"], ["-m", "vitkd", "zoo", "eval", "tiny-kd", "--json"],
+                     ["-c", "import vitkd.zoo; print(type(vitkd.zoo.create_model('tiny-kd')).__name__)"]):
+            proc = _read_only_child(args, env)
+            assert proc.returncode == 0 and not proc.stderr.strip(), (args, proc.stderr)
+            out.append(proc.stdout.strip().splitlines()[-1])
+        assert json.loads(out[0])["folder"] == str(_cache("tiny-kd"))
+        e = load_index().get("tiny-kd")
+        assert json.loads(out[1])[f"{e.split}_top1"] == e.top1 and out[2] == "VisionTransformer"
+        proc = _read_only_child(["-m", "vitkd", "zoo", "download", "tiny-no_kd"], env)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert "cannot be written" in lines[0] and "README.md" in lines[0] and "VITKD_HOME" in lines[0]
+        assert len(state.requests) == requests and snapshot(home) == before
+    finally:
+        _tree_mode(home, 0o755, 0o644)
+
+
+def _files(folder: Path):
+    """Every file under ``folder`` with its sha256, the entries' empty lock files aside (a lock stays where a
+    download was tried: removing it while another process waits on it would break the lock)."""
+    from test_bad_input import snapshot
+    return {k: v for k, v in (snapshot(folder) or {}).items() if v != "<dir>" and Path(k).name != ".lock"}
+
+
+def _refused(argv, capsys, *expect):
+    """Exit 2, one line holding every piece of ``expect``, the cache home and the served zoo unchanged."""
+    home, served = Path(os.environ["VITKD_HOME"]), Path(load_index().path).parent
+    before = _files(home), _files(served)
+    err = _one_line_exit_2(argv, capsys)
+    for piece in expect:
+        assert piece in err, (piece, err)
+    assert (_files(home), _files(served)) == before
+    return err
+
+
+@pytest.mark.parametrize("url,said", [("http://[::1/", "Invalid IPv6 URL"), ("http://127.0.0.1:port/", "port"),
+                                      ("http:///models/", "no host")])
+def test_a_malformed_zoo_url_is_one_line(zoo, capsys, monkeypatch, url, said):
+    _, state, _ = zoo
+    monkeypatch.setenv("VITKD_ZOO_URL", url)
+    _refused(["zoo", "download", "tiny-kd"], capsys, "VITKD_ZOO_URL", "malformed URL", said)
+    assert not state.requests
+
+
+def test_a_vitkd_home_that_is_a_file_is_one_line(zoo, capsys, monkeypatch, tmp_path):
+    home = tmp_path / "home-file"
+    home.write_text("not a folder\n")
+    monkeypatch.setenv("VITKD_HOME", str(home))
+    _refused(["zoo", "download", "tiny-kd"], capsys, str(home), "VITKD_HOME", "not a folder")
+    assert home.read_text() == "not a folder\n"
+
+
+def _manifest(tmp_path: Path, change) -> str:
+    """The tiny index with ``change(raw)`` applied, written beside the served one (its relative URLs resolve
+    against VITKD_ZOO_URL)."""
+    raw = yaml.safe_load(Path(load_index().path).read_text())
+    change(raw)
+    path = tmp_path / "changed" / "zoo.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_an_entry_whose_config_names_another_architecture_is_refused(zoo, capsys, tmp_path):
+    _, state, _ = zoo
+    manifest = _manifest(tmp_path, lambda raw: raw["models"][2].update(architecture="resnet_digits_s"))
+    err = _refused(["zoo", "download", "tiny-kd", "--manifest", manifest], capsys, "architecture 'resnet_digits_s'",
+                   "'vit_tiny_patch16_224' in its config.json")
+    assert err and {n for n, _, _ in state.requests} == {"config.json"}   # checked before the weights come
+    assert _left_in(_cache("tiny-kd")) == []
+
+
+@pytest.mark.parametrize("change,said", [
+    (lambda raw: raw.update(version=2), "index version 2 is newer than this vitkd reads (1)"),
+    (lambda raw: raw.update(version="one"), "version must be a positive integer"),
+    (lambda raw: raw["models"][0]["files"].append(raw["models"][0]["files"][0]), "duplicate file 'config.json'"),
+], ids=["version from the future", "version not a number", "a file listed twice"])
+def test_bad_indexes_are_one_line(zoo, capsys, tmp_path, change, said):
+    _, state, _ = zoo
+    manifest = _manifest(tmp_path, change)
+    for argv in (["zoo", "list"], ["zoo", "download", "tiny-teacher-inv"]):
+        _refused([*argv, "--manifest", manifest], capsys, said)
+    assert not state.requests

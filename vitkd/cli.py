@@ -139,6 +139,12 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_convert_checkpoint(args) -> int:
+    from .engine.checkpoint import convert_checkpoint
+    print(json.dumps({"checkpoint": str(convert_checkpoint(args.old, args.new, trust=args.trust))}))
+    return 0
+
+
 def _cmd_profile(args) -> int:
     if args.img_size is not None and args.img_size <= 0:
         raise ConfigError(f"--img-size: must be > 0, got {args.img_size}")
@@ -273,6 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", choices=["auto", "cpu", "cuda"])
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=_cmd_eval)
+
+    cc = sub.add_parser("convert-checkpoint", help="rewrite a checkpoint of an older vitkd (NumPy objects pickled) "
+                                                   "so that the safe loader reads it; loading OLD runs any code it "
+                                                   "holds: only for a file you trust")
+    cc.add_argument("old")
+    cc.add_argument("new")
+    cc.add_argument("--trust", action="store_true", help="OLD is your own file: load it with the unsafe loader")
+    cc.set_defaults(fn=_cmd_convert_checkpoint)
 
     pr = sub.add_parser("profile", help="params, MACs (attention counted) and img/s of a timm or vitkd model, "
                                         "or the training cost per image of a run config (CONFIG.yaml)")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import pickle
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,10 +88,54 @@ CIFAR_LAYOUT = {   # torchvision's on-disk python format (the official archives,
 }
 
 
+# what a CIFAR batch may name: NumPy's array reconstruction (numpy 1.x and 2.x module names, pickle protocols
+# 0-5) and builtin containers; anything else (os.system, subprocess, eval, ...) is refused unread
+_CIFAR_PICKLE_GLOBALS = frozenset({
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "bytearray"),
+    ("__builtin__", "set"), ("__builtin__", "frozenset"), ("__builtin__", "bytearray"),
+})
+
+
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """What a protocol 0-2 pickle of Python 3 names ``_codecs.encode`` for: bytes written as latin-1 text."""
+    if encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} (only latin1 holds bytes)")
+    return text.encode("latin1")
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Reads CIFAR's pickled batches and loads no code: only the globals of :data:`_CIFAR_PICKLE_GLOBALS`."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_bytes
+        if (module, name) not in _CIFAR_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"it names the Python object {module}.{name} (a CIFAR batch holds only "
+                                         f"lists, dicts, strings, numbers and NumPy arrays)")
+        return super().find_class(module, name)
+
+
+def _read_cifar_pickle(path: Path) -> dict:
+    """One CIFAR pickle (a batch or the meta file), read as torchvision does (latin1) by the restricted
+    unpickler; a file it refuses or cannot read is one line naming the file."""
+    try:
+        with open(path, "rb") as f:
+            entry = _CifarUnpickler(f, encoding="latin1").load()
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"data.root: cannot read {path}: {type(e).__name__}: {first}") from None
+    if not isinstance(entry, dict):
+        raise ConfigError(f"data.root: cannot read {path}: a {type(entry).__name__}, not a CIFAR dict")
+    return entry
+
+
 def _cifar(cfg: DataCfg):
     """Read CIFAR-10/100 from torchvision's on-disk format (the pickled batches, read as torchvision does:
-    latin1 pickles, data [N, 3072] -> HWC uint8). Never downloads; checks presence, not md5 sums."""
-    import pickle
+    latin1 pickles, data [N, 3072] -> HWC uint8, but by an unpickler that loads no code). Never downloads;
+    checks presence, not md5 sums."""
     folder_name, train_files, test_files, meta_file, label_key, names_key = CIFAR_LAYOUT[cfg.name]
     folder = Path(cfg.root) / folder_name
     missing = [f for f in train_files + test_files + [meta_file] if not (folder / f).is_file()]
@@ -100,18 +145,18 @@ def _cifar(cfg: DataCfg):
     def read(files):
         xs, ys = [], []
         for fname in files:
+            entry = _read_cifar_pickle(folder / fname)
             try:
-                with open(folder / fname, "rb") as f:
-                    entry = pickle.load(f, encoding="latin1")
                 xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
                 ys.extend(entry[label_key])
             except Exception as e:
                 raise ConfigError(f"data.root: cannot read {folder / fname}: {type(e).__name__}: {e}") from None
         return np.concatenate(xs).transpose(0, 2, 3, 1), np.asarray(ys, dtype=np.int64)
 
-    with open(folder / meta_file, "rb") as f:
-        classes = pickle.load(f, encoding="latin1")[names_key]
-    return read(train_files), read(test_files), len(classes)
+    meta = _read_cifar_pickle(folder / meta_file)
+    if not isinstance(meta.get(names_key), list):
+        raise ConfigError(f"data.root: cannot read {folder / meta_file}: no list '{names_key}'")
+    return read(train_files), read(test_files), len(meta[names_key])
 
 
 def _imagefolder(cfg: DataCfg):

@@ -14,38 +14,58 @@ For every file of an entry:
   backoff: ``retries`` / ``VITKD_ZOO_RETRIES`` (default 3) tries more, ``backoff`` / ``VITKD_ZOO_BACKOFF``
   seconds (default 1.0) before the first retry, doubling;
 * an exclusive lock on the entry's folder makes concurrent downloads (threads or processes) wait for each
-  other: they leave one valid file;
-* only ``http``, ``https`` and ``file`` URLs are followed; pickle files are refused by name, unread.
+  other: they leave one valid file; a cache that cannot be written (read-only mount, no permission) is used
+  without a lock when every file verifies and nothing else is in the folder, else refused in one line;
+* only ``http``, ``https`` and ``file`` URLs are followed, and a redirect only to ``http`` or ``https`` (each
+  hop checked, never retried); pickle files are refused by name, unread;
+* every download has an overall deadline, retries and backoff included: ``VITKD_ZOO_DEADLINE`` seconds
+  (default 1800), so a server that drips bytes cannot hold it forever;
+* a file, and an entry's files together, may not exceed ``VITKD_ZOO_MAX_BYTES`` (default 2 GiB), and reading
+  stops as soon as a server sends more than the index declares;
+* a download that fails for good (deadline, size, a disk that is full or read-only, a refused redirect, a file
+  that does not verify) removes its ``.part``: only a cut connection leaves one, for the next try to resume.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import http.client
+import json
 import os
 import socket
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 from urllib.error import HTTPError, URLError
 from urllib.parse import unquote, urlparse
-from urllib.request import Request, url2pathname, urlopen
+from urllib.request import HTTPRedirectHandler, Request, build_opener, url2pathname
 
 from .index import ZooEntry, ZooError, ZooIndex, check_file_name, check_name, check_url
 
-__all__ = ["cache_home", "entry_folder", "fetch_entry", "fetch_file", "verify_file", "sha256_of", "cached_folder"]
+__all__ = ["cache_home", "entry_folder", "fetch_entry", "fetch_file", "verify_file", "sha256_of", "cached_folder",
+           "check_size", "check_architecture"]
 
 CHUNK = 1 << 16
 TRANSIENT_HTTP = (408, 425, 429, 500, 502, 503, 504)
+REDIRECT_SCHEMES = ("http", "https")
+DEFAULT_DEADLINE_S = 1800.0
+DEFAULT_MAX_BYTES = 2 << 30
 
 
 class _Transient(Exception):
     """A failure worth another try."""
 
 
+class _CacheUnwritable(Exception):
+    """The entry's cache folder or its lock file cannot be created (a read-only cache)."""
+
+
 def cache_home() -> Path:
-    return Path(os.environ.get("VITKD_HOME") or Path.home() / ".cache" / "vitkd")
+    home = Path(os.environ.get("VITKD_HOME") or Path.home() / ".cache" / "vitkd")
+    if home.exists() and not home.is_dir():
+        raise ZooError(f"zoo: the cache {home} (VITKD_HOME) is not a folder")
+    return home
 
 
 def entry_folder(name: str) -> Path:
@@ -83,11 +103,63 @@ def _setting(value, env: str, default, cast):
         raise ZooError(f"{env}: expected a number, got {raw!r}") from None
 
 
+def _positive_setting(value, env: str, default, cast):
+    got = _setting(value, env, default, cast)
+    if not got > 0:
+        raise ZooError(f"{env}: must be > 0, got {got}")
+    return got
+
+
+def check_size(size: int, what: str, max_bytes: Optional[int] = None) -> int:
+    """``size`` bytes (a file, or an entry's files together) under the download ceiling, else one line."""
+    ceiling = _positive_setting(max_bytes, "VITKD_ZOO_MAX_BYTES", DEFAULT_MAX_BYTES, int)
+    if size > ceiling:
+        raise ZooError(f"zoo: {what}: {size} bytes exceed the download ceiling of {ceiling} bytes "
+                       f"(VITKD_ZOO_MAX_BYTES): refused, nothing downloaded")
+    return size
+
+
+class _Deadline:
+    """The time one download (every try and wait included) may take."""
+
+    def __init__(self, url: str, seconds: float):
+        self.url, self.seconds, self.ends = url, seconds, time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.ends - time.monotonic()
+
+    def check(self) -> None:
+        if self.left() <= 0:
+            raise ZooError(f"zoo: {self.url}: not complete within the download deadline of {self.seconds:g}s "
+                           f"(VITKD_ZOO_DEADLINE): nothing kept")
+
+
+class _CheckedRedirects(HTTPRedirectHandler):
+    """Every hop of a redirect is checked before it is followed: http and https only (a server cannot send the
+    download to ``ftp:``, ``file:`` or anywhere else); a refusal is final, never retried."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        scheme = urlparse(newurl).scheme.lower()
+        if scheme not in REDIRECT_SCHEMES:
+            fp.close()
+            raise ZooError(f"zoo: {req.full_url}: redirected to {newurl}: scheme '{scheme or '(none)'}' not "
+                           f"allowed (a redirect may lead to {' or '.join(REDIRECT_SCHEMES)} only)")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = build_opener(_CheckedRedirects())
+
+
 @contextlib.contextmanager
 def _locked(folder: Path):
-    """An exclusive lock on ``folder`` (flock: between processes and between threads, each opening the file)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a+") as f:
+    """An exclusive lock on ``folder`` (flock: between processes and between threads, each opening the file).
+    :class:`_CacheUnwritable` when the folder or its lock file cannot be created."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        f = open(folder / ".lock", "a+")
+    except OSError as e:
+        raise _CacheUnwritable(e.strerror or type(e).__name__) from None
+    with f:
         try:
             import fcntl
         except ImportError:   # pragma: no cover - Windows: no lock (one download at a time is the user's job)
@@ -106,32 +178,42 @@ def _progress_bar(total: int, initial: int, desc: str, enabled: Optional[bool]):
                 file=sys.stderr, disable=(None if enabled is None else not enabled), leave=False)
 
 
-def _copy_stream(src, part: Path, mode: str, offset: int, size: int, bar) -> None:
-    """Append (``ab``) or write (``wb``) ``src`` into ``part``, never past ``size`` + 1 bytes; a cut stream is
-    transient (what arrived stays in ``part`` for the next try to resume)."""
-    written = offset
-    with open(part, mode) as out:
-        try:
+def _copy_stream(src, part: Path, mode: str, offset: int, size: int, bar, deadline: _Deadline) -> None:
+    """Append (``ab``) or write (``wb``) ``src`` into ``part``. A cut stream is transient (what arrived stays in
+    ``part`` for the next try to resume); more bytes than ``size``, the deadline, or a disk that cannot take the
+    bytes (full, quota, read-only) is final. Each read returns what has arrived (``read1``), so a server that
+    drips bytes meets the deadline."""
+    read = getattr(src, "read1", src.read)
+    written, cut = offset, None
+    try:
+        with open(part, mode) as out:
             while True:
-                block = src.read(min(CHUNK, size + 1 - written))
+                deadline.check()
+                try:
+                    block = read(min(CHUNK, size + 1 - written))
+                except (http.client.IncompleteRead, ConnectionError, socket.timeout, TimeoutError, OSError) as e:
+                    cut = e
+                    break
                 if not block:
                     break
                 out.write(block)
                 written += len(block)
                 bar.update(len(block))
                 if written > size:
-                    break
-        except (http.client.IncompleteRead, ConnectionError, socket.timeout, TimeoutError, OSError) as e:
+                    raise ZooError(f"zoo: {deadline.url}: the server sends more than the {size} bytes the index "
+                                   f"declares: refused, nothing kept")
             out.flush()
             os.fsync(out.fileno())
-            raise _Transient(f"connection cut at {written} of {size} bytes ({type(e).__name__})") from None
-        out.flush()
-        os.fsync(out.fileno())
+    except OSError as e:   # a read's errors are caught above: this is the disk
+        raise ZooError(f"zoo: cannot write {part}: {e.strerror or type(e).__name__} (disk full or not "
+                       f"writable?): nothing kept") from None
+    if cut is not None:
+        raise _Transient(f"connection cut at {written} of {size} bytes ({type(cut).__name__})")
     if written < size:
         raise _Transient(f"connection closed at {written} of {size} bytes")
 
 
-def _get_http(url: str, part: Path, size: int, timeout: float, bar) -> None:
+def _get_http(url: str, part: Path, size: int, timeout: float, bar, deadline: _Deadline) -> None:
     offset = part.stat().st_size if part.exists() else 0
     if offset > size:
         part.unlink()
@@ -142,8 +224,9 @@ def _get_http(url: str, part: Path, size: int, timeout: float, bar) -> None:
     if offset:
         headers["Range"] = f"bytes={offset}-"
     try:
-        resp = urlopen(Request(url, headers=headers), timeout=timeout)
+        resp = _OPENER.open(Request(url, headers=headers), timeout=max(min(timeout, deadline.left()), 0.01))
     except HTTPError as e:
+        e.close()
         if e.code == 416:   # our partial file does not fit the server's: start over
             part.unlink()
             raise _Transient("HTTP 416 (range not satisfiable): starting over") from None
@@ -163,16 +246,20 @@ def _get_http(url: str, part: Path, size: int, timeout: float, bar) -> None:
         else:   # 200: the server ignored Range (or there was none): the whole file, from the start
             mode, offset = "wb", 0
             bar.reset(total=size)
+        announced = resp.headers.get("Content-Length", "")
+        if announced.isdigit() and int(announced) > size - offset:
+            raise ZooError(f"zoo: {url}: the server announces {int(announced) + offset} bytes, the index declares "
+                           f"{size}: refused, nothing kept")
         bar.n = offset
-        _copy_stream(resp, part, mode, offset, size, bar)
+        _copy_stream(resp, part, mode, offset, size, bar, deadline)
 
 
-def _get_file(url: str, part: Path, size: int, timeout: float, bar) -> None:
+def _get_file(url: str, part: Path, size: int, timeout: float, bar, deadline: _Deadline) -> None:
     src = Path(url2pathname(unquote(urlparse(url).path)))
     if not src.is_file():
         raise ZooError(f"zoo: {url}: file not found")
     with open(src, "rb") as f:
-        _copy_stream(f, part, "wb", 0, size, bar)
+        _copy_stream(f, part, "wb", 0, size, bar, deadline)
 
 
 _GETTERS = {"http": _get_http, "https": _get_http, "file": _get_file}
@@ -180,14 +267,17 @@ _GETTERS = {"http": _get_http, "https": _get_http, "file": _get_file}
 
 def fetch_file(url: str, dest: Path, sha256: str, size: int, force: bool = False, retries: Optional[int] = None,
                backoff: Optional[float] = None, timeout: Optional[float] = None, progress: Optional[bool] = None,
-               log: Callable[[str], None] = lambda m: None) -> Path:
+               log: Callable[[str], None] = lambda m: None, deadline: Optional[float] = None,
+               max_bytes: Optional[int] = None) -> Path:
     """``dest`` holding exactly (``sha256``, ``size``) from ``url``: the cached file when it verifies, else
     downloaded (see the module docstring). The caller holds the folder's lock."""
     check_file_name(dest.name)
     check_url(url)
+    check_size(size, dest.name, max_bytes)
     retries = _setting(retries, "VITKD_ZOO_RETRIES", 3, int)
     backoff = _setting(backoff, "VITKD_ZOO_BACKOFF", 1.0, float)
     timeout = _setting(timeout, "VITKD_ZOO_TIMEOUT", 30.0, float)
+    clock = _Deadline(url, _positive_setting(deadline, "VITKD_ZOO_DEADLINE", DEFAULT_DEADLINE_S, float))
     part = dest.with_name(f".{dest.name}.part")
     if dest.exists():
         problem = None if force else verify_file(dest, sha256, size)
@@ -196,37 +286,73 @@ def fetch_file(url: str, dest: Path, sha256: str, size: int, force: bool = False
         if problem:
             log(f"zoo: cached {dest} fails verification ({problem}): removed, downloading again")
         dest.unlink()
+    try:
+        _download(url, part, sha256, size, retries, backoff, timeout, clock, progress, log)
+    except ZooError:   # final: nothing kept
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
+        raise
+    except _Transient as e:   # the tries are spent: what arrived stays in the .part for the next download
+        raise ZooError(f"zoo: cannot download {url}: {e} (after {retries + 1} tries)") from None
+    os.replace(part, dest)
+    return dest
+
+
+def _download(url: str, part: Path, sha256: str, size: int, retries: int, backoff: float, timeout: float,
+              clock: _Deadline, progress: Optional[bool], log: Callable[[str], None]) -> None:
+    """``part`` holding the verified file after some tries: :class:`_Transient` when the tries are spent,
+    :class:`ZooError` for a final failure."""
     getter = _GETTERS[urlparse(url).scheme.lower()]
+    name = part.name[1:-len(".part")]
     fresh_tries = 2 if part.exists() else 1   # a .part from before may not belong to this file: one clean retry
     for fresh in range(fresh_tries):
-        with _progress_bar(size, 0, dest.name, progress) as bar:
+        with _progress_bar(size, 0, name, progress) as bar:
             for attempt in range(retries + 1):
+                clock.check()
                 try:
-                    getter(url, part, size, timeout, bar)
+                    getter(url, part, size, timeout, bar, clock)
                     break
                 except _Transient as e:
                     if attempt == retries:
-                        raise ZooError(f"zoo: cannot download {url}: {e} (after {retries + 1} tries)") from None
+                        raise
                     wait = backoff * (2 ** attempt)
                     log(f"zoo: {url}: {e}; retrying in {wait:.1f}s")
-                    time.sleep(wait)
+                    time.sleep(max(0.0, min(wait, clock.left())))
         problem = verify_file(part, sha256, size)
         if problem is None:
-            os.replace(part, dest)
-            return dest
+            return
         part.unlink()
         if fresh + 1 == fresh_tries:
             raise ZooError(f"zoo: {url} does not match the index ({problem}): refused, nothing kept")
-        log(f"zoo: resumed {dest.name} does not verify ({problem}): downloading from the start")
-    raise AssertionError("unreachable")   # pragma: no cover
+        log(f"zoo: resumed {name} does not verify ({problem}): downloading from the start")
 
 
-def _remove_strangers(folder: Path, entry: ZooEntry) -> None:
-    """Only the entry's verified files stay in its folder (timm's local-dir loader picks weights by name)."""
+def _strangers(folder: Path, entry: ZooEntry) -> List[Path]:
+    """Files in an entry's folder that are not the entry's (its lock and ``.part`` files aside): timm's
+    local-dir loader picks weights by name, so none may stay beside a model that is used."""
     keep = {f.name for f in entry.files} | {".lock"}
-    for p in folder.iterdir():
-        if p.name not in keep and not p.name.endswith(".part") and p.is_file():
-            p.unlink()
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.name not in keep and not p.name.endswith(".part") and p.is_file())
+
+
+def check_architecture(folder: Path, entry: ZooEntry) -> None:
+    """The entry's ``config.json`` (timm's, when the entry ships one) names the index's architecture."""
+    if "config.json" not in {f.name for f in entry.files}:
+        return
+    path = folder / "config.json"
+    try:
+        got = json.loads(path.read_text()).get("architecture")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ZooError(f"zoo: {path}: not a timm config ({type(e).__name__})") from None
+    if got != entry.architecture:
+        raise ZooError(f"zoo: entry {entry.name}: architecture '{entry.architecture}' in the index, {got!r} in its "
+                       f"config.json: refused")
+
+
+def _config_first(entry: ZooEntry):
+    """The entry's files with config.json first: its architecture is checked before the weights come."""
+    return sorted(entry.files, key=lambda f: f.name != "config.json")
 
 
 def fetch_entry(index: ZooIndex, entry: ZooEntry, force: bool = False, retries: Optional[int] = None,
@@ -234,27 +360,68 @@ def fetch_entry(index: ZooIndex, entry: ZooEntry, force: bool = False, retries: 
                 log: Callable[[str], None] = lambda m: None) -> Path:
     """The entry's folder in the cache with every file verified (downloaded when missing or failing)."""
     folder = entry_folder(entry.name)
-    urls = [(f, index.url_of(f)) for f in entry.files]   # bad URLs and a missing base fail before any work
-    with _locked(folder):
-        for f, url in urls:
-            fetch_file(url, folder / f.name, f.sha256, f.size, force=force, retries=retries, backoff=backoff,
-                       progress=progress, log=log)
-        _remove_strangers(folder, entry)
+    check_size(entry.total_size(), f"entry {entry.name}")
+    urls = [(f, index.url_of(f)) for f in _config_first(entry)]   # bad URLs and a missing base fail before any work
+    try:
+        with _locked(folder):
+            for f, url in urls:
+                fetch_file(url, folder / f.name, f.sha256, f.size, force=force, retries=retries, backoff=backoff,
+                           progress=progress, log=log)
+                if f.name == "config.json":
+                    _check_or_remove(folder, entry)
+            for p in _strangers(folder, entry):
+                p.unlink()
+    except _CacheUnwritable as e:
+        return _read_only_folder(folder, entry, str(e))
     return folder
+
+
+def _check_or_remove(folder: Path, entry: ZooEntry) -> None:
+    """:func:`check_architecture`, the config.json removed when it fails (nothing of the entry is kept)."""
+    try:
+        check_architecture(folder, entry)
+    except ZooError:
+        (folder / "config.json").unlink()
+        raise
 
 
 def cached_folder(entry: ZooEntry) -> Path:
     """The entry's cached folder, every file re-verified; one line naming the first that fails (no download)."""
     folder = entry_folder(entry.name)
-    with _locked(folder):
-        for f in entry.files:
-            p = folder / f.name
-            if not p.is_file():
-                raise ZooError(f"zoo: {entry.name} is not downloaded ({p} missing): vitkd zoo download {entry.name}")
-            problem = verify_file(p, f.sha256, f.size)
-            if problem:
+    try:
+        with _locked(folder):
+            for f in entry.files:
+                p = folder / f.name
+                if not p.is_file():
+                    raise ZooError(f"zoo: {entry.name} is not downloaded ({p} missing): vitkd zoo download "
+                                   f"{entry.name}")
+                problem = verify_file(p, f.sha256, f.size)
+                if problem:
+                    p.unlink()
+                    raise ZooError(f"zoo: cached {p} fails verification ({problem}): removed; "
+                                   f"vitkd zoo download {entry.name}")
+            _check_or_remove(folder, entry)
+            for p in _strangers(folder, entry):
                 p.unlink()
-                raise ZooError(f"zoo: cached {p} fails verification ({problem}): removed; "
-                               f"vitkd zoo download {entry.name}")
-        _remove_strangers(folder, entry)
+    except _CacheUnwritable as e:
+        return _read_only_folder(folder, entry, str(e))
+    return folder
+
+
+def _read_only_folder(folder: Path, entry: ZooEntry, reason: str) -> Path:
+    """A cache folder this process cannot write (a read-only mount, a shared cache without write permission),
+    used without a lock: every file must verify and nothing else may be there (nothing is removed or
+    downloaded; what fails is named in one line)."""
+    advice = "set VITKD_HOME to a folder you can write"
+    for f in entry.files:
+        p = folder / f.name
+        problem = "missing" if not p.is_file() else verify_file(p, f.sha256, f.size)
+        if problem:
+            raise ZooError(f"zoo: cache {folder} cannot be written ({reason}) and its {f.name} is not usable "
+                           f"({problem}): {advice}")
+    strangers = _strangers(folder, entry)
+    if strangers:
+        raise ZooError(f"zoo: cache {folder} cannot be written ({reason}) and holds {strangers[0].name}, which is "
+                       f"not a file of {entry.name}: {advice}")
+    check_architecture(folder, entry)
     return folder

@@ -26,10 +26,11 @@ import yaml
 from ..config import ConfigError, build_dataclass
 
 __all__ = ["ZooError", "ZooFile", "ZooEntry", "ZooIndex", "load_index", "save_index", "check_name", "check_url",
-           "PACKAGED_INDEX", "ALLOWED_SCHEMES", "WEIGHT_SUFFIXES", "PICKLE_SUFFIXES", "markdown_table",
+           "PACKAGED_INDEX", "INDEX_VERSION", "ALLOWED_SCHEMES", "WEIGHT_SUFFIXES", "PICKLE_SUFFIXES", "markdown_table",
            "update_readme"]
 
 PACKAGED_INDEX = Path(__file__).with_name("zoo.yaml")
+INDEX_VERSION = 1   # the newest index format this vitkd reads
 ALLOWED_SCHEMES = ("http", "https", "file")
 WEIGHT_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".pkl", ".pickle", ".ckpt", ".tar", ".npz", ".npy", ".joblib")
@@ -61,10 +62,20 @@ def check_file_name(name: str) -> str:
     return name
 
 
-def check_url(url: str) -> str:
-    scheme = urlparse(url).scheme.lower()
+def check_url(url: str, source: str = "") -> str:
+    """A URL vitkd may fetch: an allowed scheme, and for http(s) a host and a numeric port (``source`` names
+    where it came from, e.g. ``VITKD_ZOO_URL``)."""
+    where = f"{source}: " if source else ""
+    try:
+        parts = urlparse(url)
+        scheme = parts.scheme.lower()
+        if scheme in ("http", "https") and not parts.hostname:
+            raise ValueError("no host")
+        parts.port   # noqa: B018 - a non-numeric or out-of-range port raises here
+    except ValueError as e:
+        raise ZooError(f"zoo: {where}malformed URL {url!r} ({e})") from None
     if scheme not in ALLOWED_SCHEMES:
-        raise ZooError(f"zoo: URL scheme '{scheme or '(none)'}' not allowed in {url} "
+        raise ZooError(f"zoo: {where}URL scheme '{scheme or '(none)'}' not allowed in {url} "
                        f"(allowed: {', '.join(ALLOWED_SCHEMES)})")
     return url
 
@@ -167,7 +178,8 @@ class ZooIndex:
 
     def base(self) -> str:
         """The base URL relative file URLs resolve against (ends with '/')."""
-        base = os.environ.get("VITKD_ZOO_URL") or self.base_url
+        env = os.environ.get("VITKD_ZOO_URL")
+        base = env or self.base_url
         if not base:
             folder = self.folder()
             if folder == PACKAGED_INDEX.parent.resolve():
@@ -175,12 +187,16 @@ class ZooIndex:
                                "weights; set VITKD_ZOO_URL (or give --manifest with a base_url)")
             base = "file://" + pathname2url(str(folder))
         base = base if base.endswith("/") else base + "/"
-        return check_url(base)
+        return check_url(base, "VITKD_ZOO_URL" if env else ("base_url" if self.base_url else ""))
 
     def url_of(self, f: ZooFile) -> str:
         if urlparse(f.url).scheme:
             return check_url(f.url)
-        return check_url(urljoin(self.base(), f.url))
+        try:
+            joined = urljoin(self.base(), f.url)
+        except ValueError as e:
+            raise ZooError(f"zoo: file {f.name}: malformed URL {f.url!r} ({e})") from None
+        return check_url(joined)
 
 
 def _entry_from(raw: Any, where: str) -> ZooEntry:
@@ -188,10 +204,14 @@ def _entry_from(raw: Any, where: str) -> ZooEntry:
     check_name(entry.name)
     for key, t in entry.teachers.items():
         check_name(t, f"teacher name ({where}.teachers.{key})")
+    seen = set()
     for i, f in enumerate(entry.files):
         if isinstance(f, dict):
             f = entry.files[i] = build_dataclass(ZooFile, f, f"{where}.files.{i}")
         check_file_name(f.name)
+        if f.name in seen:
+            raise ZooError(f"{where}.files.{i}.name: duplicate file '{f.name}' (each file of an entry is listed once)")
+        seen.add(f.name)
         if not re.fullmatch(r"[0-9a-f]{64}", str(f.sha256)):
             raise ZooError(f"{where}.files.{i}.sha256: expected 64 lowercase hex digits, got {f.sha256!r}")
         if int(f.size) < 0:
@@ -219,6 +239,12 @@ def load_index(manifest: Optional[str] = None) -> ZooIndex:
         raise ZooError(f"zoo: {path} is not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise ZooError(f"zoo: {path}: expected a mapping with 'models', got {type(raw).__name__}")
+    version = raw.get("version", INDEX_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ZooError(f"zoo: {path}: version must be a positive integer, got {version!r}")
+    if version > INDEX_VERSION:
+        raise ZooError(f"zoo: {path}: index version {version} is newer than this vitkd reads ({INDEX_VERSION}): "
+                       f"upgrade vitkd")
     models = raw.get("models") or []
     if not isinstance(models, list):
         raise ZooError(f"zoo: {path}: 'models' must be a list")
@@ -231,8 +257,8 @@ def load_index(manifest: Optional[str] = None) -> ZooIndex:
     if unknown:
         raise ZooError(f"zoo: {path}: unknown key '{sorted(unknown)[0]}' (known: version, base_url, models)")
     if raw.get("base_url"):
-        check_url(str(raw["base_url"]))
-    return ZooIndex(entries, int(raw.get("version", 1)), raw.get("base_url"), path)
+        check_url(str(raw["base_url"]), "base_url")
+    return ZooIndex(entries, version, raw.get("base_url"), path)
 
 
 HEADER = """\
