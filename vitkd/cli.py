@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .config import ConfigError
+from .config import ConfigError, path_under
 
 EXIT_USAGE = 2
 EXIT_NUMERICS = 3
@@ -33,6 +33,12 @@ class _Overrides(argparse.Action):
 def add_overrides(parser, help: str) -> None:
     """The ``--set KEY=VALUE [KEY=VALUE ...]`` option (repeatable)."""
     parser.add_argument("--set", action=_Overrides, nargs="+", default=[], metavar="KEY=VALUE", help=help)
+
+
+def _default_out(root: Path, name: Optional[str], config) -> Path:
+    """A command's default output folder: ``root/<the config's name>`` (checked), else ``root/<config file
+    stem>``."""
+    return path_under(root, name, key="name") if name else root / Path(config).stem
 
 
 def _cmd_train(args) -> int:
@@ -67,7 +73,7 @@ def _cmd_train(args) -> int:
         return 0
     cfg = load_config(args.config, args.set)
     if out is None:
-        out = Path("runs") / (cfg.name or Path(args.config).stem)
+        out = _default_out(Path("runs"), cfg.name, args.config)
     final = train(cfg, out, resume=args.resume, overwrite=args.overwrite, log=lambda m: print(m, flush=True))
     if int(os.environ.get("RANK", "0") or 0) == 0:   # under torchrun: rank 0 alone reports
         print(json.dumps({"out": str(out), **{k: final[k] for k in ("val_top1", "test_top1") if k in final}}))
@@ -86,7 +92,7 @@ def _launch_torchrun(args, out: Optional[Path]) -> int:
     if env_world_size() > 1:
         raise ConfigError("--nproc: this process is already one rank of a torchrun launch")
     cfg = load_config(args.config, args.set)
-    out = out or Path("runs") / (cfg.name or Path(args.config).stem)
+    out = out or _default_out(Path("runs"), cfg.name, args.config)
     check_target(RunDir(out), args.resume, args.overwrite)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
            "-m", "vitkd", "train", str(args.config), "--out", str(out)]
@@ -207,7 +213,7 @@ def _cmd_synthesize(args) -> int:
     """A labelled synthetic set from a BN teacher (DeepInversion), reused or continued when --out holds it."""
     from .synth import load_synth_config, synthesize
     cfg = load_synth_config(args.config, args.set)
-    out = Path(args.out) if args.out else Path("runs") / "synth" / (cfg.name or Path(args.config).stem)
+    out = Path(args.out) if args.out else _default_out(Path("runs") / "synth", cfg.name, args.config)
     from .rundir import ensure_writable
     ensure_writable(out, "--out")
     m = synthesize(cfg, out, overwrite=args.overwrite, log=lambda msg: print(msg, flush=True))
@@ -222,7 +228,7 @@ def _cmd_logits_save(args) -> int:
     from .config import load_config
     from .logits.save import save_logits
     cfg = load_config(args.config, args.set)
-    out = Path(args.out) if args.out else Path("logits") / (cfg.name or Path(args.config).stem)
+    out = Path(args.out) if args.out else _default_out(Path("logits"), cfg.name, args.config)
     stores = save_logits(cfg, out, topk=args.topk, epochs=args.epochs, bf16=args.bf16, values=args.values,
                          chunk=args.chunk, batch_size=args.batch_size, progress=cfg.train.progress,
                          log=lambda m: print(m, file=sys.stderr, flush=True))

@@ -25,6 +25,7 @@ from typing import Optional
 
 import yaml
 
+from ..config import path_under
 from ..io import atomic_write_text
 from ..rundir import ensure_writable
 from .execute import Executor, make_executor
@@ -100,8 +101,8 @@ def _run_suite(suite, base, path, out, quick, cache, n_jobs, progress, log, read
                runner: Executor, tuned: dict, sized: dict) -> Path:
     name = suite.name + ("-quick" if quick else "")
     # quick mode (the demo) never writes the committed reference: it is re-made only with an explicit --out
-    out_dir = Path(out) if out else (QUICK_HOME / name if quick else reference_dir(name))
-    cache_dir = Path(cache) if cache else Path("runs") / "compare" / suite.home
+    out_dir = Path(out) if out else (path_under(QUICK_HOME, name, key="suite.name") if quick else reference_dir(name))
+    cache_dir = Path(cache) if cache else path_under(Path("runs") / "compare", suite.home, key="suite.name")
     # check every config before any work starts
     teacher_jobs = plan_teachers(suite, base, cache_dir, quick, tuned, sized)
     if quick:   # published teachers are restored from the zoo, not trained

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .. import models as model_lib
-from ..config import ConfigError, DistillCfg, RunCfg
+from ..config import ConfigError, DistillCfg, RunCfg, path_under
 from ..data import build_datasets, sample_seed, train_view
 from ..engine.dist import World, barrier, current_world, join_from_env, leave
 from ..taps import TapRequest, describe
@@ -79,7 +79,7 @@ def save_logits(cfg: RunCfg, out, topk: Optional[int] = None, epochs: Optional[i
     ``stores``, at the folder it gives); returns them by teacher name."""
     teachers = {k: t for k, t in (cfg.distill or DistillCfg()).teachers.items() if t.logits is None
                 and (stores is None or k in stores)}
-    dest = {k: Path(stores[k]) if stores else Path(out) / k for k in teachers}
+    dest = {k: Path(stores[k]) if stores else path_under(out, k, key=f"distill.teachers.{k}") for k in teachers}
     if not teachers:
         raise ConfigError("distill.teachers: no teacher with a checkpoint to run (a stored teacher is already "
                           "stored)")

@@ -32,7 +32,8 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import unquote, urlparse
 from urllib.request import Request, url2pathname, urlopen
 
-from .index import ZooEntry, ZooError, ZooIndex, check_file_name, check_name, check_url
+from ..config import path_under
+from .index import ZooEntry, ZooError, ZooIndex, check_file_name, check_url
 
 __all__ = ["cache_home", "entry_folder", "fetch_entry", "fetch_file", "verify_file", "sha256_of", "cached_folder"]
 
@@ -49,7 +50,7 @@ def cache_home() -> Path:
 
 
 def entry_folder(name: str) -> Path:
-    return cache_home() / "zoo" / check_name(name)
+    return path_under(cache_home() / "zoo", name, key="zoo")
 
 
 def sha256_of(path: Path) -> str:
@@ -237,7 +238,7 @@ def fetch_entry(index: ZooIndex, entry: ZooEntry, force: bool = False, retries: 
     urls = [(f, index.url_of(f)) for f in entry.files]   # bad URLs and a missing base fail before any work
     with _locked(folder):
         for f, url in urls:
-            fetch_file(url, folder / f.name, f.sha256, f.size, force=force, retries=retries, backoff=backoff,
+            fetch_file(url, path_under(folder, f.name, key=f"zoo: {entry.name} file"), f.sha256, f.size, force=force, retries=retries, backoff=backoff,
                        progress=progress, log=log)
         _remove_strangers(folder, entry)
     return folder
@@ -248,7 +249,7 @@ def cached_folder(entry: ZooEntry) -> Path:
     folder = entry_folder(entry.name)
     with _locked(folder):
         for f in entry.files:
-            p = folder / f.name
+            p = path_under(folder, f.name, key=f"zoo: {entry.name} file")
             if not p.is_file():
                 raise ZooError(f"zoo: {entry.name} is not downloaded ({p} missing): vitkd zoo download {entry.name}")
             problem = verify_file(p, f.sha256, f.size)
