@@ -45,6 +45,7 @@ def _cmd_train(args) -> int:
     from .config import load_config
     from .engine import train
     from .engine.dist import env_world_size
+    from .rundir import exclusive
     out = Path(args.out) if args.out else None
     if args.resume and out is None:
         raise ConfigError("--resume needs --out DIR (the run folder to continue)")
@@ -59,7 +60,9 @@ def _cmd_train(args) -> int:
             raise ConfigError("an m2mkd pipeline runs its stages in one process and resumes them by itself "
                               "(no --nproc, no --resume)")
         out = out or Path("runs") / Path(args.config).stem
-        res = run_pipeline(args.config, out, args.set, overwrite=args.overwrite, log=lambda m: print(m, flush=True))
+        with exclusive(out):   # each stage's run folder is held by its own run too
+            res = run_pipeline(args.config, out, args.set, overwrite=args.overwrite,
+                               log=lambda m: print(m, flush=True))
         print(json.dumps({"out": str(out), "check_passed": res["check"]["passed"],
                           **{k: res["stages"]["student"].get(k) for k in ("val_top1", "test_top1")}}))
         return 0
@@ -67,7 +70,9 @@ def _cmd_train(args) -> int:
         return _launch_torchrun(args, out)
     if is_chain(args.config):
         out = out or Path("runs") / Path(args.config).stem
-        finals = run_chain(args.config, out, args.set, overwrite=args.overwrite, log=lambda m: print(m, flush=True))
+        with exclusive(out):   # each stage's run folder is held by its own run too
+            finals = run_chain(args.config, out, args.set, overwrite=args.overwrite,
+                               log=lambda m: print(m, flush=True))
         print(json.dumps({"out": str(out), "stages": [{k: f.get(k) for k in ("val_top1", "test_top1")}
                                                       for f in finals]}))
         return 0
@@ -88,12 +93,13 @@ def _launch_torchrun(args, out: Optional[Path]) -> int:
     from .config import load_config
     from .engine.dist import env_world_size
     from .engine.loop import check_target
-    from .rundir import RunDir
+    from .rundir import RunDir, exclusive
     if env_world_size() > 1:
         raise ConfigError("--nproc: this process is already one rank of a torchrun launch")
     cfg = load_config(args.config, args.set)
     out = out or _default_out(Path("runs"), cfg.name, args.config)
-    check_target(RunDir(out), args.resume, args.overwrite)
+    with exclusive(out):   # released before the launch: rank 0 takes the folder for the run
+        check_target(RunDir(out), args.resume, args.overwrite, cfg)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
            "-m", "vitkd", "train", str(args.config), "--out", str(out)]
     for kv in args.set:
