@@ -297,7 +297,6 @@ def ensure_writable(path: Path, option: str = "--out") -> None:
                 folder.rmdir()
 
 
-
 def lock_path(path: Union[str, Path]) -> Path:
     """The lock file of the folder ``path`` (links resolved): ``.<name>.vitkd-lock`` beside it, so that nothing
     in the folder changes (a run folder holds run files only) and a folder never made stays absent."""

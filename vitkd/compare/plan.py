@@ -114,7 +114,8 @@ def plan_rows(suite: SuiteCfg, base: Path, cache: Path, quick: bool, tuned: Dict
             for key, t in r.teachers.items():
                 _set_teacher_checkpoint(raw, key, teacher_dirs[t])
                 deps.append(f"teachers/{t}")
-            jobs.append(Job(f"rows/{r.name}/s{seed}", raw, path_under(rdir, r.name, f"s{seed}", key=f"suite.rows.{r.name}"),
+            out = path_under(rdir, r.name, f"s{seed}", key=f"suite.rows.{r.name}")
+            jobs.append(Job(f"rows/{r.name}/s{seed}", raw, out,
                             deps, kind="row", row=r.name, seed=seed))
     return jobs
 

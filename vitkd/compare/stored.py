@@ -91,8 +91,8 @@ def plan_stored_logits(row_jobs: List[Job], teacher_jobs: List[Job], cache: Path
                     raw = copy.deepcopy(job.raw)
                     raw["distill"] = {"teachers": {k: copy.deepcopy(teachers[k])},
                                       "terms": [{"type": "kd", "teacher": k}]}
-                    stores[lkey] = Job(lkey, raw, path_under(cache / "logits", name, tag, key=f"suite.teachers.{name}"),
-                                       [tjob.key], kind=KIND,
+                    folder = path_under(cache / "logits", name, tag, key=f"suite.teachers.{name}")
+                    stores[lkey] = Job(lkey, raw, folder, [tjob.key], kind=KIND,
                                        row=name, seed=cfg.seed, like=tjob.key, args={"topk": topk})
                 teachers[k] = {"logits": str(stores[lkey].out)}
                 job.deps = [d for d in job.deps if d != tjob.key] + [lkey]
