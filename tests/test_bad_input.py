@@ -728,6 +728,242 @@ def _(t, fx):
                                     "student_depths": [1, 1, 1]}})
 
 
+# -- issue 26: every name that becomes a path is checked by one function (vitkd.config.check_name)
+@case("suite name with ../", "suite.name", "'../escape'")
+def _(t, fx):
+    return suite_args(t, [{"name": "a", "family": "none"}], name="../escape")
+
+
+# absolute names point into the case folder: were one ever followed, the snapshot would show it
+@case("suite name absolute", "suite.name", "invalid suite name", "abs_suite'")
+def _(t, fx):
+    return suite_args(t, [{"name": "a", "family": "none"}], name=str(t / "abs_suite"))
+
+
+@case("suite row name with ../", "suite.rows[1].name", "'../../up'")
+def _(t, fx):
+    return suite_args(t, [{"name": "a", "family": "none"}, {"name": "../../up", "family": "none"}])
+
+
+@case("suite row name absolute", "suite.rows[0].name", "invalid row name", "abs_row'")
+def _(t, fx):
+    return suite_args(t, [{"name": str(t / "abs_row"), "family": "none"}])
+
+
+@case("suite row name hidden", "suite.rows[0].name", "'.a'")
+def _(t, fx):
+    return suite_args(t, [{"name": ".a", "family": "none"}])
+
+
+@case("suite teacher name with ../", "suite.teachers", "'../big'", "teacher name")
+def _(t, fx):
+    return suite_args(t, [{"name": "a", "family": "none"},
+                          {"name": "b", "family": "logit", "teachers": {"t": "../big"},
+                           "set": {"distill.terms": [{"type": "ce"}, {"type": "kd"}]}}],
+                      teachers={"../big": {"config": "student.yaml"}})
+
+
+@case("suite synthetic set name absolute", "suite.synthetic", "invalid synthetic set name", "abs_set'")
+def _(t, fx):
+    return suite_args(t, [{"name": "a", "family": "none"}],
+                      synthetic={str(t / "abs_set"): {"config": "syn.yaml", "teacher": "big"}},
+                      teachers={"big": {"config": "student.yaml"}})
+
+
+@case("config teacher key with ../", "distill.teachers.../t", "invalid teacher key", "'../t'")
+def _(t, fx):
+    return train_args(t, tiny(distill={"teachers": {"../t": {"checkpoint": str(fx.run)}},
+                                       "terms": [{"type": "ce"}, {"type": "kd", "teacher": "../t"}]}))
+
+
+@case("logits save: teacher key absolute", "distill.teachers", "invalid teacher key", "abs_store'")
+def _(t, fx):
+    raw = tiny(distill={"teachers": {str(t / "abs_store"): {"model": "resnet_digits_s",
+                                                           "checkpoint": str(fx.cnn_weights)}},
+                        "terms": [{"type": "ce"}, {"type": "kd"}]})
+    return ["logits", "save", str(write_yaml(t / "cfg.yaml", raw)), "--out", str(t / "out")]
+
+
+@case("run name with ../ (the default --out)", "name", "'../../escape'")
+def _(t, fx):
+    return ["train", str(write_yaml(t / "cfg.yaml", {**tiny(), "name": "../../escape"}))]
+
+
+@case("chain stage name with ../", "chain[1].name", "'../student'")
+def _(t, fx):
+    return chain_args(t, [{"name": "teacher", "config": "student.yaml"},
+                          {"name": "../student", "config": "student.yaml"}])
+
+
+@case("synthesize name absolute (the default --out)", "name", "invalid name", "abs_synth'")
+def _(t, fx):
+    return ["synthesize", str(write_yaml(t / "syn.yaml", {**synth_cfg(fx), "name": str(t / "abs_synth")}))]
+
+
+def zoo_entry(**change) -> dict:
+    """An index entry that validates (its file is never fetched by the cases)."""
+    return {"name": "m", "architecture": "resnet_digits_s", "num_classes": 10, "config": "train.yaml",
+            "files": [{"name": "train.yaml", "url": "m/train.yaml", "sha256": "0" * 64, "size": 1}], **change}
+
+
+@case("zoo entry config outside its folder", "zoo.yaml.models.0.config", "'../../../../etc/passwd'")
+def _(t, fx):
+    return ["zoo", "list", "--manifest", str(write_yaml(t / "zoo.yaml", {"models": [zoo_entry(
+        config="../../../../etc/passwd")]}))]
+
+
+@case("zoo entry config absolute", "zoo.yaml.models.0.config", "'/etc/passwd'")
+def _(t, fx):
+    return ["zoo", "info", "m", "--manifest", str(write_yaml(t / "zoo.yaml", {"models": [zoo_entry(
+        config="/etc/passwd")]}))]
+
+
+@case("zoo entry teacher name with ../", "zoo.yaml.models.0.teachers.t", "'../x'")
+def _(t, fx):
+    return ["zoo", "list", "--manifest", str(write_yaml(t / "zoo.yaml", {"models": [zoo_entry(
+        teachers={"t": "../x"})]}))]
+
+
+# -- issue 26: a run never writes over what it reads
+@case("--out is the run's own teacher folder", "--out", "distill.teachers.t.checkpoint", "never writes over")
+def _(t, fx):
+    shutil.copytree(fx.run, t / "run")
+    return train_args(t, kd({"checkpoint": str(t / "run")}, {"type": "kd"}), "--overwrite")
+
+
+@case("--out holds the run's initial weights", "--out", "model.checkpoint")
+def _(t, fx):
+    shutil.copytree(fx.run, t / "run")
+    return train_args(t, tiny(model={"checkpoint": str(t / "run" / "model.safetensors")}), "--overwrite")
+
+
+# -- issue 26: no silent wrong behaviour
+@case("duplicate key in a config", "cfg.yaml", "line 5", "duplicate key 'seed'")
+def _(t, fx):
+    return train_args(t, "seed: 0\nmodel: {name: vit_tiny_patch16_224, args: {img_size: 16, patch_size: 4, "
+                         "embed_dim: 32, depth: 2, num_heads: 2}}\ndata: {name: digits, train_subset: 32}\n"
+                         "train: {epochs: 1, progress: false}\nseed: 1\n")
+
+
+@case("duplicate nested key in a config", "cfg.yaml", "duplicate key 'lr'")
+def _(t, fx):
+    return train_args(t, "model: {name: vit_tiny_patch16_224}\ntrain:\n  lr: 0.001\n  epochs: 1\n  lr: 0.1\n")
+
+
+@case("duplicate key in a suite", "suite.yaml", "duplicate key 'seeds'")
+def _(t, fx):
+    argv = suite_args(t, [{"name": "a", "family": "none"}])
+    (t / "suite.yaml").write_text((t / "suite.yaml").read_text() + "seeds: [5]\n")
+    return argv
+
+
+@case("duplicate key in a base file", "base.yaml", "duplicate key 'train'")
+def _(t, fx):
+    write_yaml(t / "base.yaml", "train: {epochs: 1}\ntrain: {epochs: 2}\n")
+    return train_args(t, {"base": "base.yaml", **tiny()})
+
+
+@case("binary config file", "cfg.yaml", "not a UTF-8 text file")
+def _(t, fx):
+    (t / "cfg.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00\x01" + os.urandom(64))
+    return ["train", str(t / "cfg.yaml"), "--out", str(t / "run")]
+
+
+@case("binary suite file", "suite.yaml", "not a UTF-8 text file")
+def _(t, fx):
+    argv = suite_args(t, [{"name": "a", "family": "none"}])
+    (t / "suite.yaml").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(64))
+    return argv
+
+
+@case("binary zoo manifest", "zoo.yaml", "not a UTF-8 text file")
+def _(t, fx):
+    (t / "zoo.yaml").write_bytes(b"models:\n  - \xc3\x28\xa0\xa1\n")
+    return ["zoo", "list", "--manifest", str(t / "zoo.yaml")]
+
+
+@case("every term has weight 0", "distill.terms", "weight 0", "ce")
+def _(t, fx):
+    return train_args(t, tiny(distill={"terms": [{"type": "ce", "weight": 0}]}))
+
+
+@case("every term has weight 0 (two terms, a zero ramp)", "distill.terms", "weight 0", "kd")
+def _(t, fx):
+    ramp = {"kind": "linear", "start": 0, "end": 0}
+    return train_args(t, tiny(distill={"teachers": {"t": {"checkpoint": str(fx.run)}},
+                                       "terms": [{"type": "ce", "weight": 0.0}, {"type": "kd", "schedule": ramp}]}))
+
+
+@case("train.lr .inf (YAML's spelling)", "train.lr", "finite", "inf")
+def _(t, fx):
+    return train_args(t, tiny(train={"lr": float("inf")}))
+
+
+@case("train.lr .nan (YAML's spelling)", "train.lr", "finite", "nan")
+def _(t, fx):
+    return train_args(t, "model: {name: vit_tiny_patch16_224}\ntrain: {lr: .nan}\n")
+
+
+@case("train.min_lr -.inf (YAML's spelling)", "train.min_lr", "finite", "-inf")
+def _(t, fx):
+    return train_args(t, "model: {name: vit_tiny_patch16_224}\ntrain: {min_lr: -.inf}\n")
+
+
+@case("--set train.weight_decay=.inf", "train.weight_decay", "finite", "inf")
+def _(t, fx):
+    return train_args(t, tiny(), "--set", "train.weight_decay=.inf")
+
+
+@case("suite alpha .nan", "suite.alpha", "finite", "nan")
+def _(t, fx):
+    return suite_args(t, [{"name": "a", "family": "none"}], alpha=float("nan"))
+
+
+@case("huge seed", "seed", "18446744073709551616")
+def _(t, fx):
+    return train_args(t, tiny(seed=2 ** 64))
+
+
+@case("negative seed", "seed", "-1")
+def _(t, fx):
+    return train_args(t, tiny(seed=-1))
+
+
+@case("synthesize huge seed", "seed", "99999999999999999999")
+def _(t, fx):
+    return synth_args(t, {**synth_cfg(fx), "seed": 99999999999999999999})
+
+
+@case("suite seeds []", "suite.seeds", "no seeds")
+def _(t, fx):
+    return suite_args(t, [{"name": "a", "family": "none"}], seeds=[])
+
+
+@case("suite seeds [0, 0]", "suite.seeds", "seed 0", "twice")
+def _(t, fx):
+    return suite_args(t, [{"name": "a", "family": "none"}], seeds=[0, 0])
+
+
+@case("suite negative seed", "suite.seeds[1]", "-3")
+def _(t, fx):
+    return suite_args(t, [{"name": "a", "family": "none"}], seeds=[0, -3])
+
+
+@case("suite huge seed", "suite.seeds[0]", "4294967296")
+def _(t, fx):
+    return suite_args(t, [{"name": "a", "family": "none"}], seeds=[2 ** 32])
+
+
+@case("suite quick seeds [1, 1]", "suite.quick.seeds", "twice")
+def _(t, fx):
+    return suite_args(t, [{"name": "a", "family": "none"}], quick={"seeds": [1, 1]})
+
+
+@case("suite rows []", "suite.rows", "no rows")
+def _(t, fx):
+    return suite_args(t, [])
+
+
 @pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
 def test_bad_input(c: Case, fx, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)   # default output folders (runs/, results/) would land here
@@ -789,3 +1025,121 @@ def test_a_non_finite_loss_stops_in_one_line_with_exit_3(tmp_path, capsys, monke
     ck = load_checkpoint(tmp_path / "run")
     assert (ck["epoch"], ck["epoch_done"], ck["step_in_epoch"]) == (0, False, 2)
     assert not (tmp_path / "run" / "stamp.json").exists()
+
+
+# ---------------------------------------------------------------------------------------- issue 26 beside the table
+def test_tap_indices_must_be_integers():
+    """A tap request of block 1.5 is refused, never read as block 1 (integers of any kind are taken)."""
+    from vitkd.config import ConfigError
+    from vitkd.taps import TapRequest
+    for field in ("tokens", "attn", "qkv", "stages"):
+        for bad in ({1.5}, [0, 2.0], 1.5, {"1"}, {True}):
+            with pytest.raises(ConfigError, match=f"tap request {field}: .* is not an integer"):
+                TapRequest(**{field: bad})
+    assert TapRequest(tokens=[0, -1, torch.tensor(3)], stages=8).tokens == frozenset({0, -1, 3})
+
+
+def test_the_one_name_check():
+    """The names that become paths are all checked by vitkd.config.check_name, and a resolved path that a link
+    would take outside its root is refused."""
+    from vitkd.config import ConfigError, check_name
+    for good in ("a", "digits-more", "kd_T4", "s0", "v1.2", "A" * 100):
+        assert check_name(good, "k") == good
+    for bad in ("", ".", "..", "../x", "a/b", "a\\b", "/abs", ".hidden", "a..b", "a b", "x\n", "A" * 101, 3, None):
+        with pytest.raises(ConfigError, match="^k: invalid name"):
+            check_name(bad, "k")
+
+
+def test_a_link_out_of_its_root_is_refused(tmp_path):
+    from vitkd.config import ConfigError, path_under
+    (tmp_path / "root").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "root" / "row").symlink_to(tmp_path / "elsewhere")
+    assert path_under(tmp_path / "root", "fine", "s0", key="k") == tmp_path / "root" / "fine" / "s0"
+    with pytest.raises(ConfigError, match="k: .* leads outside"):
+        path_under(tmp_path / "root", "row", "s0", key="k")
+
+
+def _held_cases(t: Path, fx) -> Dict[str, List[str]]:
+    """Every command that writes a folder, each writing ``t/out``."""
+    write_yaml(t / "student.yaml", tiny())
+    write_yaml(t / "suite.yaml", {"name": "tiny", "student": "student.yaml", "seeds": [0], "jobs": 1,
+                                  "rows": [{"name": "a", "family": "none"}]})
+    write_yaml(t / "chain.yaml", {"chain": [{"name": "teacher", "config": "student.yaml"}]})
+    write_yaml(t / "kd.yaml", kd({"model": "resnet_digits_s", "checkpoint": str(fx.cnn_weights)}, {"type": "kd"}))
+    write_yaml(t / "syn.yaml", synth_cfg(fx))
+    out = str(t / "out")
+    return {"train": ["train", str(t / "student.yaml"), "--out", out],
+            "train --overwrite": ["train", str(t / "student.yaml"), "--out", out, "--overwrite"],
+            "train --nproc 2": ["train", str(t / "student.yaml"), "--out", out, "--nproc", "2"],
+            "chain": ["train", str(t / "chain.yaml"), "--out", out],
+            "compare": ["compare", str(t / "suite.yaml"), "--out", out, "--cache", str(t / "cache")],
+            "logits save": ["logits", "save", str(t / "kd.yaml"), "--out", out],
+            "synthesize": ["synthesize", str(t / "syn.yaml"), "--out", out]}
+
+
+@pytest.mark.parametrize("command", ["train", "train --overwrite", "train --nproc 2", "chain", "compare",
+                                     "logits save", "synthesize"])
+def test_a_folder_another_process_writes_is_refused(command, fx, tmp_path, capsys, monkeypatch):
+    """While a writer holds --out, a second command writing there gets one line naming the folder and the
+    holder, exit code 2, and touches nothing (the holder's folder, its lock included, stays byte-identical)."""
+    import subprocess
+    from vitkd.rundir import exclusive, lock_path
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(subprocess, "call", lambda cmd: pytest.fail(f"launched {cmd}"))
+    argv = _held_cases(tmp_path, fx)[command]
+    with exclusive(tmp_path / "out"):
+        shutil.copytree(fx.run, tmp_path / "out", dirs_exist_ok=True)   # what the holder wrote so far
+        before = snapshot(tmp_path)
+        code, err = _run(argv, capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1, err
+        assert lines[0].startswith(f"vitkd: error: --out {tmp_path / 'out'}: another process is writing there "
+                                   f"(pid {os.getpid()})"), lines[0]
+        assert snapshot(tmp_path) == before
+    assert not lock_path(tmp_path / "out").exists()   # the holder's release removes its lock file
+
+
+def test_a_lock_left_by_a_dead_process_blocks_nobody(tmp_path, capsys):
+    """A killed writer leaves its lock file; the kernel dropped its lock, so the next writer goes ahead (and
+    removes the file when it is done). Nothing of the lock is ever inside the run folder."""
+    from vitkd.rundir import RunDir, lock_path
+    lock_path(tmp_path / "run").write_text("999999\n")
+    code, err = _run(train_args(tmp_path, tiny()), capsys)
+    assert code == 0, err
+    assert RunDir(tmp_path / "run").is_finished() and not lock_path(tmp_path / "run").exists()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(
+        n for n in RunDir(tmp_path / "run").run_files() if n != RunDir.EMA_WEIGHTS)
+
+
+def test_two_train_processes_on_one_out_one_wins(tmp_path):
+    """Two real ``vitkd train`` processes with different configs, started together on the same --out: exactly
+    one finishes (exit 0), the other gets one line and exit code 2; the folder holds the winner's complete run
+    and no lock."""
+    import subprocess
+    from vitkd.config import load_config, to_dict
+    from vitkd.rundir import RunDir, lock_path
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    cfgs, procs = [], []
+    for seed in (0, 1):   # long enough (~10 s of training) that the two overlap whatever their start-up times
+        raw = tiny(seed=seed, data={"train_subset": 512, "batch_size": 32}, train={"epochs": 25})
+        cfgs.append(write_yaml(tmp_path / f"cfg{seed}.yaml", raw))
+    for cfg in cfgs:
+        procs.append(subprocess.Popen([sys.executable, "-m", "vitkd", "train", str(cfg), "--out",
+                                       str(tmp_path / "run")], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    codes = sorted(r[0] for r in results)
+    assert codes == [0, 2], results
+    winner = next(i for i, r in enumerate(results) if r[0] == 0)
+    loser = results[1 - winner]
+    lines = loser[2].strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"vitkd: error: --out {tmp_path / 'run'}: another process is "
+                                                   f"writing there (pid {procs[winner].pid})"), loser[2]
+    run = RunDir(tmp_path / "run")
+    assert run.matches(to_dict(load_config(cfgs[winner]))) and not run.matches(to_dict(load_config(cfgs[1 - winner])))
+    assert len(run.metrics()["epochs"]) == 25
+    assert not lock_path(tmp_path / "run").exists()
+    assert not list((tmp_path / "run").glob(".*"))

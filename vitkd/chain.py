@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from .rundir import RunDir
-from .config import ConfigError, apply_mapping, apply_overrides, build_dataclass, parse_config, read_yaml, to_dict
+from .config import (ConfigError, apply_mapping, apply_overrides, build_dataclass, check_name, parse_config, path_under,
+                     read_yaml, to_dict)
 
 __all__ = ["is_chain", "run_chain", "run_stages", "resolve_stage_refs", "ChainStage"]
 
@@ -62,14 +63,14 @@ def run_chain(path, out, overrides: List[str] = (), overwrite: bool = False, log
     chain = build_dataclass(ChainCfg, read_yaml(path), "", path.parent)
     if not chain.chain:
         raise ConfigError("chain: no stages")
-    names = [s.name for s in chain.chain]
+    names = [check_name(s.name, f"chain[{i}].name", "stage name") for i, s in enumerate(chain.chain)]
     if len(set(names)) != len(names):
         raise ConfigError(f"chain: duplicate stage names in {names}")
     outs: Dict[str, Path] = {}
     stages = []
     for stage in chain.chain:
         stages.append((stage.name, _stage_raw(stage, path.parent, outs, list(overrides))))
-        outs[stage.name] = Path(out) / stage.name
+        outs[stage.name] = path_under(out, stage.name, key="chain stage")
     return run_stages(stages, out, path.parent, overwrite, log)
 
 
@@ -94,19 +95,19 @@ def run_stages(stages: List[Tuple[str, dict]], out, base: Path, overwrite: bool 
         except ConfigError as e:
             raise ConfigError(f"chain stage '{name}': {e}") from None
         reads = [s for s, o in outs.items() if any(c is planned.get(str(o)) for c in teachers.values())]
-        outs[name] = out / name
-        if not RunDir(out / name).matches(to_dict(cfg)) or teachers:
-            planned[str(out / name)] = cfg
+        outs[name] = path_under(out, name, key="chain stage")
+        if not RunDir(outs[name]).matches(to_dict(cfg)) or teachers:
+            planned[str(outs[name])] = cfg
         plans.append((name, raw, reads))
     actions: Dict[str, str] = {}
     for name, raw, reads in plans:   # what each stage does, refused before anything trains
-        actions[name] = _stage_action(name, RunDir(out / name), raw, base, overwrite,
+        actions[name] = _stage_action(name, RunDir(outs[name]), raw, base, overwrite,
                                       [r for r in reads if actions[r] != "reuse"])
     finals = []
     for name, raw, _ in plans:
         if only is not None and name not in only:
             continue
-        run = RunDir(out / name)
+        run = RunDir(outs[name])
         if actions[name] == "reuse":
             log(f"chain stage '{name}': reusing {run.path}")
             finals.append(run.final())

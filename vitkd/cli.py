@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .config import ConfigError
+from .config import ConfigError, path_under
 
 EXIT_USAGE = 2
 EXIT_NUMERICS = 3
@@ -35,10 +35,17 @@ def add_overrides(parser, help: str) -> None:
     parser.add_argument("--set", action=_Overrides, nargs="+", default=[], metavar="KEY=VALUE", help=help)
 
 
+def _default_out(root: Path, name: Optional[str], config) -> Path:
+    """A command's default output folder: ``root/<the config's name>`` (checked), else ``root/<config file
+    stem>``."""
+    return path_under(root, name, key="name") if name else root / Path(config).stem
+
+
 def _cmd_train(args) -> int:
     from .config import load_config
     from .engine import train
     from .engine.dist import env_world_size
+    from .rundir import exclusive
     out = Path(args.out) if args.out else None
     if args.resume and out is None:
         raise ConfigError("--resume needs --out DIR (the run folder to continue)")
@@ -53,7 +60,9 @@ def _cmd_train(args) -> int:
             raise ConfigError("an m2mkd pipeline runs its stages in one process and resumes them by itself "
                               "(no --nproc, no --resume)")
         out = out or Path("runs") / Path(args.config).stem
-        res = run_pipeline(args.config, out, args.set, overwrite=args.overwrite, log=lambda m: print(m, flush=True))
+        with exclusive(out):   # each stage's run folder is held by its own run too
+            res = run_pipeline(args.config, out, args.set, overwrite=args.overwrite,
+                               log=lambda m: print(m, flush=True))
         print(json.dumps({"out": str(out), "check_passed": res["check"]["passed"],
                           **{k: res["stages"]["student"].get(k) for k in ("val_top1", "test_top1")}}))
         return 0
@@ -61,13 +70,15 @@ def _cmd_train(args) -> int:
         return _launch_torchrun(args, out)
     if is_chain(args.config):
         out = out or Path("runs") / Path(args.config).stem
-        finals = run_chain(args.config, out, args.set, overwrite=args.overwrite, log=lambda m: print(m, flush=True))
+        with exclusive(out):   # each stage's run folder is held by its own run too
+            finals = run_chain(args.config, out, args.set, overwrite=args.overwrite,
+                               log=lambda m: print(m, flush=True))
         print(json.dumps({"out": str(out), "stages": [{k: f.get(k) for k in ("val_top1", "test_top1")}
                                                       for f in finals]}))
         return 0
     cfg = load_config(args.config, args.set)
     if out is None:
-        out = Path("runs") / (cfg.name or Path(args.config).stem)
+        out = _default_out(Path("runs"), cfg.name, args.config)
     final = train(cfg, out, resume=args.resume, overwrite=args.overwrite, log=lambda m: print(m, flush=True))
     if int(os.environ.get("RANK", "0") or 0) == 0:   # under torchrun: rank 0 alone reports
         print(json.dumps({"out": str(out), **{k: final[k] for k in ("val_top1", "test_top1") if k in final}}))
@@ -82,12 +93,13 @@ def _launch_torchrun(args, out: Optional[Path]) -> int:
     from .config import load_config
     from .engine.dist import env_world_size
     from .engine.loop import check_target
-    from .rundir import RunDir
+    from .rundir import RunDir, exclusive
     if env_world_size() > 1:
         raise ConfigError("--nproc: this process is already one rank of a torchrun launch")
     cfg = load_config(args.config, args.set)
-    out = out or Path("runs") / (cfg.name or Path(args.config).stem)
-    check_target(RunDir(out), args.resume, args.overwrite)
+    out = out or _default_out(Path("runs"), cfg.name, args.config)
+    with exclusive(out):   # released before the launch: rank 0 takes the folder for the run
+        check_target(RunDir(out), args.resume, args.overwrite, cfg)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
            "-m", "vitkd", "train", str(args.config), "--out", str(out)]
     for kv in args.set:
@@ -213,7 +225,7 @@ def _cmd_synthesize(args) -> int:
     """A labelled synthetic set from a BN teacher (DeepInversion), reused or continued when --out holds it."""
     from .synth import load_synth_config, synthesize
     cfg = load_synth_config(args.config, args.set)
-    out = Path(args.out) if args.out else Path("runs") / "synth" / (cfg.name or Path(args.config).stem)
+    out = Path(args.out) if args.out else _default_out(Path("runs") / "synth", cfg.name, args.config)
     from .rundir import ensure_writable
     ensure_writable(out, "--out")
     m = synthesize(cfg, out, overwrite=args.overwrite, log=lambda msg: print(msg, flush=True))
@@ -228,7 +240,7 @@ def _cmd_logits_save(args) -> int:
     from .config import load_config
     from .logits.save import save_logits
     cfg = load_config(args.config, args.set)
-    out = Path(args.out) if args.out else Path("logits") / (cfg.name or Path(args.config).stem)
+    out = Path(args.out) if args.out else _default_out(Path("logits"), cfg.name, args.config)
     stores = save_logits(cfg, out, topk=args.topk, epochs=args.epochs, bf16=args.bf16, values=args.values,
                          chunk=args.chunk, batch_size=args.batch_size, progress=cfg.train.progress,
                          log=lambda m: print(m, file=sys.stderr, flush=True))

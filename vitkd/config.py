@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +18,8 @@ from typing import Any, Dict, List, Optional, Union
 import yaml
 
 __all__ = ["ConfigError", "ModelCfg", "DataCfg", "TrainCfg", "TeacherCfg", "DistillCfg", "M2MCfg", "RunCfg",
-           "load_config", "parse_config", "check_paths", "apply_overrides", "apply_mapping", "to_dict", "build_dataclass", "read_yaml"]
+           "load_config", "parse_config", "check_paths", "config_paths", "apply_overrides", "apply_mapping", "to_dict",
+           "build_dataclass", "read_yaml", "load_yaml", "check_name", "path_under", "check_seed", "MAX_SEED"]
 
 
 class ConfigError(ValueError):
@@ -24,16 +27,34 @@ class ConfigError(ValueError):
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, but numbers like ``1e-3`` are floats (YAML 1.2), not strings (YAML 1.1)."""
+    """PyYAML's safe loader, but numbers like ``1e-3`` are floats (YAML 1.2), not strings (YAML 1.1), and a key
+    written twice in one mapping is an error (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":   # ``<<: *base`` merges are overrides by design
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:   # an unhashable key: the base class reports it
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'",
+                                                            key_node.start_mark)
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    __import__("re").compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
     |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
     |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
     |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""", __import__("re").X),
+    |\.(?:nan|NaN|NAN))$""", re.X),
     list("-+0123456789."))
 
 
@@ -154,6 +175,10 @@ class DistillCfg:
     teachers: Dict[str, TeacherCfg] = field(default_factory=dict)
     terms: List[Dict[str, Any]] = field(default_factory=list)   # checked against the loss registry at build
 
+    def __post_init__(self):
+        for key in self.teachers:   # a teacher's key names its logits store (vitkd logits save: OUT/<key>)
+            check_name(key, f"distill.teachers.{key}", "teacher key")
+
 
 @dataclass
 class M2MCfg:
@@ -185,6 +210,11 @@ class RunCfg:
     name: Optional[str] = None
     m2m: Optional[M2MCfg] = None         # a stage of module-level distillation (vitkd.m2m)
 
+    def __post_init__(self):
+        check_seed(self.seed, "seed")
+        if self.name is not None:   # the default run folder is runs/<name>
+            check_name(self.name, "name")
+
 
 def _check_auto_augment(policy: str) -> None:
     """timm's policy strings: rand-..., augmix-..., trivial..., original / v0 (AutoAugment)."""
@@ -208,6 +238,39 @@ def _choice(key, value, choices):
 def _positive(key, value):
     if value <= 0:
         raise ConfigError(f"{key}: must be > 0, got {value}")
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+MAX_SEED = 2 ** 32 - 1   # numpy's seeds are 32-bit
+
+
+def check_name(value, key: str, what: str = "name") -> str:
+    """The one check of a name that becomes a file or folder name (a suite, row, teacher, synthetic set, chain
+    stage, run, zoo entry or zoo file): letters, digits, ``.``, ``_``, ``-``, starting with a letter or digit,
+    at most 100 characters, no ``..``; so never a path separator, never absolute, never hidden."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or ".." in value:
+        raise ConfigError(f"{key}: invalid {what} {value!r} (letters, digits, '.', '_', '-', starting with a letter "
+                          f"or digit; no path separators or '..')")
+    return value
+
+
+def path_under(root: Union[str, Path], *names: str, key: str) -> Path:
+    """``root / name / ...`` with every name checked by :func:`check_name`, and the result still inside ``root``
+    once links are resolved: the one way a name becomes a path under a folder."""
+    path = Path(root)
+    for name in names:
+        path = path / check_name(name, key)
+    real_root, real = os.path.realpath(root), os.path.realpath(path)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise ConfigError(f"{key}: {path} leads outside {root} (to {real})")
+    return path
+
+
+def check_seed(value, key: str) -> int:
+    """A seed: an integer in [0, 2**32 - 1] (what numpy, torch and python all accept)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"{key}: a seed is an integer in [0, {MAX_SEED}], got {value!r}")
+    return value
 
 
 def _type_name(tp) -> str:
@@ -249,6 +312,8 @@ def _coerce(value, tp, key: str, base: Path, meta: dict):
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(value):   # YAML's .inf / -.inf / .nan: refused like the strings 'inf' and 'nan'
+            raise ConfigError(f"{key}: expected a finite number, got {value}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -302,18 +367,25 @@ def parse_config(data: Optional[dict], base: Union[str, Path] = ".", paths: bool
     return cfg
 
 
-def check_paths(node, prefix: str = "") -> None:
-    """Every path a config names (fields marked as paths) exists: the one place files are checked."""
+def config_paths(node, prefix: str = ""):
+    """``(dotted key, value)`` of every path a config names (fields marked as paths, set)."""
     if dataclasses.is_dataclass(node):
         for f in dataclasses.fields(node):
             key = f"{prefix}.{f.name}" if prefix else f.name
             value = getattr(node, f.name)
-            if f.metadata.get("path") and value is not None and not Path(value).exists():
-                raise ConfigError(f"{key}: file or folder not found: {value}")
-            check_paths(value, key)
+            if f.metadata.get("path") and value is not None:
+                yield key, value
+            yield from config_paths(value, key)
     elif isinstance(node, dict):
         for k, v in node.items():
-            check_paths(v, f"{prefix}.{k}")
+            yield from config_paths(v, f"{prefix}.{k}")
+
+
+def check_paths(node, prefix: str = "") -> None:
+    """Every path a config names (fields marked as paths) exists: the one place files are checked."""
+    for key, value in config_paths(node, prefix):
+        if not Path(value).exists():
+            raise ConfigError(f"{key}: file or folder not found: {value}")
 
 
 def apply_mapping(data: dict, values: Dict[str, Any]) -> dict:
@@ -377,16 +449,31 @@ def _read_yaml_file(path: Union[str, Path]) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        with open(path) as f:
-            data = yaml_load(f)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(e, 'problem', None) or e})") from None
+    data = load_yaml(path)
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level, got {type(data).__name__}")
     return data or {}
+
+
+def load_yaml(path: Union[str, Path]) -> Any:
+    """The YAML document in the file ``path``, parsed by :func:`yaml_load` (duplicate keys refused); a file that
+    is not UTF-8 text or not valid YAML is one line naming the file (and the line)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+    try:
+        return yaml_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or getattr(e, "reason", None) or str(e)
+        raise ConfigError(f"{path}:{where} invalid YAML ({' '.join(str(problem).split())})") from None
 
 
 def load_config(path: Union[str, Path], overrides: Optional[List[str]] = None) -> RunCfg:

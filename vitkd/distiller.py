@@ -28,6 +28,9 @@ class Distiller(nn.Module):
         super().__init__()
         if not terms:
             raise ConfigError("distill.terms: no loss terms (add at least {type: ce})")
+        if all(term.schedule.never_on for term in terms):
+            raise ConfigError(f"distill.terms: every term has weight 0 ({', '.join(t.label for t in terms)}): "
+                              f"the run would train nothing")
         self.student = student
         self.teachers = nn.ModuleDict({k: t if isinstance(t, TeacherSource) else LiveTeacher(t, student_spec)
                                        for k, t in teachers.items()})

@@ -12,6 +12,9 @@ A run folder holds:
 ``stamp.json``              written LAST: the run finished; what made it (config digest, versions)
 ==========================  ==========================================================================
 
+One process writes a run folder at a time: it holds the folder's lock (:func:`exclusive`), a file beside the
+folder (``.<name>.vitkd-lock``), never in it.
+
 Everything else in vitkd (engine, chain, compare, eval, stats, zoo, logit stores) reads and writes run
 folders through :class:`RunDir`; no other module spells these file names.
 
@@ -34,7 +37,8 @@ import yaml
 from .config import ConfigError
 from .io import atomic_save_safetensors, atomic_write_csv, atomic_write_json, atomic_write_text
 
-__all__ = ["RunDir", "BEHAVIOUR_VERSION", "NON_RESULT_KEYS", "config_digest"]
+__all__ = ["RunDir", "BEHAVIOUR_VERSION", "NON_RESULT_KEYS", "config_digest", "ensure_writable", "exclusive",
+           "lock_path"]
 
 # History of behaviour changes (bump on every default that changes what a run computes):
 #   1  the first comparison suites
@@ -289,5 +293,66 @@ def ensure_writable(path: Path, option: str = "--out") -> None:
         raise ConfigError(f"{option} {path}: cannot write there ({e.strerror or type(e).__name__})") from None
     finally:
         for folder in made:   # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def lock_path(path: Union[str, Path]) -> Path:
+    """The lock file of the folder ``path`` (links resolved): ``.<name>.vitkd-lock`` beside it, so that nothing
+    in the folder changes (a run folder holds run files only) and a folder never made stays absent."""
+    real = Path(os.path.realpath(path))
+    return real.parent / f".{real.name}.vitkd-lock"
+
+
+@contextlib.contextmanager
+def exclusive(path: Union[str, Path], option: str = "--out"):
+    """One writer per folder: an exclusive ``flock`` on its :func:`lock_path` for the block. A folder that
+    another process holds is refused in one line naming it (and that process). The kernel drops the lock when
+    its process ends, however it ends, so a lock file left by a killed process blocks nobody. On release the
+    lock file goes again, and so do the folders made to hold it: a command refused after taking the lock leaves
+    everything as it was. The folder is checked writable first (:func:`ensure_writable`)."""
+    import fcntl
+    path = Path(path)
+    ensure_writable(path, option)
+    lock = lock_path(path)
+    made, probe = [], lock.parent
+    while not probe.exists() and probe != probe.parent:
+        made.append(probe)
+        probe = probe.parent
+    for attempt in range(100):   # each retry follows another process's release: a few at most
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except FileNotFoundError:   # the folder went with a holder's release in between: again
+            continue
+        except OSError as e:
+            raise ConfigError(f"{option} {path}: cannot make its lock file {lock} "
+                              f"({e.strerror or type(e).__name__})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise ConfigError(f"{option} {path}: another process is writing there"
+                              f"{f' (pid {holder})' if holder.isdigit() else ''}; wait for it or choose another "
+                              f"folder") from None
+        try:   # the file we hold is still the lock file (a holder removes it on release)
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    else:
+        raise ConfigError(f"{option} {path}: cannot take its lock ({lock}): it keeps changing")
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)
+        for folder in made:   # deepest first; a folder that holds anything stays
             with contextlib.suppress(OSError):
                 folder.rmdir()

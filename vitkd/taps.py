@@ -26,11 +26,14 @@ block's attention module is running.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+
+from .config import ConfigError
 
 __all__ = ["TapError", "TapRequest", "TapOutput", "Tapped", "ModelInfo", "describe", "patch_grid", "head_names", "prefix_token_names", "num_blocks",
            "is_vit_like", "stage_reductions", "model_name"]
@@ -82,12 +85,16 @@ def stage_reductions(model: nn.Module) -> Dict[int, Tuple[str, int]]:
     return out
 
 
-def _as_set(v) -> frozenset:
+def _as_set(v, what: str) -> frozenset:
+    """Block indices (or stage strides) as a set of ints; anything but an integer (1.5, '1', True) is refused,
+    never truncated to a block."""
     if v is None:
         return frozenset()
-    if isinstance(v, int):
-        return frozenset([v])
-    return frozenset(int(i) for i in v)
+    items = [v] if not isinstance(v, (set, frozenset, list, tuple, range)) else list(v)
+    for i in items:
+        if isinstance(i, bool) or not hasattr(i, "__index__"):
+            raise ConfigError(f"tap request {what}: {i!r} is not an integer block index or stage stride")
+    return frozenset(operator.index(i) for i in items)
 
 
 def patch_grid(model: nn.Module, img_size: Tuple[int, int]) -> Tuple[int, int]:
@@ -160,7 +167,7 @@ class TapRequest:
 
     def __post_init__(self):
         for f in ("tokens", "attn", "qkv", "stages"):
-            object.__setattr__(self, f, _as_set(getattr(self, f)))
+            object.__setattr__(self, f, _as_set(getattr(self, f), f))
 
     def merge(self, other: "TapRequest") -> "TapRequest":
         return TapRequest(self.tokens | other.tokens, self.attn | other.attn, self.qkv | other.qkv,

@@ -129,10 +129,10 @@ def _zoo_teacher(where: str, cfg: TeacherCfg) -> nn.Module:
     """A zoo entry's model (downloaded and verified into the cache, loaded through timm's ``local-dir:``)."""
     if cfg.checkpoint is not None or cfg.model is not None or cfg.args:
         raise ConfigError(f"{where}.zoo: give either zoo or model/args/checkpoint, not both")
-    from .zoo import ZooError, create_model
+    from .zoo import create_model
     try:
         return create_model(cfg.zoo)
-    except ZooError as e:
+    except ConfigError as e:   # a ZooError, or a name that cannot be a zoo entry
         raise ConfigError(f"{where}.zoo: {e}") from None
 
 

@@ -25,8 +25,9 @@ from typing import Optional
 
 import yaml
 
+from ..config import path_under
 from ..io import atomic_write_text
-from ..rundir import ensure_writable
+from ..rundir import ensure_writable, exclusive
 from .execute import Executor, make_executor
 from .from_zoo import teachers_from_zoo
 from .measure import _mean_std, summarize  # noqa: F401  (_mean_std: used by the tests)
@@ -65,12 +66,16 @@ def run_suite(path, out: Optional[str] = None, quick: bool = False, cache: Optio
         for r in suite.rows:
             r.logits.stored = False
     n_jobs = jobs or suite.jobs
-    runner = make_executor(executor, jobs if executor == "ray" else n_jobs, address, cpus_per_job)
-    try:
-        return _run_suite(suite, base, path, out, quick, cache, n_jobs, progress, log, readme, plan_seeds, runner,
-                          tuned, sized)
-    finally:
-        runner.close()
+    name = suite.name + ("-quick" if quick else "")
+    # quick mode (the demo) never writes the committed reference: it is re-made only with an explicit --out
+    out_dir = Path(out) if out else (path_under(QUICK_HOME, name, key="suite.name") if quick else reference_dir(name))
+    with exclusive(out_dir, "--out"):   # one suite writes a results folder at a time
+        runner = make_executor(executor, jobs if executor == "ray" else n_jobs, address, cpus_per_job)
+        try:
+            return _run_suite(suite, base, path, out_dir, quick, cache, n_jobs, progress, log, readme, plan_seeds,
+                              runner, tuned, sized)
+        finally:
+            runner.close()
 
 
 def _suite_text(path) -> str:
@@ -96,12 +101,10 @@ def _stored(suite, row_jobs, teacher_jobs, cache_dir):
     return plan_stored_logits(row_jobs, teacher_jobs, cache_dir, options, default=suite.stored_logits)
 
 
-def _run_suite(suite, base, path, out, quick, cache, n_jobs, progress, log, readme, plan_seeds,
+def _run_suite(suite, base, path, out_dir: Path, quick, cache, n_jobs, progress, log, readme, plan_seeds,
                runner: Executor, tuned: dict, sized: dict) -> Path:
     name = suite.name + ("-quick" if quick else "")
-    # quick mode (the demo) never writes the committed reference: it is re-made only with an explicit --out
-    out_dir = Path(out) if out else (QUICK_HOME / name if quick else reference_dir(name))
-    cache_dir = Path(cache) if cache else Path("runs") / "compare" / suite.home
+    cache_dir = Path(cache) if cache else path_under(Path("runs") / "compare", suite.home, key="suite.name")
     # check every config before any work starts
     teacher_jobs = plan_teachers(suite, base, cache_dir, quick, tuned, sized)
     if quick:   # published teachers are restored from the zoo, not trained

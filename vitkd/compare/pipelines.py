@@ -15,7 +15,7 @@ import copy
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..config import ConfigError
+from ..config import ConfigError, path_under
 from .plan import Job, _resolve, quick_rows, recipe_of, row_folder
 from .suite import SuiteCfg
 
@@ -38,7 +38,7 @@ def _spec(suite: SuiteCfg, row, base: Path):
 
 
 def check_folder(cache: Path, row: str) -> Path:
-    return cache / "pipelines" / row
+    return path_under(cache / "pipelines", row, key=f"suite.rows.{row}")
 
 
 def run_checks(suite: SuiteCfg, base: Path, cache: Path, quick: bool, teacher_jobs: List[Job]) -> Dict[str, dict]:
@@ -83,10 +83,11 @@ def plan_pipelines(suite: SuiteCfg, base: Path, cache: Path, quick: bool, tuned:
                 if stage in shared:
                     return shared[stage]
                 if stage.startswith("incubat"):
-                    return pdir / stage, f"pipelines/{r.name}/{stage}"
+                    return path_under(pdir, stage, key=f"suite.rows.{r.name}"), f"pipelines/{r.name}/{stage}"
                 if stage == "student":
                     return row_folder(cache, r, seed), f"rows/{r.name}/s{seed}"
-                return pdir / f"s{seed}" / stage, f"pipelines/{r.name}/s{seed}/{stage}"
+                return (path_under(pdir, f"s{seed}", stage, key=f"suite.rows.{r.name}"),
+                        f"pipelines/{r.name}/s{seed}/{stage}")
 
             for name, raw, reads in stage_configs(spec, teacher_raw, student_raw, incubate,
                                                   ref=lambda s: str(where(s)[0])):

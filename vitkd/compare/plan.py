@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 
-from ..config import ConfigError, apply_mapping, parse_config, read_yaml, to_dict
+from ..config import ConfigError, apply_mapping, parse_config, path_under, read_yaml, to_dict
 from ..rundir import RunDir
 from .suite import SuiteCfg
 
@@ -65,7 +65,7 @@ def plan_teachers(suite: SuiteCfg, base: Path, cache: Path, quick: bool, tuned: 
     unless it sets anything of its own."""
     recipe, _ = recipe_of(suite, quick)
     tdir = cache / ("teachers" + ("-quick" if quick and (suite.quick.set or suite.quick.teacher_set) else ""))
-    out = {name: tdir / name for name in suite.teachers}
+    out = {name: path_under(tdir, name, key=f"suite.teachers.{name}") for name in suite.teachers}
     jobs = []
     for name, t in suite.teachers.items():
         raw = _resolve(t.config, base, recipe, sized, suite.teacher_set, suite.quick.teacher_set if quick else {},
@@ -91,7 +91,7 @@ def plan_synth(suite: SuiteCfg, base: Path, cache: Path, teacher_dirs: Dict[str,
 
 
 def _synth_dir(cache: Path, name: str) -> Path:
-    return cache / "synth" / name
+    return path_under(cache / "synth", name, key=f"suite.synthetic.{name}")
 
 
 def plan_rows(suite: SuiteCfg, base: Path, cache: Path, quick: bool, tuned: Dict[str, Any],
@@ -114,7 +114,8 @@ def plan_rows(suite: SuiteCfg, base: Path, cache: Path, quick: bool, tuned: Dict
             for key, t in r.teachers.items():
                 _set_teacher_checkpoint(raw, key, teacher_dirs[t])
                 deps.append(f"teachers/{t}")
-            jobs.append(Job(f"rows/{r.name}/s{seed}", raw, rdir / r.name / f"s{seed}",
+            out = path_under(rdir, r.name, f"s{seed}", key=f"suite.rows.{r.name}")
+            jobs.append(Job(f"rows/{r.name}/s{seed}", raw, out,
                             deps, kind="row", row=r.name, seed=seed))
     return jobs
 
@@ -122,8 +123,8 @@ def plan_rows(suite: SuiteCfg, base: Path, cache: Path, quick: bool, tuned: Dict
 def row_folder(cache: Path, row, seed: int) -> Path:
     """The run folder of a (non-quick) row's run at ``seed``: its own, or a pipeline row's last stage."""
     if row.pipeline:
-        return cache / "pipelines" / row.name / f"s{seed}" / "student"
-    return cache / "rows" / row.name / f"s{seed}"
+        return path_under(cache / "pipelines", row.name, f"s{seed}", "student", key=f"suite.rows.{row.name}")
+    return path_under(cache / "rows", row.name, f"s{seed}", key=f"suite.rows.{row.name}")
 
 
 def _job_config(job: Job) -> Optional[dict]:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import List, Optional
 
+from ..config import path_under
 from ..io import atomic_write_json
 
 __all__ = ["RowCheck", "check_against_reference", "format_checks", "reference_dir", "write_checks", "SPREAD_FILE",
@@ -38,7 +39,7 @@ class RowCheck:
 
 def reference_dir(name: str) -> Path:
     """Where a quick suite's committed reference lives (relative to the working directory, as the results)."""
-    return Path("results") / "compare" / name
+    return path_under(Path("results") / "compare", name, key="suite.name")
 
 
 def _top1(results_csv: Path) -> dict:

@@ -15,7 +15,7 @@ import copy
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..config import ConfigError, parse_config
+from ..config import ConfigError, parse_config, path_under
 from .plan import DONE_CHECKS, Job, _strip_checkpoints
 from .run import RUNNERS
 
@@ -91,7 +91,8 @@ def plan_stored_logits(row_jobs: List[Job], teacher_jobs: List[Job], cache: Path
                     raw = copy.deepcopy(job.raw)
                     raw["distill"] = {"teachers": {k: copy.deepcopy(teachers[k])},
                                       "terms": [{"type": "kd", "teacher": k}]}
-                    stores[lkey] = Job(lkey, raw, cache / "logits" / name / tag, [tjob.key], kind=KIND,
+                    folder = path_under(cache / "logits", name, tag, key=f"suite.teachers.{name}")
+                    stores[lkey] = Job(lkey, raw, folder, [tjob.key], kind=KIND,
                                        row=name, seed=cfg.seed, like=tjob.key, args={"topk": topk})
                 teachers[k] = {"logits": str(stores[lkey].out)}
                 job.deps = [d for d in job.deps if d != tjob.key] + [lkey]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 
-from ..config import ConfigError, build_dataclass, read_yaml
+from ..config import ConfigError, build_dataclass, check_name, check_seed, read_yaml
 
 
 @dataclass
@@ -185,10 +185,44 @@ class SuiteCfg:
         return self.tuning_of or self.home
 
 
+def check_seeds(seeds: List[int], key: str) -> List[int]:
+    """A list of run seeds: at least one, each a valid seed (:func:`vitkd.config.check_seed`), none twice."""
+    if not seeds:
+        raise ConfigError(f"{key}: no seeds (at least one run seed is needed)")
+    for i, s in enumerate(seeds):
+        check_seed(s, f"{key}[{i}]")
+    dup = sorted({s for s in seeds if seeds.count(s) > 1})
+    if dup:
+        raise ConfigError(f"{key}: seed {dup[0]} is listed twice (every seed is one run)")
+    return seeds
+
+
+def _check_names(suite: SuiteCfg) -> None:
+    """Every name of the suite that becomes a folder (results, run cache, teachers, rows, synthetic sets)."""
+    check_name(suite.name, "suite.name", "suite name")
+    for key in ("shares", "tuning_of"):
+        if getattr(suite, key) is not None:
+            check_name(getattr(suite, key), f"suite.{key}", "suite name")
+    for name in suite.teachers:
+        check_name(name, f"suite.teachers.{name}", "teacher name")
+    for name in suite.synthetic:
+        check_name(name, f"suite.synthetic.{name}", "synthetic set name")
+    for i, r in enumerate(suite.rows):
+        check_name(r.name, f"suite.rows[{i}].name", "row name")
+
+
 def load_suite(path) -> Tuple[SuiteCfg, Path]:
     path = Path(path)
     raw = read_yaml(path)
     suite = build_dataclass(SuiteCfg, raw, "suite")
+    _check_names(suite)
+    if not suite.rows:
+        raise ConfigError("suite.rows: no rows (a suite compares at least one row)")
+    check_seeds(suite.seeds, "suite.seeds")
+    check_seeds(suite.quick.seeds, "suite.quick.seeds")
+    if suite.tune is not None:
+        check_seeds(suite.tune.seeds, "suite.tune.seeds")
+        check_seeds(suite.tune.size_seeds, "suite.tune.size_seeds")
     names = [r.name for r in suite.rows]
     dup = {n for n in names if names.count(n) > 1}
     if dup:

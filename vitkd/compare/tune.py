@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..config import ConfigError
+from ..config import ConfigError, path_under
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
 from ..rundir import RunDir, ensure_writable
 from .plan import Job, _resolve, recipe_of
@@ -42,7 +42,8 @@ TUNED_FILE = "tuning.json"
 
 
 def tuning_dir(suite, results: Optional[str] = None) -> Path:
-    return Path(results) if results else Path("results") / "compare" / suite.tuning_home / "tuning"
+    return Path(results) if results else path_under(Path("results") / "compare", suite.tuning_home, "tuning",
+                                                    key="suite.tuning_of")
 
 
 def read_tuned(suite, results: Optional[str] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -214,7 +215,7 @@ def tune_suite(path, out: Optional[str] = None, cache: Optional[str] = None, job
     if suite.tune is None or not suite.tune.knobs:
         raise ConfigError(f"{path}: the suite has no tune.knobs to search")
     out_dir = tuning_dir(suite, out)
-    cache_dir = Path(cache) if cache else Path("runs") / "compare" / suite.home
+    cache_dir = Path(cache) if cache else path_under(Path("runs") / "compare", suite.home, key="suite.name")
     ensure_writable(out_dir, "--out")
     ensure_writable(cache_dir, "--cache")
     n_jobs = jobs or suite.jobs

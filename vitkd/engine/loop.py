@@ -11,6 +11,8 @@ depend on the batch size or the process count. Nothing is selected on the test s
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
 from typing import Callable, Dict, List
@@ -20,10 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import ConfigError, RunCfg, to_dict
+from ..config import ConfigError, RunCfg, config_paths, to_dict
 from ..data import EpochSampler, sample_seed, train_view
 from ..losses import Batch
-from ..rundir import RunDir, ensure_writable
+from ..rundir import RunDir, ensure_writable, exclusive
 from .build import build_run, resolve_device, versions
 from .checkpoint import load_checkpoint, resume_changes, rng_state, save_checkpoint, set_rng_state
 from .dist import (Reducer, World, barrier, convert_sync_batchnorm, current_world, join_from_env, leave,
@@ -108,9 +110,16 @@ def dry_run(distiller, train_ds, cfg: RunCfg) -> None:
         distiller.train(was)
 
 
-def check_target(run: RunDir, resume: bool, overwrite: bool) -> bool:
+def check_target(run: RunDir, resume: bool, overwrite: bool, cfg: RunCfg) -> bool:
     """Whether the run continues from a checkpoint. A resume of a run killed before its first checkpoint
-    (its config is there, no checkpoint) starts it again from the beginning."""
+    (its config is there, no checkpoint) starts it again from the beginning. A folder the run reads (a
+    teacher's, its initial weights', its synthetic set's, or one holding them) is never its output."""
+    out = os.path.realpath(run.path)
+    for key, value in config_paths(cfg):
+        read = os.path.realpath(value)
+        if read == out or read.startswith(out + os.sep):
+            raise ConfigError(f"--out {run.path}: the run reads {key} there ({value}); a run never writes over "
+                              f"what it reads (choose another --out)")
     if resume:
         if not run.has_checkpoint() and not (run.config_path.is_file() and not run.is_finished()):
             raise ConfigError(f"--resume: no checkpoint in {run.path} (nothing to continue)")
@@ -149,8 +158,9 @@ def train(cfg: RunCfg, out_dir, resume: bool = False, overwrite: bool = False,
     Launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment), each process joins the process group
     first (gloo on CPU, nccl on CUDA, one GPU per process by ``LOCAL_RANK``) and leaves it at the end."""
     joined = join_from_env(resolve_device(cfg.train.device))
-    try:
-        return _train(cfg, out_dir, resume, overwrite, log)
+    try:   # rank 0, the one writer of the folder, holds it: a second writer gets one line
+        with exclusive(out_dir) if current_world().is_main else contextlib.nullcontext():
+            return _train(cfg, out_dir, resume, overwrite, log)
     finally:
         leave(joined)
 
@@ -160,7 +170,7 @@ def _train(cfg: RunCfg, out_dir, resume: bool, overwrite: bool, log: Callable[[s
     world = current_world()
     if not world.is_main:
         log = lambda m: None   # noqa: E731 - rank 0 alone prints
-    from_checkpoint = check_target(run_dir, resume, overwrite)
+    from_checkpoint = check_target(run_dir, resume, overwrite, cfg)
     if world.is_main:
         ensure_writable(run_dir.path)
     ckpt, changes = None, {}

@@ -11,6 +11,7 @@ the store is the same bytes for any number of ranks.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -21,9 +22,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .. import models as model_lib
-from ..config import ConfigError, DistillCfg, RunCfg
+from ..config import ConfigError, DistillCfg, RunCfg, path_under
 from ..data import build_datasets, sample_seed, train_view
 from ..engine.dist import World, barrier, current_world, join_from_env, leave
+from ..rundir import exclusive
 from ..taps import TapRequest, describe
 from ..teachers import LiveTeacher, load_teacher_model
 from .fingerprint import data_fingerprint, weights_sha256
@@ -76,17 +78,23 @@ def save_logits(cfg: RunCfg, out, topk: Optional[int] = None, epochs: Optional[i
                 progress: bool = True, log: Callable[[str], None] = print,
                 stores: Optional[Dict[str, Path]] = None, replace: bool = False) -> Dict[str, Path]:
     """One store per live teacher of ``cfg`` under ``out/<teacher name>`` (or, for the teachers named in
-    ``stores``, at the folder it gives); returns them by teacher name."""
+    ``stores``, at the folder it gives); returns them by teacher name. One process writes ``out`` (each
+    folder of ``stores``) at a time (:func:`vitkd.rundir.exclusive`); under ``torchrun``, rank 0 holds it."""
     teachers = {k: t for k, t in (cfg.distill or DistillCfg()).teachers.items() if t.logits is None
                 and (stores is None or k in stores)}
-    dest = {k: Path(stores[k]) if stores else Path(out) / k for k in teachers}
+    dest = {k: Path(stores[k]) if stores else path_under(out, k, key=f"distill.teachers.{k}") for k in teachers}
     if not teachers:
         raise ConfigError("distill.teachers: no teacher with a checkpoint to run (a stored teacher is already "
                           "stored)")
     from ..engine.build import resolve_device
     joined = join_from_env(resolve_device(cfg.train.device))
     try:
-        return _save_all(cfg, teachers, dest, topk, epochs, bf16, values, chunk, batch_size, progress, log, replace)
+        with contextlib.ExitStack() as held:
+            if current_world().is_main:
+                for folder in ([Path(out)] if stores is None else sorted(set(dest.values()))):
+                    held.enter_context(exclusive(folder))
+            return _save_all(cfg, teachers, dest, topk, epochs, bf16, values, chunk, batch_size, progress, log,
+                             replace)
     finally:
         leave(joined)
 

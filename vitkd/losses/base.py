@@ -90,6 +90,11 @@ class WeightSchedule:
         if self.until <= self.begin:
             raise ConfigError(f"{where}.schedule.until: {self.until} leaves the term never on (from {self.begin})")
 
+    @property
+    def never_on(self) -> bool:
+        """The weight is 0 at every step (a constant weight of 0, or a ramp from 0 to 0)."""
+        return (self.weight if self.kind == "constant" else max(self.start, self.end)) == 0
+
     def __call__(self, progress: float) -> float:
         if progress < self.begin or progress >= self.until:
             return 0.0

@@ -5,7 +5,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Union
 
-from ..config import (ConfigError, DataCfg, TeacherCfg, apply_overrides, build_dataclass, check_paths, read_yaml)
+from ..config import (ConfigError, DataCfg, TeacherCfg, apply_overrides, build_dataclass, check_name, check_paths,
+                      check_seed, read_yaml)
 
 __all__ = ["InversionCfg", "SynthCfg", "load_synth_config", "parse_synth_config"]
 
@@ -66,6 +67,9 @@ class SynthCfg:
             raise ConfigError("data.synthetic: a synthesis config names the teacher's real dataset, not a synthetic set")
         if self.threads is not None and self.threads <= 0:
             raise ConfigError(f"threads: must be > 0, got {self.threads}")
+        check_seed(self.seed, "seed")
+        if self.name is not None:   # the default folder is runs/synth/<name>
+            check_name(self.name, "name")
 
 
 def parse_synth_config(raw: dict, base: Union[str, Path] = ".") -> SynthCfg:

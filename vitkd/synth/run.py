@@ -19,6 +19,7 @@ import torch
 
 from ..config import DataCfg, TeacherCfg
 from ..data import class_count, sample_seed
+from ..rundir import exclusive
 from .config import SynthCfg
 from .inversion import invert_batch
 from .losses import BNStatistics
@@ -85,7 +86,13 @@ def is_synthesized(cfg: SynthCfg, out) -> bool:
 
 def synthesize(cfg: SynthCfg, out, overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
     """Write (or reuse, or continue) the synthetic set of ``cfg`` in ``out``; returns its manifest.
-    ``overwrite``: a folder holding another set (other teacher or settings) is emptied first."""
+    ``overwrite``: a folder holding another set (other teacher or settings) is emptied first. One process
+    writes ``out`` at a time (:func:`vitkd.rundir.exclusive`)."""
+    with exclusive(out):
+        return _synthesize(cfg, out, overwrite, log)
+
+
+def _synthesize(cfg: SynthCfg, out, overwrite: bool, log: Callable[[str], None]) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     teacher, spec, student, student_spec, n_cls = _models(cfg)

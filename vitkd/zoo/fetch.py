@@ -41,7 +41,8 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import unquote, urlparse
 from urllib.request import HTTPRedirectHandler, Request, build_opener, url2pathname
 
-from .index import ZooEntry, ZooError, ZooIndex, check_file_name, check_name, check_url
+from ..config import path_under
+from .index import ZooEntry, ZooError, ZooIndex, check_file_name, check_url
 
 __all__ = ["cache_home", "entry_folder", "fetch_entry", "fetch_file", "verify_file", "sha256_of", "cached_folder",
            "check_size", "check_architecture"]
@@ -69,7 +70,7 @@ def cache_home() -> Path:
 
 
 def entry_folder(name: str) -> Path:
-    return cache_home() / "zoo" / check_name(name)
+    return path_under(cache_home() / "zoo", name, key="zoo")
 
 
 def sha256_of(path: Path) -> str:
@@ -365,8 +366,8 @@ def fetch_entry(index: ZooIndex, entry: ZooEntry, force: bool = False, retries: 
     try:
         with _locked(folder):
             for f, url in urls:
-                fetch_file(url, folder / f.name, f.sha256, f.size, force=force, retries=retries, backoff=backoff,
-                           progress=progress, log=log)
+                fetch_file(url, path_under(folder, f.name, key=f"zoo: {entry.name} file"), f.sha256, f.size,
+                           force=force, retries=retries, backoff=backoff, progress=progress, log=log)
                 if f.name == "config.json":
                     _check_or_remove(folder, entry)
             for p in _strangers(folder, entry):
@@ -391,7 +392,7 @@ def cached_folder(entry: ZooEntry) -> Path:
     try:
         with _locked(folder):
             for f in entry.files:
-                p = folder / f.name
+                p = path_under(folder, f.name, key=f"zoo: {entry.name} file")
                 if not p.is_file():
                     raise ZooError(f"zoo: {entry.name} is not downloaded ({p} missing): vitkd zoo download "
                                    f"{entry.name}")

@@ -23,9 +23,9 @@ from urllib.request import pathname2url
 
 import yaml
 
-from ..config import ConfigError, build_dataclass
+from ..config import ConfigError, build_dataclass, check_name, load_yaml
 
-__all__ = ["ZooError", "ZooFile", "ZooEntry", "ZooIndex", "load_index", "save_index", "check_name", "check_url",
+__all__ = ["ZooError", "ZooFile", "ZooEntry", "ZooIndex", "load_index", "save_index", "check_url",
            "PACKAGED_INDEX", "INDEX_VERSION", "ALLOWED_SCHEMES", "WEIGHT_SUFFIXES", "PICKLE_SUFFIXES", "markdown_table",
            "update_readme"]
 
@@ -35,23 +35,15 @@ ALLOWED_SCHEMES = ("http", "https", "file")
 WEIGHT_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".pkl", ".pickle", ".ckpt", ".tar", ".npz", ".npy", ".joblib")
 FILE_SUFFIXES = WEIGHT_SUFFIXES + (".json", ".md", ".yaml", ".csv", ".png", ".txt")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 class ZooError(ConfigError):
     """A zoo problem (bad index, name, URL, download or verification): one line, exit 2."""
 
 
-def check_name(name: str, what: str = "model name") -> str:
-    """Names become folder and file names: letters, digits, ``.``, ``_``, ``-``; no separators, no ``..``."""
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
-        raise ZooError(f"zoo: invalid {what} {name!r} (letters, digits, '.', '_', '-'; no path separators or '..')")
-    return name
-
-
 def check_file_name(name: str) -> str:
     """A file of an entry: a plain name, weights in safetensors only; a pickle is refused by its name."""
-    check_name(name, "file name")
+    check_name(name, "zoo", "file name")
     suffix = Path(name).suffix.lower()
     if suffix in PICKLE_SUFFIXES:
         raise ZooError(f"zoo: refusing {name}: pickle files ({suffix}) can run code when loaded; "
@@ -146,7 +138,7 @@ class ZooIndex:
     path: Optional[Path] = None      # where it was read from (not part of the file)
 
     def get(self, name: str) -> ZooEntry:
-        check_name(name)
+        check_name(name, "zoo", "model name")
         for e in self.models:
             if e.name == name:
                 return e
@@ -201,9 +193,9 @@ class ZooIndex:
 
 def _entry_from(raw: Any, where: str) -> ZooEntry:
     entry = build_dataclass(ZooEntry, raw, where)
-    check_name(entry.name)
+    check_name(entry.name, f"zoo: {where}.name", "model name")
     for key, t in entry.teachers.items():
-        check_name(t, f"teacher name ({where}.teachers.{key})")
+        check_name(t, f"zoo: {where}.teachers.{key}", "teacher name")
     seen = set()
     for i, f in enumerate(entry.files):
         if isinstance(f, dict):
@@ -218,6 +210,9 @@ def _entry_from(raw: Any, where: str) -> ZooEntry:
             raise ZooError(f"{where}.files.{i}.size: must be >= 0, got {f.size}")
         if urlparse(f.url).scheme:
             check_url(f.url)
+    if entry.config and entry.config not in {f.name for f in entry.files}:   # read from the entry's cache folder
+        raise ZooError(f"zoo: {where}.config: {entry.config!r} is not one of the entry's files "
+                       f"({', '.join(f.name for f in entry.files) or 'none'})")
     if isinstance(entry.suite, dict):
         entry.suite = build_dataclass(SuiteRef, entry.suite, f"{where}.suite")
     return entry
@@ -234,9 +229,9 @@ def load_index(manifest: Optional[str] = None) -> ZooIndex:
     if not path.is_file():
         raise ZooError(f"zoo: index not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ZooError(f"zoo: {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+        raw = load_yaml(path) or {}
+    except ConfigError as e:
+        raise ZooError(f"zoo: {e}") from None
     if not isinstance(raw, dict):
         raise ZooError(f"zoo: {path}: expected a mapping with 'models', got {type(raw).__name__}")
     version = raw.get("version", INDEX_VERSION)

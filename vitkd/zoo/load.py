@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import yaml
 from torch import nn
 
 from .. import models as model_lib
+from ..config import load_yaml, path_under
 from .fetch import cached_folder, fetch_entry
 from .index import ZooEntry, ZooError, load_index
 
@@ -46,7 +46,7 @@ def entry_config(entry: ZooEntry, folder: Path) -> Dict[str, Any]:
     """The training config shipped with an entry (its ``config`` file)."""
     if not entry.config:
         raise ZooError(f"zoo: entry {entry.name} ships no training config")
-    return yaml.safe_load((folder / entry.config).read_text()) or {}
+    return load_yaml(path_under(folder, entry.config, key=f"zoo: {entry.name}.config")) or {}
 
 
 def evaluate_folder(folder: Path, config: Dict[str, Any], split: str, device: str = "cpu") -> Dict[str, float]:

@@ -23,11 +23,11 @@ from typing import Any, Callable, Dict, List, Optional
 import yaml
 
 from .. import models as model_lib
-from ..config import ConfigError
+from ..config import ConfigError, check_name, path_under
 from ..io import atomic_save_safetensors, atomic_write_text
 from ..rundir import RunDir
 from .fetch import sha256_of
-from .index import (ZooEntry, ZooError, ZooFile, ZooIndex, SuiteRef, check_name, load_index, markdown_table,
+from .index import (ZooEntry, ZooError, ZooFile, ZooIndex, SuiteRef, load_index, markdown_table,
                     row_of, save_index)
 
 __all__ = ["publish_run", "publish_suite", "card_text", "suite_selection", "CONFIG_FILE", "CARD_FILE",
@@ -99,7 +99,7 @@ def _lineage(config: dict, given: Dict[str, str], index: ZooIndex) -> Dict[str, 
         if not name:
             raise ZooError(f"zoo publish: teacher '{key}' of the run has no zoo entry: publish the teacher first and "
                            f"give --teacher {key}=ZOO_NAME")
-        index.get(check_name(name))
+        index.get(name)
         out[key] = name
     extra = set(given) - set(out)
     if extra:
@@ -146,7 +146,7 @@ def publish_run(run_dir, name: str, index_path, *, method: str = "", family: str
     import timm
     from .. import __version__
     from .load import evaluate_folder
-    check_name(name)
+    check_name(name, "zoo", "model name")
     run = RunDir(run_dir)
     run.finished_weights("zoo publish RUN_DIR")
     config = run.read_config()
@@ -188,7 +188,7 @@ def publish_run(run_dir, name: str, index_path, *, method: str = "", family: str
         atomic_write_text(staged / CARD_FILE, card_text(entry, root_rel))
         names = (HF_CONFIG_FILE, _weights_name(), CONFIG_FILE, CARD_FILE)
         entry.files = [ZooFile(n, f"{name}/{n}", sha256_of(staged / n), (staged / n).stat().st_size) for n in names]
-        _replace_folder(staged, folder / name)
+        _replace_folder(staged, path_under(folder, name, key="zoo publish --name"))
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
@@ -267,7 +267,8 @@ def suite_selection(results_dir: Path) -> List[Dict[str, Any]]:
 
 
 def _zoo_name(suite_name: str, kind: str, key: str) -> str:
-    return check_name(f"{suite_name}-teacher-{key}" if kind == "teacher" else f"{suite_name}-{key}")
+    return check_name(f"{suite_name}-teacher-{key}" if kind == "teacher" else f"{suite_name}-{key}", "zoo",
+                      "model name")
 
 
 def publish_suite(results_dir, index_path, cache: Optional[str] = None, seed: int = 0,
