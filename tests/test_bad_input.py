@@ -1143,3 +1143,24 @@ def test_two_train_processes_on_one_out_one_wins(tmp_path):
     assert len(run.metrics()["epochs"]) == 25
     assert not lock_path(tmp_path / "run").exists()
     assert not list((tmp_path / "run").glob(".*"))
+
+
+def test_a_full_disk_ends_training_in_one_line_and_leaves_no_partial_file(tmp_path):
+    """The disk refuses the checkpoint's bytes. Simulated with a real kernel refusal: training runs in a child
+    whose file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored) makes the write fail with EFBIG, the errno path of a
+    full disk (ENOSPC) and a quota (EDQUOT); no small filesystem can be mounted here."""
+    import subprocess
+    cfg = write_yaml(tmp_path / "c.yaml", tiny())
+    out = tmp_path / "run"
+    limit = 32 * 1024   # config and metadata fit, a checkpoint does not
+    code = ("import resource, signal, sys\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+            "from vitkd.cli import main\n"
+            f"sys.exit(main(['train', {str(cfg)!r}, '--out', {str(out)!r}]))\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert "File too large" in lines[0] and "--resume" in lines[0]
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -12,6 +13,7 @@ from .config import ConfigError, path_under
 
 EXIT_USAGE = 2
 EXIT_NUMERICS = 3
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)   # no space, over quota, over the file-size limit
 
 
 class _Parser(argparse.ArgumentParser):
@@ -376,6 +378,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return args.fn(args)
     except ConfigError as e:
         print(f"vitkd: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:   # a full disk or quota: one line; atomic writes leave no partial file, the last checkpoint stays
+        if e.errno not in DISK_FULL:
+            raise
+        print(f"vitkd: error: {e.filename or 'a file'}: {os.strerror(e.errno)} (free space and run again; "
+              f"--resume continues from the last checkpoint)", file=sys.stderr)
         return EXIT_USAGE
     except Exception as e:   # a non-finite loss: one line, exit 3, the last good checkpoint kept
         from .engine import NonFiniteLoss

@@ -54,7 +54,13 @@ def atomic_write_json(path, obj: Any):
 def atomic_torch_save(obj: Any, path):
     import torch
     with atomic_writer(path, "wb") as f:
-        torch.save(obj, f)
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:   # torch's zip writer reports a failed write (a full disk) as its own error
+            cause = e.__cause__ or e.__context__
+            if isinstance(cause, OSError):
+                raise cause from None
+            raise
 
 
 def atomic_save_safetensors(tensors: dict, path, metadata: dict = None):
