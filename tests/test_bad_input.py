@@ -93,15 +93,9 @@ def fx(tmp_path_factory) -> Fixtures:
     from safetensors.torch import save_file
 
     import vitkd.archs  # noqa: F401  (registers resnet_digits_s)
-    from vitkd.config import parse_config
-    from vitkd.engine import train
 
     root = tmp_path_factory.mktemp("fixtures")
-    threads = torch.get_num_threads()
-    try:
-        train(parse_config(tiny()), root / "run", log=lambda m: None)
-    finally:
-        torch.set_num_threads(threads)
+    train_tiny(root / "run")
     vit = timm.create_model("vit_tiny_patch16_224", num_classes=10, **VIT_ARGS)
     save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, root / "vit.safetensors")
     cnn = timm.create_model("resnet_digits_s", num_classes=10)
@@ -631,13 +625,26 @@ def _(t, fx):
     return train_args(t, tiny(distill={"teachers": {"t": {"zoo": "nope"}}, "terms": [{"type": "kd"}]}))
 
 
-def _run(argv: List[str], capsys):
+def run_cli(argv: List[str], capsys):
+    """``vitkd ARGV`` in this process: (exit code, stderr); the thread count a run sets is restored."""
     threads = torch.get_num_threads()
     try:
         code = main(argv)
     finally:
         torch.set_num_threads(threads)   # a run sets its own thread count
     return code, capsys.readouterr().err
+
+
+def train_tiny(out: Path) -> Path:
+    """A finished run of :func:`tiny` in ``out`` (trained in this process, its thread count restored)."""
+    from vitkd.config import parse_config
+    from vitkd.engine import train
+    threads = torch.get_num_threads()
+    try:
+        train(parse_config(tiny()), out, log=lambda m: None)
+    finally:
+        torch.set_num_threads(threads)
+    return out
 
 
 # -- synthesize (DeepInversion) and data-free training
@@ -971,7 +978,7 @@ def test_bad_input(c: Case, fx, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("VITKD_ZOO_MANIFEST")
     argv = c.build(tmp_path, fx)
     before, shared = snapshot(tmp_path), snapshot(fx.root)
-    code, err = _run(argv, capsys)
+    code, err = run_cli(argv, capsys)
     lines = err.strip().splitlines()
     assert code == 2, err
     assert len(lines) == 1, err
@@ -1017,7 +1024,7 @@ def test_a_non_finite_loss_stops_in_one_line_with_exit_3(tmp_path, capsys, monke
         return total, parts
     monkeypatch.setattr(Distiller, "forward", poisoned)
     argv = train_args(tmp_path, tiny(data={"batch_size": 8}, train={"checkpoint_every": 1}))
-    code, err = _run(argv, capsys)
+    code, err = run_cli(argv, capsys)
     lines = err.strip().splitlines()
     assert code == 3 and len(lines) == 1, err
     assert "term 'ce'" in lines[0] and "epoch 1 step 3" in lines[0] and "checkpoint is kept" in lines[0]
@@ -1091,7 +1098,7 @@ def test_a_folder_another_process_writes_is_refused(command, fx, tmp_path, capsy
     with exclusive(tmp_path / "out"):
         shutil.copytree(fx.run, tmp_path / "out", dirs_exist_ok=True)   # what the holder wrote so far
         before = snapshot(tmp_path)
-        code, err = _run(argv, capsys)
+        code, err = run_cli(argv, capsys)
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1, err
         assert lines[0].startswith(f"vitkd: error: --out {tmp_path / 'out'}: another process is writing there "
@@ -1105,7 +1112,7 @@ def test_a_lock_left_by_a_dead_process_blocks_nobody(tmp_path, capsys):
     removes the file when it is done). Nothing of the lock is ever inside the run folder."""
     from vitkd.rundir import RunDir, lock_path
     lock_path(tmp_path / "run").write_text("999999\n")
-    code, err = _run(train_args(tmp_path, tiny()), capsys)
+    code, err = run_cli(train_args(tmp_path, tiny()), capsys)
     assert code == 0, err
     assert RunDir(tmp_path / "run").is_finished() and not lock_path(tmp_path / "run").exists()
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(

@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_bad_input import snapshot, tiny, write_yaml
-from vitkd.cli import main
+from test_bad_input import run_cli, snapshot, tiny, train_tiny, write_yaml
 from vitkd.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,15 +60,7 @@ def test_the_payload_really_runs_under_an_unsafe_load(tmp_path):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     """A finished tiny run (its config and a real checkpoint of the current format)."""
-    from vitkd.config import parse_config
-    from vitkd.engine import train
-    root = tmp_path_factory.mktemp("security")
-    threads = torch.get_num_threads()
-    try:
-        train(parse_config(tiny()), root / "run", log=lambda m: None)
-    finally:
-        torch.set_num_threads(threads)
-    return root / "run"
+    return train_tiny(tmp_path_factory.mktemp("security") / "run")
 
 
 def unfinished_copy(run: Path, t: Path) -> Path:
@@ -80,12 +71,8 @@ def unfinished_copy(run: Path, t: Path) -> Path:
 
 
 def _run_cli(argv: List[str], capsys):
-    threads = torch.get_num_threads()
-    try:
-        code = main(argv)
-    finally:
-        torch.set_num_threads(threads)
-    return code, capsys.readouterr().err.strip().splitlines()
+    code, err = run_cli(argv, capsys)
+    return code, err.strip().splitlines()
 
 
 def _one_line_exit_2(argv: List[str], t: Path, capsys, *expect: str) -> str:
