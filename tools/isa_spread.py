@@ -20,7 +20,6 @@ Runs are cached under ``--work`` (untracked), so an interrupted measurement cont
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -28,6 +27,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from vitkd.compare.reference import top1_by_row
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK_REF = ROOT / "results" / "compare" / "digits-quick"
@@ -66,12 +67,8 @@ def cpu_description(isa: str) -> dict:
     return {"aten_capability": out, "env": ISAS[isa], "cpu": model}
 
 
-def per_row(results_csv: Path) -> dict:
-    return {r["row"]: float(r["test_top1_mean"]) for r in csv.DictReader(open(results_csv))}
-
-
 def quick(work: Path) -> dict:
-    ref = per_row(QUICK_REF / "results.csv")
+    ref = top1_by_row(QUICK_REF / "results.csv")
     runs = {}
     for isa in ISAS:
         out = work / isa / "results"
@@ -80,7 +77,7 @@ def quick(work: Path) -> dict:
             _run([_python(), "-m", "vitkd", "compare", "--quick", "--out", out, "--cache", work / isa / "cache"],
                  isa)
             (work / isa / "wall_s").write_text(f"{time.perf_counter() - t0:.1f}\n")
-        runs[isa] = {"top1": per_row(out / "results.csv"),
+        runs[isa] = {"top1": top1_by_row(out / "results.csv"),
                      "wall_s": float((work / isa / "wall_s").read_text()) if (work / isa / "wall_s").exists()
                      else None}
     rows = {}

@@ -18,7 +18,7 @@ from ..config import path_under
 from ..io import atomic_write_json
 
 __all__ = ["RowCheck", "check_against_reference", "format_checks", "reference_dir", "write_checks", "SPREAD_FILE",
-           "QUICK_HOME"]
+           "QUICK_HOME", "top1_by_row"]
 
 SPREAD_FILE = "isa_spread.json"
 QUICK_HOME = Path("runs") / "quick"   # where quick mode writes by default: untracked, never the reference
@@ -42,15 +42,16 @@ def reference_dir(name: str) -> Path:
     return path_under(Path("results") / "compare", name, key="suite.name")
 
 
-def _top1(results_csv: Path) -> dict:
+def top1_by_row(results_csv: Path) -> dict:
+    """Each row's mean test top-1 in a suite's ``results.csv``."""
     with open(results_csv) as f:
         return {r["row"]: float(r["test_top1_mean"]) for r in csv.DictReader(f)}
 
 
 def check_against_reference(out_dir: Path, ref_dir: Path) -> List[RowCheck]:
     """Each row of ``out_dir/results.csv`` against ``ref_dir``'s: OK when |Δ| <= its band."""
-    got = _top1(Path(out_dir) / "results.csv")
-    ref = _top1(Path(ref_dir) / "results.csv")
+    got = top1_by_row(Path(out_dir) / "results.csv")
+    ref = top1_by_row(Path(ref_dir) / "results.csv")
     spread = Path(ref_dir) / SPREAD_FILE
     bands = {}
     if spread.is_file():
