@@ -160,7 +160,9 @@ def train(cfg: RunCfg, out_dir, resume: bool = False, overwrite: bool = False,
     joined = join_from_env(resolve_device(cfg.train.device))
     try:   # rank 0, the one writer of the folder, holds it: a second writer gets one line
         with exclusive(out_dir) if current_world().is_main else contextlib.nullcontext():
-            return _train(cfg, out_dir, resume, overwrite, log)
+            final = _train(cfg, out_dir, resume, overwrite, log)
+        barrier(current_world())   # every rank leaves together, after rank 0 has written the folder
+        return final
     finally:
         leave(joined)
 
