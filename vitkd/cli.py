@@ -149,6 +149,7 @@ def _cmd_eval(args) -> int:
     for split in args.splits:
         r = evaluate(student, datasets[split], cfg.data.eval_batch_size, device, cfg.data.num_workers)
         res[f"{split}_top1"], res[f"{split}_loss"] = r["top1"], r["loss"]
+        res[f"{split}_images"] = len(datasets[split])
     print(json.dumps(res, indent=None if args.json else 2))
     return 0
 
@@ -172,8 +173,11 @@ def _cmd_profile(args) -> int:
         import difflib
         hint = difflib.get_close_matches(args.model, timm.list_models(), n=1)
         raise ConfigError(f"unknown model '{args.model}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+    if args.in_chans is not None and args.in_chans <= 0:
+        raise ConfigError(f"--in-chans: must be > 0, got {args.in_chans}")
+    extra = {"in_chans": args.in_chans} if args.in_chans is not None else {}
     report = profile_model(args.model, img_size=args.img_size, batch_size=args.batch_size,
-                           throughput=not args.no_throughput)
+                           throughput=not args.no_throughput, **extra)
     print(json.dumps(report, indent=2, default=str) if args.json else format_report(report))
     return 0
 
@@ -306,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "or the training cost per image of a run config (CONFIG.yaml)")
     pr.add_argument("model", help="timm/vitkd model name, or a train config .yaml for its training cost")
     pr.add_argument("--img-size", type=int)
+    pr.add_argument("--in-chans", type=int, help="input channels (e.g. 1 for Fashion-MNIST's grayscale)")
     pr.add_argument("--batch-size", type=int, default=32)
     pr.add_argument("--no-throughput", action="store_true")
     pr.add_argument("--json", action="store_true")
@@ -369,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .zoo.commands import add_zoo_parser
     add_zoo_parser(sub, _Parser)
+    from .datasets.commands import add_data_parser
+    add_data_parser(sub, _Parser)
     return p
 
 

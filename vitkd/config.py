@@ -17,13 +17,17 @@ from typing import Any, Dict, List, Optional, Union
 
 import yaml
 
-__all__ = ["ConfigError", "ModelCfg", "DataCfg", "TrainCfg", "TeacherCfg", "DistillCfg", "M2MCfg", "RunCfg",
+__all__ = ["ConfigError", "DataError", "vitkd_home", "ModelCfg", "DataCfg", "TrainCfg", "TeacherCfg", "DistillCfg", "M2MCfg", "RunCfg",
            "load_config", "parse_config", "check_paths", "config_paths", "apply_overrides", "apply_mapping", "to_dict",
            "build_dataclass", "read_yaml", "load_yaml", "check_name", "path_under", "check_seed", "MAX_SEED"]
 
 
 class ConfigError(ValueError):
     """A bad config: the message is one line naming the key, value or file."""
+
+
+class DataError(ConfigError):
+    """An input file that cannot be read, or that is not what it should be (named in the message)."""
 
 
 class _Loader(yaml.SafeLoader):
@@ -74,13 +78,18 @@ class ModelCfg:
     checkpoint: Optional[str] = _path_field()             # initial weights: run folder or weights file
 
 
+# the datasets vitkd.data registers (a test keeps the two equal); the ones read only from data.root
+DATASET_NAMES = ("digits", "fashion_mnist", "cifar10", "cifar100", "imagefolder")
+DATASETS_WITH_ROOT = ("cifar10", "cifar100", "imagefolder")
+
+
 @dataclass
 class DataCfg:
-    name: str = "digits"                 # digits | cifar10 | cifar100 | imagefolder
-    root: Optional[str] = _path_field()  # local folder for cifar / imagefolder (never downloaded)
+    name: str = "digits"                 # digits | fashion_mnist | cifar10 | cifar100 | imagefolder
+    root: Optional[str] = _path_field()  # local folder (never downloaded): cifar / imagefolder; fashion_mnist's files
     img_size: Optional[int] = None       # default: the model's own input size
     train_subset: Optional[int] = None   # use only the first N of a seeded permutation of the train split
-    val_size: int = 200                  # held out from train for cifar / imagefolder (digits: fixed split)
+    val_size: int = 200                  # held out from train for cifar / imagefolder (digits, fashion_mnist: fixed)
     batch_size: int = 64
     eval_batch_size: int = 256
     num_workers: int = 0
@@ -94,9 +103,9 @@ class DataCfg:
     synthetic: Optional[str] = _path_field()
 
     def __post_init__(self):
-        _choice("data.name", self.name, ("digits", "cifar10", "cifar100", "imagefolder"))
+        _choice("data.name", self.name, DATASET_NAMES)
         _choice("data.augment", self.augment, ("none", "light", "timm"))
-        if self.name != "digits" and self.root is None:
+        if self.name in DATASETS_WITH_ROOT and self.root is None:
             raise ConfigError(f"data.root: dataset '{self.name}' is read from a local folder; set data.root")
         _positive("data.batch_size", self.batch_size)
         _positive("data.eval_batch_size", self.eval_batch_size)
@@ -453,6 +462,15 @@ def _read_yaml_file(path: Union[str, Path]) -> dict:
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level, got {type(data).__name__}")
     return data or {}
+
+
+def vitkd_home() -> Path:
+    """vitkd's cache folder (zoo downloads, datasets): ``$VITKD_HOME``, default ``~/.cache/vitkd``; a path that
+    exists but is not a folder is one line."""
+    home = Path(os.environ.get("VITKD_HOME") or Path.home() / ".cache" / "vitkd")
+    if home.exists() and not home.is_dir():
+        raise ConfigError(f"VITKD_HOME: {home} is not a folder")
+    return home
 
 
 def load_yaml(path: Union[str, Path]) -> Any:

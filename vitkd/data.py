@@ -6,9 +6,12 @@ The data order of an epoch is a permutation drawn from (run seed, epoch).
 
 * ``digits``: scikit-learn's handwritten digits (1797 real 8x8 images shipped inside the package,
   no download), split once with a fixed seed into train 1197 / val 200 / test 400.
+* ``fashion_mnist``: Fashion-MNIST's four IDX files (Debian's package, torchvision's layout, ``data.root`` or the
+  vitkd cache; verified by content): train 55,000 / val 5,000 (fixed, stratified) / test 10,000 (official); see
+  :mod:`vitkd.datasets.fashion_mnist`.
 * ``cifar10`` / ``cifar100``: torchvision's on-disk python format under ``data.root``.
 * ``imagefolder``: ImageNet layout, ``root/train/<class>/*`` and ``root/val/<class>/*``.
-For cifar and imagefolder a seeded ``val_size`` subset of the train split is held out as val and the
+Each is a registered :class:`Source` (:func:`register_source`). For cifar and imagefolder a seeded ``val_size`` subset of the train split is held out as val and the
 official test/val split is the test split.
 """
 from __future__ import annotations
@@ -27,9 +30,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from .config import ConfigError, DataCfg
+from .config import ConfigError, DataCfg, DataError
+from .datasets import fashion_mnist
 
-__all__ = ["DIGITS_SPLIT", "sample_seed", "seeded", "SplitDataset", "EpochSampler", "build_datasets",
+__all__ = ["DIGITS_SPLIT", "SOURCES", "Source", "register_source", "sample_seed", "seeded", "SplitDataset", "EpochSampler", "build_datasets",
            "DataSpec", "load_digits_arrays", "class_count", "MixSpec", "MixedDataset", "train_view", "mix_partners", "mix_draw"]
 
 DIGITS_SPLIT = {"train": 1197, "val": 200, "test": 400}
@@ -191,10 +195,6 @@ def _check_images(samples) -> None:
 
 
 # ---------------------------------------------------------------------- transforms
-class DataError(ConfigError):
-    """An input file that cannot be read (named in the message)."""
-
-
 def _to_pil(item) -> Image.Image:
     if isinstance(item, tuple):   # (path, target) from ImageFolder
         try:
@@ -221,12 +221,13 @@ class LightAugment:
     def __call__(self, img: np.ndarray, seed: int) -> torch.Tensor:
         arr = np.asarray(img)
         x = torch.as_tensor(arr.astype(np.float32) / (255.0 if arr.dtype == np.uint8 else 1.0))
-        if x.ndim == 2:             # digits: [H, W] in [0, 1]
-            x = x[None].expand(3, -1, -1)
+        if x.ndim == 2:             # grayscale (digits in [0, 1], fashion_mnist uint8): the model's channels
+            x = x[None].expand(len(self.spec.mean), -1, -1)
         elif x.shape[-1] == 3:      # cifar: [H, W, 3] uint8
             x = x.permute(2, 0, 1)
-        x = F.interpolate(x[None], size=self.spec.img_size, mode="bilinear", align_corners=False,
-                          antialias=True)
+        x = x[None]
+        if tuple(x.shape[-2:]) != tuple(self.spec.img_size):
+            x = F.interpolate(x, size=self.spec.img_size, mode="bilinear", align_corners=False, antialias=True)
         if self.train:
             g = torch.Generator().manual_seed(seed)
             u = (torch.rand(4, generator=g) * 2 - 1) * self.strength
@@ -314,6 +315,81 @@ class EpochSampler(Sampler):
         return math.ceil(self.n / self.world)   # an epoch stays n images in total, repeated or not
 
 
+# ---------------------------------------------------------------------- the sources
+Parts = Dict[str, Tuple[Sequence, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Source:
+    """A dataset vitkd reads: ``read(cfg)`` gives its ``{"train", "val", "test"}`` (items, targets) and its class
+    count; ``num_classes`` is known without reading (None: counted from ``data.root``); ``subset(targets, k)`` picks
+    ``data.train_subset``'s indices of the train split; ``files`` says its items are image files (read with PIL)."""
+    read: Callable[[DataCfg], Tuple[Parts, int]]
+    num_classes: Optional[int]
+    subset: Callable[[np.ndarray, int], np.ndarray]
+    files: bool = False
+
+
+SOURCES: Dict[str, Source] = {}
+
+
+def register_source(name: str, num_classes: Optional[int], subset: Optional[Callable] = None, files: bool = False):
+    """Register ``fn(cfg) -> (parts, num_classes)`` as ``data.name: name``."""
+    def wrap(fn):
+        SOURCES[name] = Source(fn, num_classes, subset or _random_subset, files)
+        return fn
+    return wrap
+
+
+def _random_subset(targets: np.ndarray, k: int) -> np.ndarray:
+    """The first ``k`` of one fixed permutation, sorted (nested: a smaller subset is inside a larger one)."""
+    return _subset(len(targets), k, DIGITS_SPLIT_SEED + 1)
+
+
+def _stratified_subset(targets: np.ndarray, k: int) -> np.ndarray:
+    return np.sort(fashion_mnist.subset_order(targets)[:k])
+
+
+@register_source("digits", 10)
+def _read_digits(cfg: DataCfg) -> Tuple[Parts, int]:
+    return _digits_splits(), 10
+
+
+@register_source("fashion_mnist", 10, subset=_stratified_subset)
+def _read_fashion_mnist(cfg: DataCfg) -> Tuple[Parts, int]:
+    return fashion_mnist.splits(cfg.root), len(fashion_mnist.CLASSES)
+
+
+def _read_cifar(cfg: DataCfg) -> Tuple[Parts, int]:
+    (xtr, ytr), (xte, yte), n_cls = _cifar(cfg)
+    parts = _holdout(xtr, ytr, cfg.val_size)
+    parts["test"] = (xte, yte)
+    return parts, n_cls
+
+
+register_source("cifar10", 10)(_read_cifar)
+register_source("cifar100", 100)(_read_cifar)
+
+
+@register_source("imagefolder", None, files=True)
+def _read_imagefolder(cfg: DataCfg) -> Tuple[Parts, int]:
+    train_s, val_s, n_cls = _imagefolder(cfg)
+    items = np.empty(len(train_s), dtype=object)
+    items[:] = train_s
+    parts = _holdout(items, np.array([t for _, t in train_s]), cfg.val_size)
+    test_items = np.empty(len(val_s), dtype=object)
+    test_items[:] = val_s
+    parts["test"] = (test_items, np.array([t for _, t in val_s]))
+    return parts, n_cls
+
+
+def _source(cfg: DataCfg) -> Source:
+    try:
+        return SOURCES[cfg.name]
+    except KeyError:
+        raise ConfigError(f"data.name: unknown dataset '{cfg.name}' (known: {', '.join(sorted(SOURCES))})") from None
+
+
 def _subset(n: int, k: Optional[int], seed: int) -> np.ndarray:
     idx = np.random.RandomState(seed).permutation(n)
     return np.sort(idx[:k]) if k is not None else np.arange(n)
@@ -321,38 +397,26 @@ def _subset(n: int, k: Optional[int], seed: int) -> np.ndarray:
 
 def class_count(cfg: DataCfg) -> int:
     """The number of classes of a dataset without reading it (what a dry build needs)."""
-    counts = {"digits": 10, "cifar10": 10, "cifar100": 100}
-    if cfg.name in counts:
-        return counts[cfg.name]
+    known = _source(cfg).num_classes
+    if known is not None:
+        return known
     train = Path(cfg.root) / "train"
     return sum(1 for p in train.iterdir() if p.is_dir()) if train.is_dir() else 0
 
 
 def build_datasets(cfg: DataCfg, spec: DataSpec, seed: int) -> Tuple[Dict[str, SplitDataset], int]:
     """Returns ({'train','val','test'} datasets, num_classes)."""
+    source = _source(cfg)
+
     def make(split, items, targets, n_cls):
         train = split == "train"
-        if cfg.augment == "timm" or cfg.name == "imagefolder":   # imagefolder items are files: PIL path
+        if cfg.augment == "timm" or source.files:   # items that are files: the PIL path
             tf = TimmAugment(spec, train and cfg.augment != "none", cfg)
         else:
             tf = LightAugment(spec, train and cfg.augment == "light", cfg.aug_strength)
         return SplitDataset(items, targets, tf, seed, n_cls, f"{cfg.name}/{split}")
 
-    if cfg.name == "digits":
-        n_cls = 10
-        parts = _digits_splits()
-    elif cfg.name in ("cifar10", "cifar100"):
-        (xtr, ytr), (xte, yte), n_cls = _cifar(cfg)
-        parts = _holdout(xtr, ytr, cfg.val_size)
-        parts["test"] = (xte, yte)
-    else:
-        train_s, val_s, n_cls = _imagefolder(cfg)
-        items = np.empty(len(train_s), dtype=object)
-        items[:] = train_s
-        parts = _holdout(items, np.array([t for _, t in train_s]), cfg.val_size)
-        test_items = np.empty(len(val_s), dtype=object)
-        test_items[:] = val_s
-        parts["test"] = (test_items, np.array([t for _, t in val_s]))
+    parts, n_cls = source.read(cfg)
     if cfg.synthetic is not None:   # a synthetic set (vitkd synthesize) is the train split; val/test stay real
         from .synth.store import read_synthetic
         parts["train"] = read_synthetic(cfg.synthetic, n_cls)
@@ -360,7 +424,7 @@ def build_datasets(cfg: DataCfg, spec: DataSpec, seed: int) -> Tuple[Dict[str, S
     if cfg.train_subset is not None:
         if cfg.train_subset > len(ytr):
             raise ConfigError(f"data.train_subset: {cfg.train_subset} exceeds the {len(ytr)} train images")
-        keep = _subset(len(ytr), cfg.train_subset, DIGITS_SPLIT_SEED + 1)
+        keep = source.subset(np.asarray(ytr), cfg.train_subset)
         parts["train"] = (xtr[keep], ytr[keep])
     return {k: make(k, x, y, n_cls) for k, (x, y) in parts.items()}, n_cls
 

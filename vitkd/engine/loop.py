@@ -216,7 +216,8 @@ def _train(cfg: RunCfg, out_dir, resume: bool, overwrite: bool, log: Callable[[s
     sums: Dict[str, float] = {}
     seen = 0.0
     meta = {"num_classes": run.num_classes, "img_size": list(run.spec.img_size), "mean": list(run.spec.mean),
-            "std": list(run.spec.std), "train_images": len(train_ds), "device": str(device),
+            "std": list(run.spec.std), "train_images": len(train_ds), "val_images": len(run.datasets["val"]),
+            "test_images": len(run.datasets["test"]), "device": str(device),
             "versions": versions(), "model": cfg.model.name, "world_size": world.size,
             "batch_per_rank": dc.batch_size, "resumes": []}
     if world.size > 1:
