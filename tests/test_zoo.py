@@ -11,7 +11,6 @@ card's figures equal the results row it cites) are one function each, run on the
 from __future__ import annotations
 
 import csv
-import http.server
 import json
 import os
 import pickle
@@ -37,113 +36,14 @@ from vitkd.zoo.index import ZooError, save_index, update_readme
 from vitkd.zoo.load import evaluate_entry, model_folder
 from vitkd.zoo.publish import check_card_figures, publish_run, publish_suite
 
+from loopback import serve
+
 ROOT = Path(__file__).resolve().parents[1]
-CHUNK = 1 << 16
 WEIGHTS = RunDir.WEIGHTS
 VIT = {"name": "vit_tiny_patch16_224", "args": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2,
                                                 "num_heads": 2}}
 DATA = {"name": "digits", "train_subset": 32, "batch_size": 16}
 TRAIN = {"epochs": 1, "lr": 2e-3, "warmup_epochs": 0, "progress": False, "threads": 1}
-
-
-# ---------------------------------------------------------------------- the loopback server
-class State:
-    def __init__(self, root: Path):
-        self.root = root
-        self.reset()
-
-    def reset(self, redirect_to: str = "", **modes):
-        # {file name: mode}: ok | no_range | cut_once | 503_once | corrupt | redirect | redirect_twice | drip |
-        # oversize (no Content-Length) | oversize_declared
-        self.modes = dict(modes)
-        self.redirect_to = redirect_to  # where redirect modes send the client (the last hop)
-        self.requests = []              # (file name, Range header or None, status)
-        self.spent = set()
-        self.sent = 0                   # body bytes the drip and oversize modes managed to send
-
-
-def _handler(state: State):
-    class H(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def do_GET(self):
-            rel = self.path.lstrip("/")
-            p = state.root / rel
-            name = Path(rel).name
-            mode = state.modes.get(name, "ok")
-            rng = self.headers.get("Range")
-            if rel.startswith("hop/"):
-                p = state.root / rel[len("hop/"):]
-            if not p.is_file():
-                state.requests.append((name, rng, 404))
-                self.send_error(404, "Not Found")
-                return
-            if mode in ("redirect", "redirect_twice"):
-                hop = mode == "redirect_twice" and not rel.startswith("hop/")
-                state.requests.append((name, rng, 302))
-                self.send_response(302)
-                self.send_header("Location", f"/hop/{rel}" if hop else state.redirect_to)
-                self.end_headers()
-                return
-            if mode == "503_once" and name not in state.spent:
-                state.spent.add(name)
-                state.requests.append((name, rng, 503))
-                self.send_error(503, "Service Unavailable")
-                return
-            data = p.read_bytes()
-            if mode == "corrupt":
-                data = data[:-1] + bytes([data[-1] ^ 0xFF])
-            start = 0
-            if rng and mode != "no_range":
-                start = int(rng.split("=")[1].split("-")[0])
-                self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-            else:
-                self.send_response(200)
-            body = data[start:]
-            if mode in ("drip", "oversize", "oversize_declared"):
-                self._stream(name, rng, body, mode)
-                return
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            state.requests.append((name, rng, 206 if start else 200))
-            if mode == "cut_once" and name not in state.spent:
-                state.spent.add(name)
-                self.wfile.write(body[:len(body) // 2])
-                self.wfile.flush()
-                self.connection.shutdown(socket.SHUT_RDWR)
-                return
-            self.wfile.write(body)
-
-        def _stream(self, name, rng, body, mode):
-            """drip: the file one byte a second; oversize: the file, then up to 256 MiB more, with no length
-            (oversize_declared: that length announced). Stops when the client hangs up; counts what it sent."""
-            extra = 0 if mode == "drip" else 256 << 20
-            if mode != "oversize":
-                self.send_header("Content-Length", str(len(body) + extra))
-            self.end_headers()
-            state.requests.append((name, rng, 200))
-            if mode == "drip":
-                blocks = (body[i:i + 1] for i in range(len(body)))
-            else:
-                blocks = iter([body] + [bytes(CHUNK)] * (extra // CHUNK))
-            try:
-                for block in blocks:
-                    self.wfile.write(block)
-                    self.wfile.flush()
-                    state.sent += len(block)
-                    time.sleep(1.0 if mode == "drip" else 0.0)
-            except OSError:   # the client hung up
-                pass
-    return H
-
-
-def _serve(root: Path):
-    state = State(root)
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return srv, state, f"http://127.0.0.1:{srv.server_address[1]}/"
 
 
 # ---------------------------------------------------------------------- the tiny suite, published
@@ -204,7 +104,7 @@ def tiny_zoo(tmp_path_factory):
         publish_suite("results/compare/tiny", "models/zoo.yaml", log=lambda m: None)
     finally:
         os.chdir(cwd)
-    srv, state, url = _serve(proj / "models")
+    srv, state, url = serve(proj / "models")
     yield proj, state, url
     srv.shutdown()
 
@@ -283,7 +183,7 @@ def check_entries_reproduce(index_path: Path, home: Path, monkeypatch):
     """Every entry, downloaded over loopback HTTP into a fresh cache, loaded through local-dir: and evaluated,
     scores exactly its index top-1."""
     idx = load_index(str(index_path))
-    srv, state, url = _serve(idx.folder())
+    srv, state, url = serve(idx.folder())
     try:
         monkeypatch.setenv("VITKD_ZOO_URL", url)
         monkeypatch.setenv("VITKD_HOME", str(home))

@@ -34,7 +34,7 @@ from urllib.request import HTTPRedirectHandler, Request, build_opener, url2pathn
 
 from .config import ConfigError
 
-__all__ = ["DownloadError", "Limits", "ALLOWED_SCHEMES", "REDIRECT_SCHEMES", "check_url", "fetch"]
+__all__ = ["DownloadError", "Limits", "limits_from_env", "ALLOWED_SCHEMES", "REDIRECT_SCHEMES", "check_url", "fetch"]
 
 CHUNK = 1 << 16
 TRANSIENT_HTTP = (408, 425, 429, 500, 502, 503, 504)
@@ -61,6 +61,36 @@ class Limits:
     timeout_s: float = 30.0
     deadline_key: str = "deadline"
     max_bytes_key: str = "size ceiling"
+
+
+def _env_number(key: str, default, cast, positive: bool = False, value=None):
+    """``value`` when given, else the environment variable ``key`` (else ``default``), as ``cast``; one line when
+    it is not a number (or not > 0 when ``positive``)."""
+    if value is None:
+        raw = os.environ.get(key)
+        if raw in (None, ""):
+            return default
+        try:
+            value = cast(raw)
+        except ValueError:
+            raise DownloadError(f"{key}: expected a number, got {raw!r}") from None
+    value = cast(value)
+    if positive and not value > 0:
+        raise DownloadError(f"{key}: must be > 0, got {value}")
+    return value
+
+
+def limits_from_env(prefix: str, deadline=None, max_bytes=None, retries=None, backoff=None, timeout=None,
+                    defaults: Limits = Limits()) -> Limits:
+    """:class:`Limits` from arguments, else the environment (``<prefix>_DEADLINE`` seconds, ``<prefix>_MAX_BYTES``,
+    ``<prefix>_RETRIES``, ``<prefix>_BACKOFF`` seconds, ``<prefix>_TIMEOUT`` seconds per read), else ``defaults``."""
+    return Limits(
+        deadline_s=_env_number(f"{prefix}_DEADLINE", defaults.deadline_s, float, True, deadline),
+        max_bytes=_env_number(f"{prefix}_MAX_BYTES", defaults.max_bytes, int, True, max_bytes),
+        retries=_env_number(f"{prefix}_RETRIES", defaults.retries, int, False, retries),
+        backoff_s=_env_number(f"{prefix}_BACKOFF", defaults.backoff_s, float, False, backoff),
+        timeout_s=_env_number(f"{prefix}_TIMEOUT", defaults.timeout_s, float, False, timeout),
+        deadline_key=f"{prefix}_DEADLINE", max_bytes_key=f"{prefix}_MAX_BYTES")
 
 
 def check_url(url: str, source: str = "") -> str:

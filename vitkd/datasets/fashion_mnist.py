@@ -13,6 +13,12 @@ the files, so only the decompressed content is comparable). A missing, truncated
 it. The verified arrays are cached once per set of files (``$VITKD_HOME/datasets/cache/``, keyed by the files'
 paths, sizes and modification times; written atomically, read without pickle), so later runs skip the check.
 
+**Getting the files** (:func:`get`, ``vitkd data get fashion_mnist``): the files already found; else, as root with
+apt, Debian's package; else a download of the four ``.gz`` files from torchvision's mirrors (or ``--mirror``) into
+the cache, each checked by its decompressed MD5 before it gets its final name (:mod:`vitkd.download`; limits from
+``VITKD_DATA_DEADLINE``, ``VITKD_DATA_MAX_BYTES``, ``VITKD_DATA_RETRIES``, ``VITKD_DATA_BACKOFF``,
+``VITKD_DATA_TIMEOUT``).
+
 **Splits.** ``test`` is the official 10,000. ``val`` is 5,000 images carved once from the official train set,
 stratified: for each class ``c`` (in label order), the first 500 of ``numpy.random.RandomState(SPLIT_SEED)
 .permutation`` over that class's train indices (in file order), one generator drawn class after class. ``train``
@@ -33,7 +39,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..config import DataError, vitkd_home
+from ..download import DownloadError, Limits, fetch, limits_from_env
 from ..io import atomic_writer
+from ..rundir import exclusive
 from .idx import parse_idx, read_idx_bytes
 
 __all__ = ["NAME", "FILES", "CLASSES", "DEBIAN_DIR", "DEBIAN_PACKAGE", "SPLIT_SEED", "VAL_PER_CLASS", "Found",
@@ -63,7 +71,7 @@ TORCHVISION_LAYOUT = Path("FashionMNIST") / "raw"
 SPLIT_SEED = 20170825          # the date of the Fashion-MNIST paper: the validation split and the subset order
 VAL_PER_CLASS = 500
 CACHE_FORMAT = 1
-MAX_DOWNLOAD_BYTES = 64 << 20  # the four .gz files are about 30 MB together
+MAX_DOWNLOAD_BYTES = 64 << 20  # one file's ceiling (VITKD_DATA_MAX_BYTES): the largest .gz is about 26 MB
 
 
 @dataclass(frozen=True)
@@ -114,16 +122,27 @@ def not_found_message(root: Optional[str]) -> str:
             f"`vitkd data get fashion_mnist`")
 
 
-def verify(path: Path, spec: IdxFile) -> np.ndarray:
-    """The array in ``path`` after checking its decompressed MD5 and shape against ``spec``: else one line."""
+def _read(path: Path, spec: IdxFile) -> Tuple[np.ndarray, str]:
+    """The array in ``path``, its format and shape checked against ``spec``, and its decompressed MD5."""
     data = read_idx_bytes(path)
-    digest = hashlib.md5(data).hexdigest()
-    if digest != spec.md5:
-        raise DataError(f"{path}: not Fashion-MNIST's {spec.name} (decompressed MD5 {digest}, expected {spec.md5}; "
-                        f"{len(data)} bytes): altered, truncated or another file")
     arr = parse_idx(data, path)
-    if arr.shape != spec.shape or arr.dtype != np.uint8:   # cannot differ once the MD5 matches; kept as a guard
-        raise DataError(f"{path}: holds {arr.dtype} {list(arr.shape)}, expected uint8 {list(spec.shape)}")
+    if arr.shape != spec.shape or arr.dtype != np.uint8:
+        raise DataError(f"{path}: holds {arr.dtype} {list(arr.shape)}, Fashion-MNIST's {spec.name} holds uint8 "
+                        f"{list(spec.shape)}")
+    return arr, hashlib.md5(data).hexdigest()
+
+
+def _check_md5(path: Path, spec: IdxFile, digest: str) -> None:
+    if digest != spec.md5:
+        raise DataError(f"{path}: not Fashion-MNIST's {spec.name} (decompressed MD5 {digest}, expected {spec.md5}): "
+                        f"altered or another dataset")
+
+
+def verify(path: Path, spec: IdxFile) -> np.ndarray:
+    """The array in ``path`` after checking its format, shape and decompressed MD5 against ``spec``: else one
+    line naming the file."""
+    arr, digest = _read(path, spec)
+    _check_md5(path, spec, digest)
     return arr
 
 
@@ -157,7 +176,10 @@ def load(root: Optional[str] = None, log: Callable[[str], None] = lambda m: None
     arrays = _read_cache(cache)
     if arrays is not None:
         return arrays
-    arrays = {f.key: verify(found.paths[f.key], f) for f in FILES}
+    read = {f.key: _read(found.paths[f.key], f) for f in FILES}   # every file's format first, then the contents
+    for f in FILES:
+        _check_md5(found.paths[f.key], f, read[f.key][1])
+    arrays = {key: arr for key, (arr, _) in read.items()}
     for key, n_cls in (("train_labels", 6000), ("test_labels", 1000)):
         counts = np.bincount(arrays[key], minlength=len(CLASSES))
         if len(counts) != len(CLASSES) or (counts != n_cls).any():   # guard: the MD5s fix these counts
@@ -233,13 +255,19 @@ def torchvision_mirrors() -> List[str]:
 def _download(mirrors: List[str], log: Callable[[str], None], progress: Optional[bool]) -> Optional[str]:
     """Each missing ``.gz`` into the cache folder from the first mirror that serves it verified; None when all four
     are there, else what went wrong last (one phrase)."""
-    from ..download import DownloadError, fetch
+    limits = limits_from_env("VITKD_DATA", defaults=Limits(max_bytes=MAX_DOWNLOAD_BYTES))
     folder = cache_folder()
+    with exclusive(folder, "vitkd data get"):   # one download into the cache at a time
+        return _download_into(folder, mirrors, limits, log, progress)
+
+
+def _download_into(folder: Path, mirrors: List[str], limits: Limits, log: Callable[[str], None],
+                   progress: Optional[bool]) -> Optional[str]:
     for spec in FILES:
         if _in_folder(folder)[spec.key] is not None:
             continue
         problem = None
-        for mirror in mirrors:
+        for n, mirror in enumerate(mirrors):
             url = mirror.rstrip("/") + f"/{spec.name}.gz"
 
             def check(part: Path, spec=spec) -> Optional[str]:
@@ -249,13 +277,13 @@ def _download(mirrors: List[str], log: Callable[[str], None], progress: Optional
                     return str(e).split(": ", 1)[-1]
                 return None
             try:
-                fetch(url, folder / f"{spec.name}.gz", check, max_bytes=MAX_DOWNLOAD_BYTES, progress=progress,
-                      log=log)
+                fetch(url, folder / f"{spec.name}.gz", check, limits=limits, progress=progress, log=log)
                 problem = None
                 break
             except DownloadError as e:
                 problem = str(e)
-                log(f"fashion_mnist: {problem}")
+                if n + 1 < len(mirrors):
+                    log(f"fashion_mnist: {problem}; trying the next mirror")
         if problem is not None:
             return problem
     return None
