@@ -384,3 +384,24 @@ def test_one_epoch_on_512_images_evaluates_on_the_10000_official_test_images(tmp
     assert (res["val_images"], res["test_images"]) == (5000, 10000)
     final = json.loads((out / "metrics.json").read_text())["final"]
     assert res["test_top1"] == final["test_top1"]   # the same 10,000 images, the same weights
+
+
+@real_files
+def test_data_get_as_root_installs_the_debian_package_through_apt_get(tmp_path, capsys, monkeypatch):
+    """A stand-in ``apt-get`` on the PATH (it records its arguments and "installs" the files into the Debian folder,
+    pointed at tmp here): data get calls it with the package's name, then finds and verifies the files."""
+    _require_real()
+    debian = tmp_path / "debian"
+    monkeypatch.setattr(fm, "DEBIAN_DIR", debian)
+    monkeypatch.setattr(fm, "can_install", lambda: True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    apt = bin_dir / "apt-get"
+    apt.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'apt-args'}\nmkdir -p {debian}\n"
+                   f"cp {DEBIAN}/*.gz {debian}/\n")
+    apt.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    code, out, err = cli(["data", "get", "fashion_mnist", "--quiet"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "apt-args").read_text().split() == ["install", "-y", "-q", fm.DEBIAN_PACKAGE]
+    assert json.loads(out)["found"] == str(debian)
