@@ -149,3 +149,60 @@ def test_imagefolder_missing_split(tmp_path):
     (tmp_path / "train").mkdir()
     with pytest.raises(ConfigError, match="val not found"):
         build_datasets(DataCfg(name="imagefolder", root=str(tmp_path)), SPEC, seed=0)
+
+
+def _light_reference(img: np.ndarray, seed: int, spec: DataSpec, strength: float) -> torch.Tensor:
+    """LightAugment as it was written per sample before the batched path (issue 28), kept here as the reference:
+    one image, its own generator, its own affine grid."""
+    import math
+    import torch.nn.functional as F
+    x = torch.as_tensor(img.astype(np.float32) / (255.0 if img.dtype == np.uint8 else 1.0))
+    x = x[None].expand(len(spec.mean), -1, -1)[None]
+    if tuple(x.shape[-2:]) != tuple(spec.img_size):
+        x = F.interpolate(x, size=spec.img_size, mode="bilinear", align_corners=False, antialias=True)
+    g = torch.Generator().manual_seed(seed)
+    u = (torch.rand(4, generator=g) * 2 - 1) * strength
+    angle, scale = u[0] * math.radians(10), 1 + 0.1 * u[1]
+    tx, ty = u[2] * 0.25, u[3] * 0.25
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.tensor([[cos, -sin, tx], [sin, cos, ty]], dtype=torch.float32)[None]
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0].clamp(0, 1)
+    return (x - torch.tensor(spec.mean).view(-1, 1, 1)) / torch.tensor(spec.std).view(-1, 1, 1)
+
+
+@pytest.mark.isa
+def test_the_batched_data_path_gives_every_sample_its_own_image_over_a_digits_epoch():
+    """A whole digits epoch fetched in shuffled batches (as the DataLoader does, through __getitems__) equals the
+    per-sample reference bit for bit, for every sample key, repeated copies included; on this CPU's kernels
+    (CI also runs it under ATEN_CPU_CAPABILITY=avx2 and default)."""
+    spec = DataSpec(img_size=(16, 16), mean=(0.5,) * 3, std=(0.5,) * 3)
+    ds, _ = build_datasets(DataCfg(name="digits", aug_strength=1.0), spec, seed=7)
+    train = ds["train"]
+    train.set_epoch(3)
+    keys = [int(k) for k in torch.randperm(len(train), generator=torch.Generator().manual_seed(0))]
+    keys += [(k, 1) for k in keys[:64]]   # repeated augmentation's second copies
+    got = {}
+    for i in range(0, len(keys), 64):
+        chunk = keys[i:i + 64]
+        for key, (x, y, idx) in zip(chunk, train.__getitems__(chunk)):
+            assert y == int(train.targets[idx]) and idx == (key[0] if isinstance(key, tuple) else key)
+            got[key] = x
+    for key, x in got.items():
+        i, copy = key if isinstance(key, tuple) else (key, 0)
+        seed = sample_seed(7, 3, i, *((copy,) if copy else ()))
+        assert torch.equal(x, _light_reference(train.items[i], seed, spec, 1.0)), key
+    assert torch.equal(train[keys[0]][0], got[keys[0]])   # one at a time: the same image
+
+
+def test_the_dataloader_fetches_batches_through_the_batched_path(monkeypatch):
+    spec = DataSpec(img_size=(16, 16), mean=(0.5,) * 3, std=(0.5,) * 3)
+    ds, _ = build_datasets(DataCfg(name="digits"), spec, seed=0)
+    calls = []
+    batch = ds["train"].transform.batch
+    monkeypatch.setattr(ds["train"].transform, "batch", lambda imgs, seeds: calls.append(len(seeds)) or batch(imgs, seeds))
+    x, y, idx = next(iter(torch.utils.data.DataLoader(ds["train"], batch_size=32)))
+    assert calls == [32] and x.shape == (32, 3, 16, 16)
+    sub = torch.utils.data.Subset(ds["train"], list(range(10)))   # evaluation's wrapper
+    next(iter(torch.utils.data.DataLoader(sub, batch_size=10)))
+    assert calls == [32, 10]

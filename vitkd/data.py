@@ -219,25 +219,34 @@ class LightAugment:
         self.std = torch.tensor(spec.std).view(-1, 1, 1)
 
     def __call__(self, img: np.ndarray, seed: int) -> torch.Tensor:
-        arr = np.asarray(img)
+        return self.batch(np.asarray(img)[None], [seed])[0]
+
+    def thetas(self, seeds: Sequence[int]) -> torch.Tensor:
+        """Each sample's affine matrix [B, 2, 3] (train): four uniform draws from the sample's own generator, then
+        elementwise arithmetic (the same for a sample alone or in any batch: tests/test_data.py checks a whole
+        epoch of digits, and the isa tests under other instruction sets)."""
+        u = torch.stack([torch.rand(4, generator=torch.Generator().manual_seed(s)) for s in seeds])
+        u = (u * 2 - 1) * self.strength
+        angle, scale = u[:, 0] * math.radians(10), 1 + 0.1 * u[:, 1]
+        tx, ty = u[:, 2] * 0.25, u[:, 3] * 0.25   # grid units: 2 = the whole side, so 0.25 = 1/8 side
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        return torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+
+    def batch(self, imgs: np.ndarray, seeds: Sequence[int]) -> torch.Tensor:
+        """Images [B, H, W] (grayscale: digits in [0, 1], uint8) or [B, H, W, 3] (uint8) -> [B, C, h, w], sample
+        ``i`` augmented from ``seeds[i]`` alone: the same image whatever batch it comes in."""
+        arr = np.asarray(imgs)
         x = torch.as_tensor(arr.astype(np.float32) / (255.0 if arr.dtype == np.uint8 else 1.0))
-        if x.ndim == 2:             # grayscale (digits in [0, 1], fashion_mnist uint8): the model's channels
-            x = x[None].expand(len(self.spec.mean), -1, -1)
-        elif x.shape[-1] == 3:      # cifar: [H, W, 3] uint8
-            x = x.permute(2, 0, 1)
-        x = x[None]
+        if x.ndim == 3:             # grayscale: repeated to the model's channels
+            x = x[:, None].expand(-1, len(self.spec.mean), -1, -1)
+        elif x.shape[-1] == 3:      # cifar: [B, H, W, 3] uint8
+            x = x.permute(0, 3, 1, 2)
         if tuple(x.shape[-2:]) != tuple(self.spec.img_size):
             x = F.interpolate(x, size=self.spec.img_size, mode="bilinear", align_corners=False, antialias=True)
         if self.train:
-            g = torch.Generator().manual_seed(seed)
-            u = (torch.rand(4, generator=g) * 2 - 1) * self.strength
-            angle, scale = u[0] * math.radians(10), 1 + 0.1 * u[1]
-            tx, ty = u[2] * 0.25, u[3] * 0.25   # grid units: 2 = the whole side, so 0.25 = 1/8 side
-            cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-            theta = torch.tensor([[cos, -sin, tx], [sin, cos, ty]], dtype=torch.float32)[None]
-            grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+            grid = F.affine_grid(self.thetas(seeds), list(x.shape), align_corners=False)
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        x = x[0].clamp(0, 1)
+        x = x.clamp(0, 1)
         return (x - self.mean) / self.std
 
 
@@ -278,8 +287,23 @@ class SplitDataset(Dataset):
         """``index``, or ``(index, copy)`` from a sampler with repeated augmentation: copy 0 is the sample's
         own augmentation, every further copy draws its own."""
         index, copy = index if isinstance(index, tuple) else (index, 0)
-        img = self.transform(self.items[index], sample_seed(self.seed, self.epoch, index, *((copy,) if copy else ())))
+        img = self.transform(self.items[index], self.sample_seed(index, copy))
         return img, int(self.targets[index]), index
+
+    def sample_seed(self, index: int, copy: int = 0) -> int:
+        """The seed of sample ``index``'s augmentation this epoch (``copy`` > 0: a repeated copy's own)."""
+        return sample_seed(self.seed, self.epoch, index, *((copy,) if copy else ()))
+
+    def __getitems__(self, keys: List) -> List[Tuple[torch.Tensor, int, int]]:
+        """A batch at once (the DataLoader's batched fetch): a transform with ``batch`` (in-memory arrays) runs
+        once over the batch, each sample still drawn from its own seed, so the images equal ``self[key]``."""
+        batch = getattr(self.transform, "batch", None)
+        if batch is None or not isinstance(self.items, np.ndarray):
+            return [self[k] for k in keys]
+        pairs = [k if isinstance(k, tuple) else (k, 0) for k in keys]
+        idx = np.fromiter((i for i, _ in pairs), dtype=np.int64, count=len(pairs))
+        x = batch(self.items[idx], [self.sample_seed(i, c) for i, c in pairs])
+        return [(x[j], int(self.targets[i]), i) for j, (i, _) in enumerate(pairs)]
 
 
 class EpochSampler(Sampler):
