@@ -971,6 +971,80 @@ def _(t, fx):
     return suite_args(t, [])
 
 
+# -- issue 26: a run folder's own files (config.yaml, run.yaml) are read as strictly as any config file
+def _run_with(t: Path, fx, name: str, content, folder: str = "run") -> Path:
+    """A copy of the finished tiny run in ``t/folder`` with its file ``name`` replaced by ``content``."""
+    shutil.copytree(fx.run, t / folder)
+    (t / folder / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    return t / folder
+
+
+@case("eval a run whose config.yaml is binary", "config.yaml", "not a UTF-8 text file")
+def _(t, fx):
+    return ["eval", str(_run_with(t, fx, "config.yaml", b"\x89PNG\r\n\x1a\n\xff\xfe\x00\x01" + bytes(range(256))))]
+
+
+@case("eval a run whose config.yaml is not YAML", "config.yaml", "line 2", "invalid YAML")
+def _(t, fx):
+    return ["eval", str(_run_with(t, fx, "config.yaml", "seed: 0\nmodel: a: b\n"))]
+
+
+@case("eval a run whose config.yaml is a list", "config.yaml", "expected a mapping", "list")
+def _(t, fx):
+    return ["eval", str(_run_with(t, fx, "config.yaml", "- model\n- data\n"))]
+
+
+@case("eval a run whose config.yaml holds a key twice", "config.yaml", "duplicate key 'seed'")
+def _(t, fx):
+    return ["eval", str(_run_with(t, fx, "config.yaml", (fx.run / "config.yaml").read_text() + "seed: 1\n"))]
+
+
+@case("resume a run whose config.yaml is Latin-1", "config.yaml", "not a UTF-8 text file", "0xe9")
+def _(t, fx):
+    (t / "run").mkdir()   # killed before its first checkpoint: the config alone, compared by --resume
+    (t / "run" / "config.yaml").write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    return train_args(t, tiny(), "--resume")
+
+
+@case("teacher run whose run.yaml is binary", "run.yaml", "not a UTF-8 text file")
+def _(t, fx):
+    teacher = _run_with(t, fx, "run.yaml", b"\xff\xfe\x00" + bytes(range(128, 256)), folder="teacher_run")
+    return train_args(t, kd({"checkpoint": str(teacher)}, {"type": "kd"}))
+
+
+# -- issue 26: the default --out is a checked name, the config's name or its file's
+@case("config file ..yaml (the default --out)", "..yaml", "default --out", "invalid name '.'")
+def _(t, fx):
+    return ["train", str(write_yaml(t / "..yaml", tiny()))]
+
+
+@case("hidden config file (the default --out)", ".hidden.yaml", "default --out", "'.hidden'")
+def _(t, fx):
+    return ["train", str(write_yaml(t / ".hidden.yaml", tiny()))]
+
+
+@case("run name hidden (the default --out)", "name", "'.hidden'")
+def _(t, fx):
+    return ["train", str(write_yaml(t / "cfg.yaml", {**tiny(), "name": ".hidden"}))]
+
+
+@case("chain file ..yaml (the default --out)", "..yaml", "default --out", "invalid name '.'")
+def _(t, fx):
+    write_yaml(t / "student.yaml", tiny())
+    return ["train", str(write_yaml(t / "..yaml", {"chain": [{"name": "teacher", "config": "student.yaml"}]}))]
+
+
+@case("logits save: config file name with a space (the default --out)", "a b.yaml", "default --out", "'a b'")
+def _(t, fx):
+    raw = kd({"model": "resnet_digits_s", "checkpoint": str(fx.cnn_weights)}, {"type": "kd"})
+    return ["logits", "save", str(write_yaml(t / "a b.yaml", raw))]
+
+
+@case("synthesize: hidden config file (the default --out)", ".syn.yaml", "default --out", "'.syn'")
+def _(t, fx):
+    return ["synthesize", str(write_yaml(t / ".syn.yaml", synth_cfg(fx)))]
+
+
 @pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
 def test_bad_input(c: Case, fx, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)   # default output folders (runs/, results/) would land here
@@ -1068,10 +1142,13 @@ def test_a_link_out_of_its_root_is_refused(tmp_path):
 
 
 def _held_cases(t: Path, fx) -> Dict[str, List[str]]:
-    """Every command that writes a folder, each writing ``t/out``."""
+    """Every command that writes a folder, each writing ``t/out`` (zoo publish: the index there)."""
     write_yaml(t / "student.yaml", tiny())
     write_yaml(t / "suite.yaml", {"name": "tiny", "student": "student.yaml", "seeds": [0], "jobs": 1,
                                   "rows": [{"name": "a", "family": "none"}]})
+    write_yaml(t / "tune.yaml", {"name": "tiny", "student": "student.yaml", "seeds": [0], "jobs": 1,
+                                 "rows": [{"name": "a", "family": "none"}],
+                                 "tune": {"knobs": {"train.lr": {"values": [0.001, 0.002, 0.004]}}, "seeds": [0, 1]}})
     write_yaml(t / "chain.yaml", {"chain": [{"name": "teacher", "config": "student.yaml"}]})
     write_yaml(t / "kd.yaml", kd({"model": "resnet_digits_s", "checkpoint": str(fx.cnn_weights)}, {"type": "kd"}))
     write_yaml(t / "syn.yaml", synth_cfg(fx))
@@ -1082,14 +1159,17 @@ def _held_cases(t: Path, fx) -> Dict[str, List[str]]:
             "chain": ["train", str(t / "chain.yaml"), "--out", out],
             "compare": ["compare", str(t / "suite.yaml"), "--out", out, "--cache", str(t / "cache")],
             "logits save": ["logits", "save", str(t / "kd.yaml"), "--out", out],
-            "synthesize": ["synthesize", str(t / "syn.yaml"), "--out", out]}
+            "synthesize": ["synthesize", str(t / "syn.yaml"), "--out", out],
+            "tune": ["tune", str(t / "tune.yaml"), "--out", out, "--cache", str(t / "cache")],
+            "zoo publish": ["zoo", "publish", str(fx.run), "--name", "x", "--index", str(t / "out" / "zoo.yaml")]}
 
 
 @pytest.mark.parametrize("command", ["train", "train --overwrite", "train --nproc 2", "chain", "compare",
-                                     "logits save", "synthesize"])
+                                     "logits save", "synthesize", "tune", "zoo publish"])
 def test_a_folder_another_process_writes_is_refused(command, fx, tmp_path, capsys, monkeypatch):
-    """While a writer holds --out, a second command writing there gets one line naming the folder and the
-    holder, exit code 2, and touches nothing (the holder's folder, its lock included, stays byte-identical)."""
+    """While a writer holds --out (zoo publish: the --index folder), a second command writing there gets one line
+    naming the folder and the holder, exit code 2, and touches nothing (the holder's folder, its lock included,
+    stays byte-identical)."""
     import subprocess
     from vitkd.rundir import exclusive, lock_path
     monkeypatch.chdir(tmp_path)
@@ -1101,7 +1181,8 @@ def test_a_folder_another_process_writes_is_refused(command, fx, tmp_path, capsy
         code, err = run_cli(argv, capsys)
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1, err
-        assert lines[0].startswith(f"vitkd: error: --out {tmp_path / 'out'}: another process is writing there "
+        option = "--index" if command == "zoo publish" else "--out"
+        assert lines[0].startswith(f"vitkd: error: {option} {tmp_path / 'out'}: another process is writing there "
                                    f"(pid {os.getpid()})"), lines[0]
         assert snapshot(tmp_path) == before
     assert not lock_path(tmp_path / "out").exists()   # the holder's release removes its lock file

@@ -38,9 +38,11 @@ def add_overrides(parser, help: str) -> None:
 
 
 def _default_out(root: Path, name: Optional[str], config) -> Path:
-    """A command's default output folder: ``root/<the config's name>`` (checked), else ``root/<config file
-    stem>``."""
-    return path_under(root, name, key="name") if name else root / Path(config).stem
+    """A command's default output folder: ``root/<the config's name>``, else ``root/<config file stem>``; either
+    checked as a name (:func:`vitkd.config.path_under`), so a file ``..yaml`` or ``.x.yaml`` is refused."""
+    if name:
+        return path_under(root, name, key="name")
+    return path_under(root, Path(config).stem, key=f"{config}: the default --out (its file name; give --out)")
 
 
 def _cmd_train(args) -> int:
@@ -61,7 +63,7 @@ def _cmd_train(args) -> int:
         if (args.nproc or 1) > 1 or env_world_size() > 1 or args.resume:
             raise ConfigError("an m2mkd pipeline runs its stages in one process and resumes them by itself "
                               "(no --nproc, no --resume)")
-        out = out or Path("runs") / Path(args.config).stem
+        out = out or _default_out(Path("runs"), None, args.config)
         with exclusive(out):   # each stage's run folder is held by its own run too
             res = run_pipeline(args.config, out, args.set, overwrite=args.overwrite,
                                log=lambda m: print(m, flush=True))
@@ -71,7 +73,7 @@ def _cmd_train(args) -> int:
     if (args.nproc or 1) > 1:
         return _launch_torchrun(args, out)
     if is_chain(args.config):
-        out = out or Path("runs") / Path(args.config).stem
+        out = out or _default_out(Path("runs"), None, args.config)
         with exclusive(out):   # each stage's run folder is held by its own run too
             finals = run_chain(args.config, out, args.set, overwrite=args.overwrite,
                                log=lambda m: print(m, flush=True))
