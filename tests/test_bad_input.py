@@ -1233,22 +1233,73 @@ def test_two_train_processes_on_one_out_one_wins(tmp_path):
     assert not list((tmp_path / "run").glob(".*"))
 
 
-def test_a_full_disk_ends_training_in_one_line_and_leaves_no_partial_file(tmp_path):
-    """The disk refuses the checkpoint's bytes. Simulated with a real kernel refusal: training runs in a child
-    whose file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored) makes the write fail with EFBIG, the errno path of a
-    full disk (ENOSPC) and a quota (EDQUOT); no small filesystem can be mounted here."""
+def _with_file_size_limit(argv: List[str], limit: int):
+    """``vitkd ARGV`` in a child whose file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored) is ``limit`` bytes: a write
+    past it fails with EFBIG, a real kernel refusal on the errno path of a full disk (ENOSPC) and a quota (EDQUOT);
+    no small filesystem can be mounted here. Returns (exit code, the lines of stderr)."""
     import subprocess
-    cfg = write_yaml(tmp_path / "c.yaml", tiny())
-    out = tmp_path / "run"
-    limit = 32 * 1024   # config and metadata fit, a checkpoint does not
     code = ("import resource, signal, sys\n"
             "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
             f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
             "from vitkd.cli import main\n"
-            f"sys.exit(main(['train', {str(cfg)!r}, '--out', {str(out)!r}]))\n")
+            f"sys.exit(main({argv!r}))\n")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    return proc.returncode, proc.stderr.strip().splitlines()
+
+
+def _temp_files(folder: Path) -> List[Path]:
+    return [p for p in folder.rglob("*") if p.name.endswith((".tmp", ".part"))]
+
+
+def test_a_full_disk_ends_training_in_one_line_and_leaves_no_partial_file(tmp_path):
+    """The disk refuses the checkpoint's bytes (:func:`_with_file_size_limit`)."""
+    cfg = write_yaml(tmp_path / "c.yaml", tiny())
+    out = tmp_path / "run"
+    code, lines = _with_file_size_limit(["train", str(cfg), "--out", str(out)], 32 * 1024)   # config, metadata fit
+    assert code == 2 and len(lines) == 1, "\n".join(lines)[-2000:]
     assert "File too large" in lines[0] and "--resume" in lines[0]
-    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert not _temp_files(out)
+
+
+def test_a_full_disk_ends_logits_save_in_one_line_and_the_store_continues(fx, tmp_path, capsys):
+    """The disk takes the store's store.json but not its first shard: one line naming the shard, exit code 2, no
+    shard under its final name, no temp file, no lock; the same command run again finishes the store."""
+    from vitkd.logits.format import read_store_json
+    from vitkd.rundir import lock_path
+    raw = kd({"model": "resnet_digits_s", "checkpoint": str(fx.cnn_weights)}, {"type": "kd"})
+    raw["data"]["train_subset"] = 256   # a shard of some 10 KB, a store.json of some 1.4 KB
+    argv = ["logits", "save", str(write_yaml(tmp_path / "kd.yaml", raw)), "--out", str(tmp_path / "store")]
+    code, lines = _with_file_size_limit(argv, 4096)
+    assert code == 2 and len(lines) == 1, "\n".join(lines)[-2000:]
+    assert "File too large" in lines[0] and "e0000-c00000.shard" in lines[0], lines[0]
+    store = tmp_path / "store" / "t"
+    assert read_store_json(store)["train_images"] == 256 and not list(store.glob("*.shard"))
+    assert not _temp_files(tmp_path) and not lock_path(tmp_path / "store").exists()
+    code, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert [p.name for p in store.glob("*.shard")] == ["e0000-c00000.shard"]
+
+
+def test_a_full_disk_ends_synthesis_in_one_line_and_the_set_continues(fx, tmp_path, capsys):
+    """The disk takes every image and batch record but not the manifest (the largest file, written last): one
+    line naming it, exit code 2, no manifest, no temp file, no lock; the batches written are kept, and the same
+    command run again completes the set with the files of an uninterrupted one."""
+    from vitkd.rundir import lock_path
+    ref = ["synthesize", str(write_yaml(tmp_path / "syn.yaml", synth_cfg(fx, images=4))), "--out", str(tmp_path / "ref")]
+    assert run_cli(ref, capsys)[0] == 0
+    sizes = {str(p.relative_to(tmp_path / "ref")): p.stat().st_size for p in (tmp_path / "ref").rglob("*")
+             if p.is_file()}
+    others = max(n for name, n in sizes.items() if name != "manifest.json")
+    assert sizes["manifest.json"] - others > 200, sizes   # room for the timings the files record to differ
+    limit = (others + sizes["manifest.json"]) // 2   # the other files fit
+    argv = ref[:-1] + [str(tmp_path / "set")]
+    code, lines = _with_file_size_limit(argv, limit)
+    assert code == 2 and len(lines) == 1, "\n".join(lines)[-2000:]
+    assert "File too large" in lines[0] and "manifest.json" in lines[0], lines[0]
+    left = {str(p.relative_to(tmp_path / "set")) for p in (tmp_path / "set").rglob("*") if p.is_file()}
+    assert left == set(sizes) - {"manifest.json"}
+    assert not _temp_files(tmp_path) and not lock_path(tmp_path / "set").exists()
+    code, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert {str(p.relative_to(tmp_path / "set")) for p in (tmp_path / "set").rglob("*") if p.is_file()} == set(sizes)

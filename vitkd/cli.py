@@ -14,6 +14,11 @@ from .config import ConfigError, path_under
 EXIT_USAGE = 2
 EXIT_NUMERICS = 3
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)   # no space, over quota, over the file-size limit
+AFTER_DISK_FULL = {   # what running the command again keeps, by command
+    "train": "--resume continues from the last checkpoint",
+    "logits": "the same command keeps the shards written and continues",
+    "synthesize": "the same command keeps the batches written and continues",
+    "compare": "the runs finished are reused", "tune": "the runs finished are reused"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -384,8 +389,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OSError as e:   # a full disk or quota: one line; atomic writes leave no partial file, the last checkpoint stays
         if e.errno not in DISK_FULL:
             raise
-        print(f"vitkd: error: {e.filename or 'a file'}: {os.strerror(e.errno)} (free space and run again; "
-              f"--resume continues from the last checkpoint)", file=sys.stderr)
+        after = AFTER_DISK_FULL.get(args.command)
+        print(f"vitkd: error: {e.filename or 'a file'}: {os.strerror(e.errno)} (free space and run again"
+              f"{f'; {after}' if after else ''})", file=sys.stderr)
         return EXIT_USAGE
     except Exception as e:   # a non-finite loss: one line, exit 3, the last good checkpoint kept
         from .engine import NonFiniteLoss
