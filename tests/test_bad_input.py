@@ -1286,7 +1286,8 @@ def test_a_full_disk_ends_synthesis_in_one_line_and_the_set_continues(fx, tmp_pa
     line naming it, exit code 2, no manifest, no temp file, no lock; the batches written are kept, and the same
     command run again completes the set with the files of an uninterrupted one."""
     from vitkd.rundir import lock_path
-    ref = ["synthesize", str(write_yaml(tmp_path / "syn.yaml", synth_cfg(fx, images=4))), "--out", str(tmp_path / "ref")]
+    cfg = write_yaml(tmp_path / "syn.yaml", synth_cfg(fx, images=4))
+    ref = ["synthesize", str(cfg), "--out", str(tmp_path / "ref")]
     assert run_cli(ref, capsys)[0] == 0
     sizes = {str(p.relative_to(tmp_path / "ref")): p.stat().st_size for p in (tmp_path / "ref").rglob("*")
              if p.is_file()}

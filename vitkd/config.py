@@ -19,7 +19,8 @@ import yaml
 
 __all__ = ["ConfigError", "ModelCfg", "DataCfg", "TrainCfg", "TeacherCfg", "DistillCfg", "M2MCfg", "RunCfg",
            "load_config", "parse_config", "check_paths", "config_paths", "apply_overrides", "apply_mapping", "to_dict",
-           "build_dataclass", "read_yaml", "load_yaml", "yaml_dump", "check_name", "path_under", "check_seed", "MAX_SEED"]
+           "build_dataclass", "read_yaml", "load_yaml", "yaml_dump", "check_name", "path_under", "check_seed",
+           "MAX_SEED"]
 
 
 class ConfigError(ValueError):
