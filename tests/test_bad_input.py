@@ -971,6 +971,80 @@ def _(t, fx):
     return suite_args(t, [])
 
 
+# -- issue 26: a run folder's own files (config.yaml, run.yaml) are read as strictly as any config file
+def _run_with(t: Path, fx, name: str, content, folder: str = "run") -> Path:
+    """A copy of the finished tiny run in ``t/folder`` with its file ``name`` replaced by ``content``."""
+    shutil.copytree(fx.run, t / folder)
+    (t / folder / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    return t / folder
+
+
+@case("eval a run whose config.yaml is binary", "config.yaml", "not a UTF-8 text file")
+def _(t, fx):
+    return ["eval", str(_run_with(t, fx, "config.yaml", b"\x89PNG\r\n\x1a\n\xff\xfe\x00\x01" + bytes(range(256))))]
+
+
+@case("eval a run whose config.yaml is not YAML", "config.yaml", "line 2", "invalid YAML")
+def _(t, fx):
+    return ["eval", str(_run_with(t, fx, "config.yaml", "seed: 0\nmodel: a: b\n"))]
+
+
+@case("eval a run whose config.yaml is a list", "config.yaml", "expected a mapping", "list")
+def _(t, fx):
+    return ["eval", str(_run_with(t, fx, "config.yaml", "- model\n- data\n"))]
+
+
+@case("eval a run whose config.yaml holds a key twice", "config.yaml", "duplicate key 'seed'")
+def _(t, fx):
+    return ["eval", str(_run_with(t, fx, "config.yaml", (fx.run / "config.yaml").read_text() + "seed: 1\n"))]
+
+
+@case("resume a run whose config.yaml is Latin-1", "config.yaml", "not a UTF-8 text file", "0xe9")
+def _(t, fx):
+    (t / "run").mkdir()   # killed before its first checkpoint: the config alone, compared by --resume
+    (t / "run" / "config.yaml").write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    return train_args(t, tiny(), "--resume")
+
+
+@case("teacher run whose run.yaml is binary", "run.yaml", "not a UTF-8 text file")
+def _(t, fx):
+    teacher = _run_with(t, fx, "run.yaml", b"\xff\xfe\x00" + bytes(range(128, 256)), folder="teacher_run")
+    return train_args(t, kd({"checkpoint": str(teacher)}, {"type": "kd"}))
+
+
+# -- issue 26: the default --out is a checked name, the config's name or its file's
+@case("config file ..yaml (the default --out)", "..yaml", "default --out", "invalid name '.'")
+def _(t, fx):
+    return ["train", str(write_yaml(t / "..yaml", tiny()))]
+
+
+@case("hidden config file (the default --out)", ".hidden.yaml", "default --out", "'.hidden'")
+def _(t, fx):
+    return ["train", str(write_yaml(t / ".hidden.yaml", tiny()))]
+
+
+@case("run name hidden (the default --out)", "name", "'.hidden'")
+def _(t, fx):
+    return ["train", str(write_yaml(t / "cfg.yaml", {**tiny(), "name": ".hidden"}))]
+
+
+@case("chain file ..yaml (the default --out)", "..yaml", "default --out", "invalid name '.'")
+def _(t, fx):
+    write_yaml(t / "student.yaml", tiny())
+    return ["train", str(write_yaml(t / "..yaml", {"chain": [{"name": "teacher", "config": "student.yaml"}]}))]
+
+
+@case("logits save: config file name with a space (the default --out)", "a b.yaml", "default --out", "'a b'")
+def _(t, fx):
+    raw = kd({"model": "resnet_digits_s", "checkpoint": str(fx.cnn_weights)}, {"type": "kd"})
+    return ["logits", "save", str(write_yaml(t / "a b.yaml", raw))]
+
+
+@case("synthesize: hidden config file (the default --out)", ".syn.yaml", "default --out", "'.syn'")
+def _(t, fx):
+    return ["synthesize", str(write_yaml(t / ".syn.yaml", synth_cfg(fx)))]
+
+
 @pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
 def test_bad_input(c: Case, fx, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)   # default output folders (runs/, results/) would land here
@@ -1068,10 +1142,13 @@ def test_a_link_out_of_its_root_is_refused(tmp_path):
 
 
 def _held_cases(t: Path, fx) -> Dict[str, List[str]]:
-    """Every command that writes a folder, each writing ``t/out``."""
+    """Every command that writes a folder, each writing ``t/out`` (zoo publish: the index there)."""
     write_yaml(t / "student.yaml", tiny())
     write_yaml(t / "suite.yaml", {"name": "tiny", "student": "student.yaml", "seeds": [0], "jobs": 1,
                                   "rows": [{"name": "a", "family": "none"}]})
+    write_yaml(t / "tune.yaml", {"name": "tiny", "student": "student.yaml", "seeds": [0], "jobs": 1,
+                                 "rows": [{"name": "a", "family": "none"}],
+                                 "tune": {"knobs": {"train.lr": {"values": [0.001, 0.002, 0.004]}}, "seeds": [0, 1]}})
     write_yaml(t / "chain.yaml", {"chain": [{"name": "teacher", "config": "student.yaml"}]})
     write_yaml(t / "kd.yaml", kd({"model": "resnet_digits_s", "checkpoint": str(fx.cnn_weights)}, {"type": "kd"}))
     write_yaml(t / "syn.yaml", synth_cfg(fx))
@@ -1082,14 +1159,17 @@ def _held_cases(t: Path, fx) -> Dict[str, List[str]]:
             "chain": ["train", str(t / "chain.yaml"), "--out", out],
             "compare": ["compare", str(t / "suite.yaml"), "--out", out, "--cache", str(t / "cache")],
             "logits save": ["logits", "save", str(t / "kd.yaml"), "--out", out],
-            "synthesize": ["synthesize", str(t / "syn.yaml"), "--out", out]}
+            "synthesize": ["synthesize", str(t / "syn.yaml"), "--out", out],
+            "tune": ["tune", str(t / "tune.yaml"), "--out", out, "--cache", str(t / "cache")],
+            "zoo publish": ["zoo", "publish", str(fx.run), "--name", "x", "--index", str(t / "out" / "zoo.yaml")]}
 
 
 @pytest.mark.parametrize("command", ["train", "train --overwrite", "train --nproc 2", "chain", "compare",
-                                     "logits save", "synthesize"])
+                                     "logits save", "synthesize", "tune", "zoo publish"])
 def test_a_folder_another_process_writes_is_refused(command, fx, tmp_path, capsys, monkeypatch):
-    """While a writer holds --out, a second command writing there gets one line naming the folder and the
-    holder, exit code 2, and touches nothing (the holder's folder, its lock included, stays byte-identical)."""
+    """While a writer holds --out (zoo publish: the --index folder), a second command writing there gets one line
+    naming the folder and the holder, exit code 2, and touches nothing (the holder's folder, its lock included,
+    stays byte-identical)."""
     import subprocess
     from vitkd.rundir import exclusive, lock_path
     monkeypatch.chdir(tmp_path)
@@ -1101,7 +1181,8 @@ def test_a_folder_another_process_writes_is_refused(command, fx, tmp_path, capsy
         code, err = run_cli(argv, capsys)
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1, err
-        assert lines[0].startswith(f"vitkd: error: --out {tmp_path / 'out'}: another process is writing there "
+        option = "--index" if command == "zoo publish" else "--out"
+        assert lines[0].startswith(f"vitkd: error: {option} {tmp_path / 'out'}: another process is writing there "
                                    f"(pid {os.getpid()})"), lines[0]
         assert snapshot(tmp_path) == before
     assert not lock_path(tmp_path / "out").exists()   # the holder's release removes its lock file
@@ -1152,22 +1233,74 @@ def test_two_train_processes_on_one_out_one_wins(tmp_path):
     assert not list((tmp_path / "run").glob(".*"))
 
 
-def test_a_full_disk_ends_training_in_one_line_and_leaves_no_partial_file(tmp_path):
-    """The disk refuses the checkpoint's bytes. Simulated with a real kernel refusal: training runs in a child
-    whose file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored) makes the write fail with EFBIG, the errno path of a
-    full disk (ENOSPC) and a quota (EDQUOT); no small filesystem can be mounted here."""
+def _with_file_size_limit(argv: List[str], limit: int):
+    """``vitkd ARGV`` in a child whose file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored) is ``limit`` bytes: a write
+    past it fails with EFBIG, a real kernel refusal on the errno path of a full disk (ENOSPC) and a quota (EDQUOT);
+    no small filesystem can be mounted here. Returns (exit code, the lines of stderr)."""
     import subprocess
-    cfg = write_yaml(tmp_path / "c.yaml", tiny())
-    out = tmp_path / "run"
-    limit = 32 * 1024   # config and metadata fit, a checkpoint does not
     code = ("import resource, signal, sys\n"
             "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
             f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
             "from vitkd.cli import main\n"
-            f"sys.exit(main(['train', {str(cfg)!r}, '--out', {str(out)!r}]))\n")
+            f"sys.exit(main({argv!r}))\n")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    return proc.returncode, proc.stderr.strip().splitlines()
+
+
+def _temp_files(folder: Path) -> List[Path]:
+    return [p for p in folder.rglob("*") if p.name.endswith((".tmp", ".part"))]
+
+
+def test_a_full_disk_ends_training_in_one_line_and_leaves_no_partial_file(tmp_path):
+    """The disk refuses the checkpoint's bytes (:func:`_with_file_size_limit`)."""
+    cfg = write_yaml(tmp_path / "c.yaml", tiny())
+    out = tmp_path / "run"
+    code, lines = _with_file_size_limit(["train", str(cfg), "--out", str(out)], 32 * 1024)   # config, metadata fit
+    assert code == 2 and len(lines) == 1, "\n".join(lines)[-2000:]
     assert "File too large" in lines[0] and "--resume" in lines[0]
-    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert not _temp_files(out)
+
+
+def test_a_full_disk_ends_logits_save_in_one_line_and_the_store_continues(fx, tmp_path, capsys):
+    """The disk takes the store's store.json but not its first shard: one line naming the shard, exit code 2, no
+    shard under its final name, no temp file, no lock; the same command run again finishes the store."""
+    from vitkd.logits.format import read_store_json
+    from vitkd.rundir import lock_path
+    raw = kd({"model": "resnet_digits_s", "checkpoint": str(fx.cnn_weights)}, {"type": "kd"})
+    raw["data"]["train_subset"] = 256   # a shard of some 10 KB, a store.json of some 1.4 KB
+    argv = ["logits", "save", str(write_yaml(tmp_path / "kd.yaml", raw)), "--out", str(tmp_path / "store")]
+    code, lines = _with_file_size_limit(argv, 4096)
+    assert code == 2 and len(lines) == 1, "\n".join(lines)[-2000:]
+    assert "File too large" in lines[0] and "e0000-c00000.shard" in lines[0], lines[0]
+    store = tmp_path / "store" / "t"
+    assert read_store_json(store)["train_images"] == 256 and not list(store.glob("*.shard"))
+    assert not _temp_files(tmp_path) and not lock_path(tmp_path / "store").exists()
+    code, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert [p.name for p in store.glob("*.shard")] == ["e0000-c00000.shard"]
+
+
+def test_a_full_disk_ends_synthesis_in_one_line_and_the_set_continues(fx, tmp_path, capsys):
+    """The disk takes every image and batch record but not the manifest (the largest file, written last): one
+    line naming it, exit code 2, no manifest, no temp file, no lock; the batches written are kept, and the same
+    command run again completes the set with the files of an uninterrupted one."""
+    from vitkd.rundir import lock_path
+    cfg = write_yaml(tmp_path / "syn.yaml", synth_cfg(fx, images=4))
+    ref = ["synthesize", str(cfg), "--out", str(tmp_path / "ref")]
+    assert run_cli(ref, capsys)[0] == 0
+    sizes = {str(p.relative_to(tmp_path / "ref")): p.stat().st_size for p in (tmp_path / "ref").rglob("*")
+             if p.is_file()}
+    others = max(n for name, n in sizes.items() if name != "manifest.json")
+    assert sizes["manifest.json"] - others > 200, sizes   # room for the timings the files record to differ
+    limit = (others + sizes["manifest.json"]) // 2   # the other files fit
+    argv = ref[:-1] + [str(tmp_path / "set")]
+    code, lines = _with_file_size_limit(argv, limit)
+    assert code == 2 and len(lines) == 1, "\n".join(lines)[-2000:]
+    assert "File too large" in lines[0] and "manifest.json" in lines[0], lines[0]
+    left = {str(p.relative_to(tmp_path / "set")) for p in (tmp_path / "set").rglob("*") if p.is_file()}
+    assert left == set(sizes) - {"manifest.json"}
+    assert not _temp_files(tmp_path) and not lock_path(tmp_path / "set").exists()
+    code, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert {str(p.relative_to(tmp_path / "set")) for p in (tmp_path / "set").rglob("*") if p.is_file()} == set(sizes)

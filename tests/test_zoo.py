@@ -275,6 +275,26 @@ def test_corrupted_file_refused_and_nothing_left(zoo, capsys):
     assert WEIGHTS not in left and not [n for n in left if n.endswith(".part")]
 
 
+def test_a_refused_download_leaves_the_cache_as_it_was(zoo, capsys):
+    """A file that does not match the index is refused, and the cache is left byte-identical: no lock file, no
+    .part, no folder made for the download (a fresh cache stays absent). A download that succeeds leaves the
+    entry's files alone, its lock gone too."""
+    from test_bad_input import snapshot
+    _, state, _ = zoo
+    home = Path(os.environ["VITKD_HOME"])
+    state.reset(**{"config.json": "corrupt"})   # the first file fetched
+    assert "does not match the index" in _one_line_exit_2(["zoo", "download", "tiny-no_kd"], capsys)
+    assert not home.exists()
+    state.reset()
+    entry, folder = model_folder("tiny-kd")
+    assert _left_in(folder) == sorted(f.name for f in entry.files)
+    before = snapshot(home)
+    state.reset(**{"config.json": "corrupt"})
+    assert "does not match the index" in _one_line_exit_2(["zoo", "download", "tiny-no_kd"], capsys)
+    assert snapshot(home) == before
+    assert not (_cache("tiny-no_kd")).exists()
+
+
 def test_cut_connection_resumes_with_range_to_the_exact_bytes(zoo, monkeypatch):
     proj, state, _ = zoo
     state.reset(**{WEIGHTS: "cut_once"})
@@ -351,7 +371,7 @@ def test_two_concurrent_downloads_leave_one_valid_file(zoo):
     assert [n for n, _, _ in state.requests].count(WEIGHTS) == 1   # the second waited, then found it verified
     folder = _cache("tiny-teacher-inv")
     assert (folder / WEIGHTS).read_bytes() == (proj / "models" / "tiny-teacher-inv" / WEIGHTS).read_bytes()
-    assert not list(folder.glob(".*.part"))
+    assert not list(folder.glob(".*.part")) and not (folder / ".lock").exists()
 
 
 def test_tampered_cache_is_reverified_and_refused(zoo, capsys):
@@ -462,8 +482,8 @@ def test_the_reproduce_config_retrains_the_same_bytes_with_its_zoo_teacher(zoo, 
 
 # ---------------------------------------------------------------------- hostile servers, indexes and caches (issue 26)
 def _left_in(folder: Path):
-    """What an entry's cache folder holds besides its lock (nothing when the folder was never made)."""
-    return sorted(p.name for p in folder.iterdir() if p.name != ".lock") if folder.is_dir() else []
+    """What an entry's cache folder holds (nothing when the folder was never made or is gone again)."""
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
 
 def _listener():
@@ -629,10 +649,10 @@ def test_a_read_only_cache_holding_a_verified_download_is_used(zoo, tmp_path):
 
 
 def _files(folder: Path):
-    """Every file under ``folder`` with its sha256, the entries' empty lock files aside (a lock stays where a
-    download was tried: removing it while another process waits on it would break the lock)."""
+    """Every file and folder under ``folder`` with its sha256 (None: ``folder`` is absent). An entry's lock file
+    goes on release, with the folders made to hold it: a refused download leaves nothing."""
     from test_bad_input import snapshot
-    return {k: v for k, v in (snapshot(folder) or {}).items() if v != "<dir>" and Path(k).name != ".lock"}
+    return snapshot(folder)
 
 
 def _refused(argv, capsys, *expect):

@@ -14,6 +14,11 @@ from .config import ConfigError, path_under
 EXIT_USAGE = 2
 EXIT_NUMERICS = 3
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)   # no space, over quota, over the file-size limit
+AFTER_DISK_FULL = {   # what running the command again keeps, by command
+    "train": "--resume continues from the last checkpoint",
+    "logits": "the same command keeps the shards written and continues",
+    "synthesize": "the same command keeps the batches written and continues",
+    "compare": "the runs finished are reused", "tune": "the runs finished are reused"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,9 +43,11 @@ def add_overrides(parser, help: str) -> None:
 
 
 def _default_out(root: Path, name: Optional[str], config) -> Path:
-    """A command's default output folder: ``root/<the config's name>`` (checked), else ``root/<config file
-    stem>``."""
-    return path_under(root, name, key="name") if name else root / Path(config).stem
+    """A command's default output folder: ``root/<the config's name>``, else ``root/<config file stem>``; either
+    checked as a name (:func:`vitkd.config.path_under`), so a file ``..yaml`` or ``.x.yaml`` is refused."""
+    if name:
+        return path_under(root, name, key="name")
+    return path_under(root, Path(config).stem, key=f"{config}: the default --out (its file name; give --out)")
 
 
 def _cmd_train(args) -> int:
@@ -61,7 +68,7 @@ def _cmd_train(args) -> int:
         if (args.nproc or 1) > 1 or env_world_size() > 1 or args.resume:
             raise ConfigError("an m2mkd pipeline runs its stages in one process and resumes them by itself "
                               "(no --nproc, no --resume)")
-        out = out or Path("runs") / Path(args.config).stem
+        out = out or _default_out(Path("runs"), None, args.config)
         with exclusive(out):   # each stage's run folder is held by its own run too
             res = run_pipeline(args.config, out, args.set, overwrite=args.overwrite,
                                log=lambda m: print(m, flush=True))
@@ -71,7 +78,7 @@ def _cmd_train(args) -> int:
     if (args.nproc or 1) > 1:
         return _launch_torchrun(args, out)
     if is_chain(args.config):
-        out = out or Path("runs") / Path(args.config).stem
+        out = out or _default_out(Path("runs"), None, args.config)
         with exclusive(out):   # each stage's run folder is held by its own run too
             finals = run_chain(args.config, out, args.set, overwrite=args.overwrite,
                                log=lambda m: print(m, flush=True))
@@ -389,8 +396,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OSError as e:   # a full disk or quota: one line; atomic writes leave no partial file, the last checkpoint stays
         if e.errno not in DISK_FULL:
             raise
-        print(f"vitkd: error: {e.filename or 'a file'}: {os.strerror(e.errno)} (free space and run again; "
-              f"--resume continues from the last checkpoint)", file=sys.stderr)
+        after = AFTER_DISK_FULL.get(args.command)
+        print(f"vitkd: error: {e.filename or 'a file'}: {os.strerror(e.errno)} (free space and run again"
+              f"{f'; {after}' if after else ''})", file=sys.stderr)
         return EXIT_USAGE
     except Exception as e:   # a non-finite loss: one line, exit 3, the last good checkpoint kept
         from .engine import NonFiniteLoss

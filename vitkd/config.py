@@ -19,7 +19,8 @@ import yaml
 
 __all__ = ["ConfigError", "DataError", "vitkd_home", "ModelCfg", "DataCfg", "TrainCfg", "TeacherCfg", "DistillCfg", "M2MCfg", "RunCfg",
            "load_config", "parse_config", "check_paths", "config_paths", "apply_overrides", "apply_mapping", "to_dict",
-           "build_dataclass", "read_yaml", "load_yaml", "check_name", "path_under", "check_seed", "MAX_SEED"]
+           "build_dataclass", "read_yaml", "load_yaml", "yaml_dump", "check_name", "path_under", "check_seed",
+           "MAX_SEED"]
 
 
 class ConfigError(ValueError):
@@ -52,19 +53,30 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+_FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
     |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
     |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
     |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
+    |\.(?:nan|NaN|NAN))$""", re.X)
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+class _Dumper(yaml.SafeDumper):
+    """PyYAML's safe dumper, quoting the strings :class:`_Loader` would read as numbers (``'1e5'``), so that what
+    it writes reads back equal through :func:`yaml_load`."""
+
+
+_Dumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 
 def yaml_load(text):
     """Parse YAML text with :class:`_Loader` (the one YAML parser of configs and ``--set`` values)."""
     return yaml.load(text, Loader=_Loader)
+
+
+def yaml_dump(data, **kw) -> str:
+    """``data`` as YAML text that :func:`yaml_load` reads back equal (``yaml.safe_dump``'s options)."""
+    return yaml.dump(data, Dumper=_Dumper, **kw)
 
 
 def _path_field(default=None, **kw):

@@ -25,9 +25,11 @@ def atomic_writer(path: Union[str, Path], mode: str = "wb"):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:   # a failed write names no file: name the one written
+            e.filename = str(path)
         raise
 
 

@@ -32,9 +32,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Tuple, Union
 
-import yaml
-
-from .config import ConfigError
+from .config import ConfigError, load_yaml, yaml_dump
 from .io import atomic_save_safetensors, atomic_write_csv, atomic_write_json, atomic_write_text
 
 __all__ = ["RunDir", "BEHAVIOUR_VERSION", "NON_RESULT_KEYS", "config_digest", "ensure_writable", "exclusive",
@@ -193,17 +191,17 @@ class RunDir:
     def read_config(self) -> dict:
         if not self.config_path.is_file():
             raise ConfigError(f"{self.path}: not a run folder (no {self.CONFIG})")
-        return yaml.safe_load(self.config_path.read_text()) or {}
+        return _read_mapping(self.config_path)
 
     def write_config(self, config: dict) -> None:
-        atomic_write_text(self.config_path, yaml.safe_dump(config, sort_keys=False))
+        atomic_write_text(self.config_path, yaml_dump(config, sort_keys=False))
 
     def read_meta(self) -> dict:
         p = self.path / self.META
-        return (yaml.safe_load(p.read_text()) or {}) if p.is_file() else {}
+        return _read_mapping(p) if p.is_file() else {}
 
     def write_meta(self, meta: dict) -> None:
-        atomic_write_text(self.path / self.META, yaml.safe_dump(meta, sort_keys=False))
+        atomic_write_text(self.path / self.META, yaml_dump(meta, sort_keys=False))
 
     def model_spec(self) -> Tuple[Optional[str], Dict[str, Any], Optional[int]]:
         """(model name, args, num_classes) of the run's student."""
@@ -271,6 +269,15 @@ class RunDir:
             return False
         stamp, want = self.read_stamp(), self.stamp_for(config)
         return all(stamp.get(k) == v for k, v in want.items())
+
+
+def _read_mapping(path: Path) -> dict:
+    """The YAML mapping in a run folder's file, read by :func:`vitkd.config.load_yaml` (a file that is not UTF-8,
+    not YAML, holds a key twice or is not a mapping: one line naming it); an empty file is ``{}``."""
+    data = load_yaml(path)
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data or {}
 
 
 def ensure_writable(path: Path, option: str = "--out") -> None:

@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..config import ConfigError, path_under
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
-from ..rundir import RunDir, ensure_writable
+from ..rundir import RunDir, ensure_writable, exclusive
 from .plan import Job, _resolve, recipe_of
 from .suite import KnobSpec, TuneSpec
 
@@ -208,16 +208,21 @@ def _size_scan(spec: TuneSpec, trials: _Trials, chosen: Dict[str, float]) -> Tup
 def tune_suite(path, out: Optional[str] = None, cache: Optional[str] = None, jobs: Optional[int] = None,
                progress: bool = True, log=print, executor: str = "local", address: Optional[str] = None,
                cpus_per_job: Optional[int] = None) -> Path:
-    """Run the suite's tuning protocol (module docstring) and write its record. Returns the record folder."""
-    from .execute import make_executor
+    """Run the suite's tuning protocol (module docstring) and write its record. Returns the record folder. One
+    process writes the record folder at a time (:func:`vitkd.rundir.exclusive`)."""
     from .suite import load_suite
     suite, base = load_suite(path)
     if suite.tune is None or not suite.tune.knobs:
         raise ConfigError(f"{path}: the suite has no tune.knobs to search")
     out_dir = tuning_dir(suite, out)
     cache_dir = Path(cache) if cache else path_under(Path("runs") / "compare", suite.home, key="suite.name")
-    ensure_writable(out_dir, "--out")
-    ensure_writable(cache_dir, "--cache")
+    with exclusive(out_dir, "--out"):
+        ensure_writable(cache_dir, "--cache")
+        return _tune(suite, base, out_dir, cache_dir, jobs, progress, log, executor, address, cpus_per_job)
+
+
+def _tune(suite, base, out_dir: Path, cache_dir: Path, jobs, progress, log, executor, address, cpus_per_job) -> Path:
+    from .execute import make_executor
     n_jobs = jobs or suite.jobs
     runner = make_executor(executor, jobs if executor == "ray" else n_jobs, address, cpus_per_job)
     t0 = time.perf_counter()

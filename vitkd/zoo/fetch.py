@@ -14,8 +14,9 @@ For every file of an entry:
   backoff: ``retries`` / ``VITKD_ZOO_RETRIES`` (default 3) tries more, ``backoff`` / ``VITKD_ZOO_BACKOFF``
   seconds (default 1.0) before the first retry, doubling;
 * an exclusive lock on the entry's folder makes concurrent downloads (threads or processes) wait for each
-  other: they leave one valid file; a cache that cannot be written (read-only mount, no permission) is used
-  without a lock when every file verifies and nothing else is in the folder, else refused in one line;
+  other: they leave one valid file; its lock file goes on release, with the folders made to hold it, so a
+  refused download leaves the cache as it was; a cache that cannot be written (read-only mount, no permission)
+  is used without a lock when every file verifies and nothing else is in the folder, else refused in one line;
 * only ``http``, ``https`` and ``file`` URLs are followed, and a redirect only to ``http`` or ``https`` (each
   hop checked, never retried); pickle files are refused by name, unread;
 * every download has an overall deadline, retries and backoff included: ``VITKD_ZOO_DEADLINE`` seconds
@@ -153,24 +154,52 @@ _OPENER = build_opener(_CheckedRedirects())
 
 @contextlib.contextmanager
 def _locked(folder: Path):
-    """An exclusive lock on ``folder`` (flock: between processes and between threads, each opening the file).
+    """An exclusive lock on ``folder`` (flock on its ``.lock``: between processes and between threads, each
+    opening the file); a second holder waits. On release the lock file goes again, and so do the folders made to
+    hold it when they are left empty: a download that fails leaves the cache as it was (the next holder, finding
+    the file it waited on removed, takes the lock anew, as :func:`vitkd.rundir.exclusive` does).
     :class:`_CacheUnwritable` when the folder or its lock file cannot be created."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        f = open(folder / ".lock", "a+")
-    except OSError as e:
-        raise _CacheUnwritable(e.strerror or type(e).__name__) from None
-    with f:
+        import fcntl
+    except ImportError:   # pragma: no cover - Windows: no lock (one download at a time is the user's job)
         try:
-            import fcntl
-        except ImportError:   # pragma: no cover - Windows: no lock (one download at a time is the user's job)
-            yield
-            return
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _CacheUnwritable(e.strerror or type(e).__name__) from None
+        yield
+        return
+    lock = folder / ".lock"
+    made, probe = [], folder
+    while not probe.exists() and probe != probe.parent:   # the folders this lock creates
+        made.append(probe)
+        probe = probe.parent
+    for attempt in range(100):   # each retry follows another holder's release: a few at most
         try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except FileNotFoundError:   # the folder went with a holder's release in between: again
+            continue
+        except OSError as e:
+            raise _CacheUnwritable(e.strerror or type(e).__name__) from None
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:   # the file we hold is still the lock file (a holder removes it on release)
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    else:
+        raise ZooError(f"zoo: cannot take the lock of {folder} ({lock}): it keeps changing")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)
+        for d in made:   # deepest first; a folder that holds anything stays
+            with contextlib.suppress(OSError):
+                d.rmdir()
 
 
 def _progress_bar(total: int, initial: int, desc: str, enabled: Optional[bool]):

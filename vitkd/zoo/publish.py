@@ -25,7 +25,7 @@ import yaml
 from .. import models as model_lib
 from ..config import ConfigError, check_name, path_under
 from ..io import atomic_save_safetensors, atomic_write_text
-from ..rundir import RunDir
+from ..rundir import RunDir, exclusive
 from .fetch import sha256_of
 from .index import (ZooEntry, ZooError, ZooFile, ZooIndex, SuiteRef, load_index, markdown_table,
                     row_of, save_index)
@@ -142,7 +142,27 @@ def publish_run(run_dir, name: str, index_path, *, method: str = "", family: str
     """Export the student of the finished run ``run_dir`` as zoo entry ``name`` beside the index at
     ``index_path`` (its folder ``<index folder>/<name>/``), evaluate the exported folder through ``local-dir:``
     on ``split``, and add (or replace) its entry. ``figures``: params_m / macs_m / img_per_s already measured
-    (a suite's), else measured here (img/s only with ``throughput``)."""
+    (a suite's), else measured here (img/s only with ``throughput``). One process writes an index folder (the
+    index and its entries) at a time (:func:`vitkd.rundir.exclusive`)."""
+    check_name(name, "zoo", "model name")
+    RunDir(run_dir).finished_weights("zoo publish RUN_DIR")
+    with exclusive(_index_folder(index_path), "--index"):
+        return _publish_run(run_dir, name, index_path, method=method, family=family, group=group, teachers=teachers,
+                            suite=suite, figures=figures, reproduce=reproduce, license=license, split=split,
+                            throughput=throughput, log=log)
+
+
+def _index_folder(index_path) -> Path:
+    """The folder the index file at ``index_path`` lives (or will live) in, links followed."""
+    return Path(os.path.realpath(index_path)).parent
+
+
+def _publish_run(run_dir, name: str, index_path, *, method: str = "", family: str = "", group: str = "",
+                 teachers: Optional[Dict[str, str]] = None, suite: Optional[SuiteRef] = None,
+                 figures: Optional[Dict[str, Optional[float]]] = None, reproduce: Optional[str] = None,
+                 license: str = "Apache-2.0", split: str = "test", throughput: bool = True,
+                 log: Callable[[str], None] = lambda m: None) -> ZooEntry:
+    """:func:`publish_run`, the index folder held by the caller."""
     import timm
     from .. import __version__
     from .load import evaluate_folder
@@ -157,7 +177,7 @@ def publish_run(run_dir, name: str, index_path, *, method: str = "", family: str
     input_size = list(model_lib.data_spec(model, (config.get("data") or {}).get("img_size")).img_size)
     input_size = [int(getattr(model, "in_chans", 3) or 3)] + input_size
 
-    folder = index.folder() if Path(index_path).is_file() else Path(index_path).resolve().parent
+    folder = _index_folder(index_path)
     folder.mkdir(parents=True, exist_ok=True)
     root_rel = os.path.relpath(folder, folder.parent)
     staged = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=str(folder)))
@@ -293,6 +313,13 @@ def publish_suite(results_dir, index_path, cache: Optional[str] = None, seed: in
     est = sum(4e6 * float(p["csv"]["params_m"]) for p in picks) / 1e6
     if est > max_mb:
         raise ZooError(f"zoo publish-suite: the selection's weights are about {est:.1f} MB, over --max-mb {max_mb:g}")
+    with exclusive(_index_folder(index_path), "--index"):
+        return _publish_selection(suite, picks, runs, own, results_dir, index_path, seed, max_mb, suite_file, log)
+
+
+def _publish_selection(suite, picks, runs, own, results_dir: Path, index_path, seed: int, max_mb: float,
+                       suite_file: Optional[str], log: Callable[[str], None]) -> List[ZooEntry]:
+    """:func:`publish_suite`'s entries, the index folder held by the caller."""
     project = Path(index_path).resolve().parent.parent
     rel = os.path.relpath(results_dir.resolve(), project)
     suite_cmd = f"vitkd compare {suite_file or (results_dir / 'suite.yaml')}"
@@ -307,8 +334,8 @@ def publish_suite(results_dir, index_path, cache: Optional[str] = None, seed: in
             ref = SuiteRef(results=f"{rel}/results.csv", key="row", row=p["key"], seed=seed,
                            figures={k: p["csv"][k] for k in ROW_FIGURES if k in p["csv"]})
         figs = {k: _num(p["csv"].get(k)) for k in ("params_m", "macs_m", "img_per_s")}
-        entries.append(publish_run(run, name, index_path, method=p["key"], family=p["family"], group=p["group"],
-                                   teachers=lineage, suite=ref, figures=figs, log=log))
+        entries.append(_publish_run(run, name, index_path, method=p["key"], family=p["family"], group=p["group"],
+                                    teachers=lineage, suite=ref, figures=figs, log=log))
         log(f"  (the suite itself: {suite_cmd}; run folder {run})")
     total = sum(e.total_size() for e in load_index(str(index_path)).models) / 1e6
     log(f"zoo: {len(entries)} entries published; the index's files total {total:.1f} MB")
