@@ -244,10 +244,11 @@ _GETTERS = {"http": _get_http, "https": _get_http, "file": _get_file}
 
 def fetch(url: str, dest: Path, verify: Callable[[Path], Optional[str]], size: Optional[int] = None,
           limits: Limits = Limits(), progress: Optional[bool] = None,
-          log: Callable[[str], None] = lambda m: None) -> Path:
+          log: Callable[[str], None] = lambda m: None, mismatch: str = "does not verify") -> Path:
     """``dest`` holding what ``url`` serves, once ``verify(part)`` (None, or what is wrong in one phrase) accepts it
-    (see the module docstring). ``dest`` itself is not looked at: the caller decides whether a file already there
-    is good. The caller holds the folder's lock when other processes may fetch the same file."""
+    (see the module docstring; ``mismatch`` words the refusal: "<url> <mismatch> (<problem>)"). ``dest`` itself is
+    not looked at: the caller decides whether a file already there is good. The caller holds the folder's lock when
+    other processes may fetch the same file."""
     check_url(url)
     if size is not None and size > limits.max_bytes:
         raise DownloadError(f"{dest.name}: {size} bytes exceed the download ceiling of {limits.max_bytes} bytes "
@@ -256,7 +257,7 @@ def fetch(url: str, dest: Path, verify: Callable[[Path], Optional[str]], size: O
     part = dest.with_name(f".{dest.name}.part")
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        _download(url, part, verify, size, clock, progress, log)
+        _download(url, part, verify, size, clock, progress, log, mismatch)
     except DownloadError:   # final: nothing kept
         with contextlib.suppress(FileNotFoundError):
             part.unlink()
@@ -271,7 +272,7 @@ def fetch(url: str, dest: Path, verify: Callable[[Path], Optional[str]], size: O
 
 
 def _download(url: str, part: Path, verify: Callable[[Path], Optional[str]], size: Optional[int], clock: _Clock,
-              progress: Optional[bool], log: Callable[[str], None]) -> None:
+              progress: Optional[bool], log: Callable[[str], None], mismatch: str) -> None:
     """``part`` holding the verified file after some tries: :class:`_Transient` when the tries are spent,
     :class:`DownloadError` for a final failure."""
     getter = _GETTERS[urlparse(url).scheme.lower()]
@@ -297,4 +298,4 @@ def _download(url: str, part: Path, verify: Callable[[Path], Optional[str]], siz
         if fresh == 0 and resumed:
             log(f"resumed {part.name[1:-len('.part')]} does not verify ({problem}): downloading from the start")
             continue
-        raise DownloadError(f"{url} does not verify ({problem}): refused, nothing kept")
+        raise DownloadError(f"{url} {mismatch} ({problem}): refused, nothing kept")

@@ -1,4 +1,6 @@
-"""Verified downloads into the cache: the only way a zoo file reaches a final name.
+"""Verified downloads into the cache: the only way a zoo file reaches a final name. The transfer itself (temp file,
+Range resume, retries, redirects, deadline, size ceiling) is :func:`vitkd.download.fetch`, shared with the datasets;
+this module adds the index's checks, the cache layout, the lock and the ``VITKD_ZOO_*`` settings.
 
 Cache: ``$VITKD_HOME/zoo/<name>/`` (default ``~/.cache/vitkd``), one folder per entry in timm's Hugging Face
 Hub layout, so ``timm.create_model("local-dir:<folder>")`` loads it.
@@ -30,33 +32,20 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import json
 import os
-import socket
-import sys
-import time
 from pathlib import Path
 from typing import Callable, List, Optional
-from urllib.error import HTTPError, URLError
-from urllib.parse import unquote, urlparse
-from urllib.request import HTTPRedirectHandler, Request, build_opener, url2pathname
 
 from ..config import path_under
+from ..download import DownloadError, Limits, fetch, limits_from_env
 from .index import ZooEntry, ZooError, ZooIndex, check_file_name, check_url
 
 __all__ = ["cache_home", "entry_folder", "fetch_entry", "fetch_file", "verify_file", "sha256_of", "cached_folder",
            "check_size", "check_architecture"]
 
-CHUNK = 1 << 16
-TRANSIENT_HTTP = (408, 425, 429, 500, 502, 503, 504)
-REDIRECT_SCHEMES = ("http", "https")
 DEFAULT_DEADLINE_S = 1800.0
 DEFAULT_MAX_BYTES = 2 << 30
-
-
-class _Transient(Exception):
-    """A failure worth another try."""
 
 
 class _CacheUnwritable(Exception):
@@ -93,63 +82,25 @@ def verify_file(path: Path, sha256: str, size: int) -> Optional[str]:
     return None
 
 
-def _setting(value, env: str, default, cast):
-    if value is not None:
-        return cast(value)
-    raw = os.environ.get(env)
-    if raw in (None, ""):
-        return default
+def zoo_limits(retries: Optional[int] = None, backoff: Optional[float] = None, timeout: Optional[float] = None,
+               deadline: Optional[float] = None, max_bytes: Optional[int] = None):
+    """The download limits: arguments, else ``VITKD_ZOO_RETRIES``, ``VITKD_ZOO_BACKOFF``, ``VITKD_ZOO_TIMEOUT``,
+    ``VITKD_ZOO_DEADLINE``, ``VITKD_ZOO_MAX_BYTES``, else the defaults (3, 1 s, 30 s, 1800 s, 2 GiB)."""
     try:
-        return cast(raw)
-    except ValueError:
-        raise ZooError(f"{env}: expected a number, got {raw!r}") from None
-
-
-def _positive_setting(value, env: str, default, cast):
-    got = _setting(value, env, default, cast)
-    if not got > 0:
-        raise ZooError(f"{env}: must be > 0, got {got}")
-    return got
+        return limits_from_env("VITKD_ZOO", deadline=deadline, max_bytes=max_bytes, retries=retries,
+                               backoff=backoff, timeout=timeout,
+                               defaults=Limits(deadline_s=DEFAULT_DEADLINE_S, max_bytes=DEFAULT_MAX_BYTES))
+    except DownloadError as e:
+        raise ZooError(str(e)) from None
 
 
 def check_size(size: int, what: str, max_bytes: Optional[int] = None) -> int:
     """``size`` bytes (a file, or an entry's files together) under the download ceiling, else one line."""
-    ceiling = _positive_setting(max_bytes, "VITKD_ZOO_MAX_BYTES", DEFAULT_MAX_BYTES, int)
+    ceiling = zoo_limits(max_bytes=max_bytes).max_bytes
     if size > ceiling:
         raise ZooError(f"zoo: {what}: {size} bytes exceed the download ceiling of {ceiling} bytes "
                        f"(VITKD_ZOO_MAX_BYTES): refused, nothing downloaded")
     return size
-
-
-class _Deadline:
-    """The time one download (every try and wait included) may take."""
-
-    def __init__(self, url: str, seconds: float):
-        self.url, self.seconds, self.ends = url, seconds, time.monotonic() + seconds
-
-    def left(self) -> float:
-        return self.ends - time.monotonic()
-
-    def check(self) -> None:
-        if self.left() <= 0:
-            raise ZooError(f"zoo: {self.url}: not complete within the download deadline of {self.seconds:g}s "
-                           f"(VITKD_ZOO_DEADLINE): nothing kept")
-
-
-class _CheckedRedirects(HTTPRedirectHandler):
-    """Every hop of a redirect is checked before it is followed: http and https only (a server cannot send the
-    download to ``ftp:``, ``file:`` or anywhere else); a refusal is final, never retried."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        scheme = urlparse(newurl).scheme.lower()
-        if scheme not in REDIRECT_SCHEMES:
-            fp.close()
-            raise ZooError(f"zoo: {req.full_url}: redirected to {newurl}: scheme '{scheme or '(none)'}' not "
-                           f"allowed (a redirect may lead to {' or '.join(REDIRECT_SCHEMES)} only)")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-_OPENER = build_opener(_CheckedRedirects())
 
 
 @contextlib.contextmanager
@@ -202,113 +153,17 @@ def _locked(folder: Path):
                 d.rmdir()
 
 
-def _progress_bar(total: int, initial: int, desc: str, enabled: Optional[bool]):
-    from tqdm import tqdm
-    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
-                file=sys.stderr, disable=(None if enabled is None else not enabled), leave=False)
-
-
-def _copy_stream(src, part: Path, mode: str, offset: int, size: int, bar, deadline: _Deadline) -> None:
-    """Append (``ab``) or write (``wb``) ``src`` into ``part``. A cut stream is transient (what arrived stays in
-    ``part`` for the next try to resume); more bytes than ``size``, the deadline, or a disk that cannot take the
-    bytes (full, quota, read-only) is final. Each read returns what has arrived (``read1``), so a server that
-    drips bytes meets the deadline."""
-    read = getattr(src, "read1", src.read)
-    written, cut = offset, None
-    try:
-        with open(part, mode) as out:
-            while True:
-                deadline.check()
-                try:
-                    block = read(min(CHUNK, size + 1 - written))
-                except (http.client.IncompleteRead, ConnectionError, socket.timeout, TimeoutError, OSError) as e:
-                    cut = e
-                    break
-                if not block:
-                    break
-                out.write(block)
-                written += len(block)
-                bar.update(len(block))
-                if written > size:
-                    raise ZooError(f"zoo: {deadline.url}: the server sends more than the {size} bytes the index "
-                                   f"declares: refused, nothing kept")
-            out.flush()
-            os.fsync(out.fileno())
-    except OSError as e:   # a read's errors are caught above: this is the disk
-        raise ZooError(f"zoo: cannot write {part}: {e.strerror or type(e).__name__} (disk full or not "
-                       f"writable?): nothing kept") from None
-    if cut is not None:
-        raise _Transient(f"connection cut at {written} of {size} bytes ({type(cut).__name__})")
-    if written < size:
-        raise _Transient(f"connection closed at {written} of {size} bytes")
-
-
-def _get_http(url: str, part: Path, size: int, timeout: float, bar, deadline: _Deadline) -> None:
-    offset = part.stat().st_size if part.exists() else 0
-    if offset > size:
-        part.unlink()
-        offset = 0
-    if offset == size:
-        return
-    headers = {"User-Agent": "vitkd-zoo"}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    try:
-        resp = _OPENER.open(Request(url, headers=headers), timeout=max(min(timeout, deadline.left()), 0.01))
-    except HTTPError as e:
-        e.close()
-        if e.code == 416:   # our partial file does not fit the server's: start over
-            part.unlink()
-            raise _Transient("HTTP 416 (range not satisfiable): starting over") from None
-        if e.code in TRANSIENT_HTTP:
-            raise _Transient(f"HTTP {e.code} {e.reason}") from None
-        raise ZooError(f"zoo: {url}: HTTP {e.code} {e.reason}") from None
-    except (URLError, ConnectionError, socket.timeout, TimeoutError, http.client.HTTPException) as e:
-        reason = getattr(e, "reason", None) or e
-        raise _Transient(f"{reason}") from None
-    with resp:
-        if offset and resp.status == 206:
-            got = resp.headers.get("Content-Range", "")
-            if not got.startswith(f"bytes {offset}-"):
-                part.unlink()
-                raise _Transient(f"server answered range '{got}' for bytes={offset}-: starting over")
-            mode = "ab"
-        else:   # 200: the server ignored Range (or there was none): the whole file, from the start
-            mode, offset = "wb", 0
-            bar.reset(total=size)
-        announced = resp.headers.get("Content-Length", "")
-        if announced.isdigit() and int(announced) > size - offset:
-            raise ZooError(f"zoo: {url}: the server announces {int(announced) + offset} bytes, the index declares "
-                           f"{size}: refused, nothing kept")
-        bar.n = offset
-        _copy_stream(resp, part, mode, offset, size, bar, deadline)
-
-
-def _get_file(url: str, part: Path, size: int, timeout: float, bar, deadline: _Deadline) -> None:
-    src = Path(url2pathname(unquote(urlparse(url).path)))
-    if not src.is_file():
-        raise ZooError(f"zoo: {url}: file not found")
-    with open(src, "rb") as f:
-        _copy_stream(f, part, "wb", 0, size, bar, deadline)
-
-
-_GETTERS = {"http": _get_http, "https": _get_http, "file": _get_file}
-
-
 def fetch_file(url: str, dest: Path, sha256: str, size: int, force: bool = False, retries: Optional[int] = None,
                backoff: Optional[float] = None, timeout: Optional[float] = None, progress: Optional[bool] = None,
                log: Callable[[str], None] = lambda m: None, deadline: Optional[float] = None,
                max_bytes: Optional[int] = None) -> Path:
     """``dest`` holding exactly (``sha256``, ``size``) from ``url``: the cached file when it verifies, else
-    downloaded (see the module docstring). The caller holds the folder's lock."""
+    downloaded through :func:`vitkd.download.fetch` (see the module docstring). The caller holds the folder's
+    lock."""
     check_file_name(dest.name)
     check_url(url)
     check_size(size, dest.name, max_bytes)
-    retries = _setting(retries, "VITKD_ZOO_RETRIES", 3, int)
-    backoff = _setting(backoff, "VITKD_ZOO_BACKOFF", 1.0, float)
-    timeout = _setting(timeout, "VITKD_ZOO_TIMEOUT", 30.0, float)
-    clock = _Deadline(url, _positive_setting(deadline, "VITKD_ZOO_DEADLINE", DEFAULT_DEADLINE_S, float))
-    part = dest.with_name(f".{dest.name}.part")
+    limits = zoo_limits(retries, backoff, timeout, deadline, max_bytes)
     if dest.exists():
         problem = None if force else verify_file(dest, sha256, size)
         if not force and problem is None:
@@ -317,44 +172,10 @@ def fetch_file(url: str, dest: Path, sha256: str, size: int, force: bool = False
             log(f"zoo: cached {dest} fails verification ({problem}): removed, downloading again")
         dest.unlink()
     try:
-        _download(url, part, sha256, size, retries, backoff, timeout, clock, progress, log)
-    except ZooError:   # final: nothing kept
-        with contextlib.suppress(FileNotFoundError):
-            part.unlink()
-        raise
-    except _Transient as e:   # the tries are spent: what arrived stays in the .part for the next download
-        raise ZooError(f"zoo: cannot download {url}: {e} (after {retries + 1} tries)") from None
-    os.replace(part, dest)
-    return dest
-
-
-def _download(url: str, part: Path, sha256: str, size: int, retries: int, backoff: float, timeout: float,
-              clock: _Deadline, progress: Optional[bool], log: Callable[[str], None]) -> None:
-    """``part`` holding the verified file after some tries: :class:`_Transient` when the tries are spent,
-    :class:`ZooError` for a final failure."""
-    getter = _GETTERS[urlparse(url).scheme.lower()]
-    name = part.name[1:-len(".part")]
-    fresh_tries = 2 if part.exists() else 1   # a .part from before may not belong to this file: one clean retry
-    for fresh in range(fresh_tries):
-        with _progress_bar(size, 0, name, progress) as bar:
-            for attempt in range(retries + 1):
-                clock.check()
-                try:
-                    getter(url, part, size, timeout, bar, clock)
-                    break
-                except _Transient as e:
-                    if attempt == retries:
-                        raise
-                    wait = backoff * (2 ** attempt)
-                    log(f"zoo: {url}: {e}; retrying in {wait:.1f}s")
-                    time.sleep(max(0.0, min(wait, clock.left())))
-        problem = verify_file(part, sha256, size)
-        if problem is None:
-            return
-        part.unlink()
-        if fresh + 1 == fresh_tries:
-            raise ZooError(f"zoo: {url} does not match the index ({problem}): refused, nothing kept")
-        log(f"zoo: resumed {name} does not verify ({problem}): downloading from the start")
+        return fetch(url, dest, lambda part: verify_file(part, sha256, size), size=size, limits=limits,
+                     progress=progress, log=lambda m: log(f"zoo: {m}"), mismatch="does not match the index")
+    except DownloadError as e:
+        raise ZooError(f"zoo: {e}") from None
 
 
 def _strangers(folder: Path, entry: ZooEntry) -> List[Path]:

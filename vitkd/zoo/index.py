@@ -23,6 +23,7 @@ from urllib.request import pathname2url
 
 import yaml
 
+from .. import download
 from ..config import ConfigError, build_dataclass, check_name, load_yaml
 
 __all__ = ["ZooError", "ZooFile", "ZooEntry", "ZooIndex", "load_index", "save_index", "check_url",
@@ -31,7 +32,7 @@ __all__ = ["ZooError", "ZooFile", "ZooEntry", "ZooIndex", "load_index", "save_in
 
 PACKAGED_INDEX = Path(__file__).with_name("zoo.yaml")
 INDEX_VERSION = 1   # the newest index format this vitkd reads
-ALLOWED_SCHEMES = ("http", "https", "file")
+ALLOWED_SCHEMES = download.ALLOWED_SCHEMES
 WEIGHT_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".pkl", ".pickle", ".ckpt", ".tar", ".npz", ".npy", ".joblib")
 FILE_SUFFIXES = WEIGHT_SUFFIXES + (".json", ".md", ".yaml", ".csv", ".png", ".txt")
@@ -55,21 +56,12 @@ def check_file_name(name: str) -> str:
 
 
 def check_url(url: str, source: str = "") -> str:
-    """A URL vitkd may fetch: an allowed scheme, and for http(s) a host and a numeric port (``source`` names
-    where it came from, e.g. ``VITKD_ZOO_URL``)."""
-    where = f"{source}: " if source else ""
+    """A URL vitkd may fetch (:func:`vitkd.download.check_url`: an allowed scheme, and for http(s) a host and a
+    numeric port; ``source`` names where it came from, e.g. ``VITKD_ZOO_URL``), as a zoo error."""
     try:
-        parts = urlparse(url)
-        scheme = parts.scheme.lower()
-        if scheme in ("http", "https") and not parts.hostname:
-            raise ValueError("no host")
-        parts.port   # noqa: B018 - a non-numeric or out-of-range port raises here
-    except ValueError as e:
-        raise ZooError(f"zoo: {where}malformed URL {url!r} ({e})") from None
-    if scheme not in ALLOWED_SCHEMES:
-        raise ZooError(f"zoo: {where}URL scheme '{scheme or '(none)'}' not allowed in {url} "
-                       f"(allowed: {', '.join(ALLOWED_SCHEMES)})")
-    return url
+        return download.check_url(url, source)
+    except download.DownloadError as e:
+        raise ZooError(f"zoo: {e}") from None
 
 
 @dataclass
