@@ -286,3 +286,19 @@ def test_the_suite_plans_one_store_per_teacher_seed_and_recipe_for_logit_only_ro
         fit = by[f"rows/fit/s{seed}"]
         assert "checkpoint" in fit.raw["distill"]["teachers"]["t"] and fit.deps == ["teachers/cnn"]
     check_jobs(teachers + stores + rows)   # rows reading a store not written yet dry-build with its teacher
+
+
+def test_a_bf16_config_stores_bf16_teacher_logits_and_its_fingerprint_says_so(env, tmp_path):
+    """train.precision: bf16 runs the teachers of `logits save` in bf16 too: the store's fingerprint names it (an
+    fp32 store keeps its old digest), and its values differ from the fp32 store's."""
+    import json
+    from vitkd.logits.format import STORE_FILE
+    root, live, stores = env
+    cfg = parse_config(student(live, precision="bf16"))
+    bf16 = save_logits(cfg, tmp_path / "bf16", values="fp32", progress=False, log=lambda m: None)["t"]
+    fp_bf16 = json.loads((bf16 / STORE_FILE).read_text())["fingerprint"]
+    fp_fp32 = json.loads((stores["fp32"] / STORE_FILE).read_text())["fingerprint"]
+    assert fp_bf16.pop("teacher_precision") == "bf16" and "teacher_precision" not in fp_fp32
+    assert fp_bf16 == fp_fp32   # everything else the same config
+    a, b = sorted(bf16.glob("*.shard")), sorted(stores["fp32"].glob("*.shard"))
+    assert len(a) == len(b) and any(x.read_bytes() != y.read_bytes() for x, y in zip(a, b))

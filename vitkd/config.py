@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import yaml
 
-__all__ = ["ConfigError", "DataError", "vitkd_home", "ModelCfg", "DataCfg", "TrainCfg", "TeacherCfg", "DistillCfg", "M2MCfg", "RunCfg",
+__all__ = ["ConfigError", "DataError", "vitkd_home", "PRECISIONS", "step_bf16", "ModelCfg", "DataCfg", "TrainCfg", "TeacherCfg", "DistillCfg", "M2MCfg", "RunCfg",
            "load_config", "parse_config", "check_paths", "config_paths", "apply_overrides", "apply_mapping", "to_dict",
            "build_dataclass", "read_yaml", "load_yaml", "yaml_dump", "check_name", "path_under", "check_seed",
            "MAX_SEED"]
@@ -90,6 +90,15 @@ class ModelCfg:
     checkpoint: Optional[str] = _path_field()             # initial weights: run folder or weights file
 
 
+PRECISIONS = ("fp32", "bf16")   # train.precision; never chosen from the CPU: a config says it
+
+
+def step_bf16(precision: str, amp: bool, device_type: str) -> bool:
+    """Whether a training step runs under bf16 autocast: ``train.precision: bf16`` on any device, or ``train.amp``
+    on CUDA."""
+    return precision == "bf16" or (amp and device_type == "cuda")
+
+
 # the datasets vitkd.data registers (a test keeps the two equal); the ones read only from data.root
 DATASET_NAMES = ("digits", "fashion_mnist", "cifar10", "cifar100", "imagefolder")
 DATASETS_WITH_ROOT = ("cifar10", "cifar100", "imagefolder")
@@ -153,6 +162,7 @@ class TrainCfg:
     clip_grad: Optional[float] = None
     device: str = "auto"                 # auto | cpu | cuda
     amp: bool = True                     # bf16 autocast on CUDA (CPU runs fp32)
+    precision: str = "fp32"              # fp32 | bf16: the step's precision (student, teachers, loss) on any device
     threads: Optional[int] = None        # torch CPU threads
     progress: bool = True
     eval_every: int = 1                  # evaluate val/test every N epochs (the last epoch always)
@@ -164,6 +174,7 @@ class TrainCfg:
         _positive("train.eval_every", self.eval_every)
         _positive("train.lr", self.lr)
         _choice("train.device", self.device, ("auto", "cpu", "cuda"))
+        _choice("train.precision", self.precision, PRECISIONS)
         for k in ("weight_decay", "warmup_epochs", "min_lr", "label_smoothing", "mixup", "cutmix"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"train.{k}: must be >= 0, got {getattr(self, k)}")

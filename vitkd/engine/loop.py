@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import ConfigError, RunCfg, config_paths, to_dict
+from ..config import ConfigError, RunCfg, config_paths, step_bf16, to_dict
 from ..data import EpochSampler, sample_seed, train_view
 from ..losses import Batch
 from ..rundir import RunDir, ensure_writable, exclusive
@@ -218,6 +218,7 @@ def _train(cfg: RunCfg, out_dir, resume: bool, overwrite: bool, log: Callable[[s
     meta = {"num_classes": run.num_classes, "img_size": list(run.spec.img_size), "mean": list(run.spec.mean),
             "std": list(run.spec.std), "train_images": len(train_ds), "val_images": len(run.datasets["val"]),
             "test_images": len(run.datasets["test"]), "device": str(device),
+            "precision": "bf16" if step_bf16(cfg.train.precision, cfg.train.amp, device.type) else "fp32",
             "versions": versions(), "model": cfg.model.name, "world_size": world.size,
             "batch_per_rank": dc.batch_size, "resumes": []}
     if world.size > 1:
@@ -256,7 +257,7 @@ def _train(cfg: RunCfg, out_dir, resume: bool, overwrite: bool, log: Callable[[s
     if world.is_main:
         run_dir.remove_stray_temp_files()
         run_dir.write_meta(meta)
-    amp = tc.amp and device.type == "cuda"
+    amp = step_bf16(tc.precision, tc.amp, device.type)
     total_steps = tc.epochs * steps_per_epoch
     from tqdm import tqdm
 

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .. import models as model_lib
-from ..config import ConfigError, DistillCfg, RunCfg, path_under
+from ..config import ConfigError, DistillCfg, RunCfg, path_under, step_bf16
 from ..data import build_datasets, sample_seed, train_view
 from ..engine.dist import World, barrier, current_world, join_from_env, leave
 from ..rundir import exclusive
@@ -111,7 +111,8 @@ def _save_all(cfg, teachers, dest, topk, epochs, bf16, values, chunk, batch_size
     stores = {}
     for name, tcfg in teachers.items():
         model = load_teacher_model(name, tcfg, num_classes)
-        source = LiveTeacher(model, spec, bf16=bf16 or tcfg.bf16).to(device)
+        teacher_bf16 = bf16 or tcfg.bf16 or step_bf16(cfg.train.precision, False, device.type)
+        source = LiveTeacher(model, spec, bf16=teacher_bf16).to(device)
         source.set_request(TapRequest())
         try:
             info = {**info_dict(describe(model, spec.img_size)),
@@ -151,6 +152,8 @@ def save_store(cfg: RunCfg, source, teacher_sha: str, info: dict, store: Path, t
     n = len(train_ds)
     keys = n * cfg.data.repeated_aug
     fp = {**data_fingerprint(cfg, spec), "epochs": n_epochs, "teacher_sha256": teacher_sha, "topk": k}
+    if getattr(source, "bf16", False):   # bf16 teachers give other logits (fp32 stores keep their old digest)
+        fp["teacher_precision"] = "bf16"
     meta = {"format": FORMAT_VERSION, "fingerprint": fp, "values": values, "num_classes": num_classes,
             "train_images": n, "keys_per_epoch": keys, "chunk": int(chunk),
             "record_bytes": record_dtype(k, values).itemsize, "seed": cfg.seed, "teacher": info,
