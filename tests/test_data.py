@@ -206,3 +206,23 @@ def test_the_dataloader_fetches_batches_through_the_batched_path(monkeypatch):
     sub = torch.utils.data.Subset(ds["train"], list(range(10)))   # evaluation's wrapper
     next(iter(torch.utils.data.DataLoader(sub, batch_size=10)))
     assert calls == [32, 10]
+
+
+def test_light_flip_mirrors_exactly_and_leaves_the_other_draws_alone():
+    """Light augmentation's flip is folded into the affine matrix: with no jitter (strength 0), hflip 1 gives the
+    exact mirror of every image; with jitter, each matrix is either the unflipped one or its x-mirror, and the
+    four jitter draws are the same as without the flip (the flip's draw comes fifth)."""
+    spec = DataSpec(img_size=(16, 16), mean=(0.0,) * 3, std=(1.0,) * 3)
+    base, _ = build_datasets(DataCfg(name="digits", aug_strength=0.0), spec, seed=1)
+    flip, _ = build_datasets(DataCfg(name="digits", aug_strength=0.0, hflip=1.0), spec, seed=1)
+    a = torch.stack([x for x, _, _ in base["train"].__getitems__(list(range(32)))])
+    b = torch.stack([x for x, _, _ in flip["train"].__getitems__(list(range(32)))])
+    assert torch.allclose(b, a.flip(-1), atol=1e-6) and not torch.equal(a, b)
+    half, _ = build_datasets(DataCfg(name="digits", aug_strength=1.0, hflip=0.5), spec, seed=1)
+    plain, _ = build_datasets(DataCfg(name="digits", aug_strength=1.0), spec, seed=1)
+    t_half = half["train"].transform.thetas([11, 12, 13, 14, 15, 16, 17, 18])
+    t_plain = plain["train"].transform.thetas([11, 12, 13, 14, 15, 16, 17, 18])
+    same = torch.isclose(t_half, t_plain).all(dim=(1, 2))
+    mirrored = torch.isclose(t_half[:, :, 0], -t_plain[:, :, 0]).all(dim=1) & torch.isclose(
+        t_half[:, :, 1:], t_plain[:, :, 1:]).all(dim=(1, 2))
+    assert (same | mirrored).all() and same.any() and mirrored.any()

@@ -117,7 +117,7 @@ class DataCfg:
     augment: str = "light"               # none | light (seeded affine jitter) | timm (timm create_transform)
     auto_augment: Optional[str] = None   # timm policy string, e.g. rand-m9-mstd0.5-inc1 (augment: timm)
     re_prob: float = 0.0                 # random erasing (augment: timm)
-    hflip: float = 0.0                   # horizontal flip probability (augment: timm)
+    hflip: float = 0.0                   # horizontal flip probability (augment: timm or light)
     repeated_aug: int = 1                # repeated augmentation: each image appears this many times per epoch
     aug_strength: float = 1.0            # augment: light: scales its rotation, scale and shift ranges (0 = none)
     # a synthetic set (``vitkd synthesize`` output folder) replaces the train split; val/test stay real

@@ -211,10 +211,10 @@ def _to_pil(item) -> Image.Image:
 
 class LightAugment:
     """Seeded affine jitter on small tensors: at ``strength`` 1, shift up to 1/8 of the side, rotate +-10 deg,
-    scale 0.9-1.1; ``strength`` scales all three ranges."""
+    scale 0.9-1.1; ``strength`` scales all three ranges; ``hflip``: the probability of a horizontal flip."""
 
-    def __init__(self, spec: DataSpec, train: bool, strength: float = 1.0):
-        self.spec, self.train, self.strength = spec, train, float(strength)
+    def __init__(self, spec: DataSpec, train: bool, strength: float = 1.0, hflip: float = 0.0):
+        self.spec, self.train, self.strength, self.hflip = spec, train, float(strength), float(hflip)
         self.mean = torch.tensor(spec.mean).view(-1, 1, 1)
         self.std = torch.tensor(spec.std).view(-1, 1, 1)
 
@@ -225,12 +225,17 @@ class LightAugment:
         """Each sample's affine matrix [B, 2, 3] (train): four uniform draws from the sample's own generator, then
         elementwise arithmetic (the same for a sample alone or in any batch: tests/test_data.py checks a whole
         epoch of digits, and the isa tests under other instruction sets)."""
-        u = torch.stack([torch.rand(4, generator=torch.Generator().manual_seed(s)) for s in seeds])
-        u = (u * 2 - 1) * self.strength
+        draws = 5 if self.hflip > 0 else 4   # the flip's draw comes after the four others: they stay the same
+        u = torch.stack([torch.rand(draws, generator=torch.Generator().manual_seed(s)) for s in seeds])
+        flip = u[:, 4] < self.hflip if self.hflip > 0 else None
+        u = (u[:, :4] * 2 - 1) * self.strength
         angle, scale = u[:, 0] * math.radians(10), 1 + 0.1 * u[:, 1]
         tx, ty = u[:, 2] * 0.25, u[:, 3] * 0.25   # grid units: 2 = the whole side, so 0.25 = 1/8 side
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-        return torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+        theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+        if flip is not None:   # a horizontal flip: the output's x axis read mirrored (pixel centres map exactly)
+            theta[flip, :, 0] = -theta[flip, :, 0]
+        return theta
 
     def batch(self, imgs: np.ndarray, seeds: Sequence[int]) -> torch.Tensor:
         """Images [B, H, W] (grayscale: digits in [0, 1], uint8) or [B, H, W, 3] (uint8) -> [B, C, h, w], sample
@@ -437,7 +442,7 @@ def build_datasets(cfg: DataCfg, spec: DataSpec, seed: int) -> Tuple[Dict[str, S
         if cfg.augment == "timm" or source.files:   # items that are files: the PIL path
             tf = TimmAugment(spec, train and cfg.augment != "none", cfg)
         else:
-            tf = LightAugment(spec, train and cfg.augment == "light", cfg.aug_strength)
+            tf = LightAugment(spec, train and cfg.augment == "light", cfg.aug_strength, cfg.hflip)
         return SplitDataset(items, targets, tf, seed, n_cls, f"{cfg.name}/{split}")
 
     parts, n_cls = source.read(cfg)
