@@ -20,6 +20,9 @@ VIT_224 = {'minivit_deit_tiny_patch16_224', 'minivit_deit_small_patch16_224', 'm
            'civt_tiny_patch16_224'}
 CNN_224 = {'rednet26'}
 B = 2
+FMNIST_STUDENTS = ('vit_fmnist_tiny', 'vit_fmnist_small', 'vit_fmnist_base')
+FMNIST_MODELS = (*FMNIST_STUDENTS, 'vit_fmnist_large', 'deit_fmnist_small_distilled', 'minivit_fmnist_small',
+                 'civt_fmnist_small', 'resnet_fmnist_s', 'resnet_fmnist_m', 'resnet_fmnist_l')
 
 
 def _is_vit(m):
@@ -43,9 +46,9 @@ def _make(name, seed=0, **kwargs):
     return m, size
 
 
-def _x(size, seed=1):
+def _x(size, seed=1, chans=3):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(B, 3, size, size, generator=g)
+    return torch.randn(B, chans, size, size, generator=g)
 
 
 # ------------------------------------------------------------------------------------------ registry
@@ -57,7 +60,7 @@ def test_registered_names():
     for n in ('vit_digits_tiny', 'vit_digits_small', 'vit_digits_base', 'vit_digits_large',
               'deit_digits_tiny_distilled', 'resnet_digits_s', 'resnet_digits_m', 'rednet_digits',
               'minivit_deit_tiny_patch16_224', 'minivit_deit_small_patch16_224', 'minivit_deit_base_patch16_224',
-              'minivit_digits_small', 'civt_digits_tiny', 'civt_tiny_patch16_224'):
+              'minivit_digits_small', 'civt_digits_tiny', 'civt_tiny_patch16_224', *FMNIST_MODELS):
         assert n in names
 
 
@@ -70,7 +73,7 @@ def test_registered_model(name):
     assert cfg['url'] == '' and cfg['architecture'] == name
     ncls = cfg['num_classes']
     assert m.num_classes == ncls
-    x = _x(size)
+    x = _x(size, chans=cfg['input_size'][0])
     with torch.no_grad():
         y = m(x)
         feats = m.forward_features(x)
@@ -139,15 +142,94 @@ def test_registered_model(name):
 
 
 @pytest.mark.parametrize('name', ['vit_digits_small', 'deit_digits_tiny_distilled', 'minivit_digits_small',
-                                  'civt_digits_tiny', 'resnet_digits_s', 'rednet_digits'])
+                                  'civt_digits_tiny', 'resnet_digits_s', 'rednet_digits', 'vit_fmnist_small',
+                                  'civt_fmnist_small', 'resnet_fmnist_s'])
 def test_kwargs_pass_through_32px(name):
     m = timm.create_model(name, num_classes=3, img_size=32) if name.split('_')[0] in ('vit', 'deit', 'minivit', 'civt') \
         else timm.create_model(name, num_classes=3)
     m.eval()
     with torch.no_grad():
-        assert m(_x(32)).shape == (B, 3)
+        assert m(_x(32, chans=m.pretrained_cfg['input_size'][0])).shape == (B, 3)
     if _is_vit(m):
         assert m.patch_embed.grid_size == (8, 8)
+
+
+# ------------------------------------------------------------------------------------------ Fashion-MNIST
+def test_fmnist_family_is_registered():
+    assert sorted(n for n in archs.MODEL_NAMES if 'fmnist' in n) == sorted(FMNIST_MODELS)
+
+
+@pytest.mark.parametrize('name', FMNIST_MODELS)
+def test_fmnist_model_takes_one_grey_channel(name):
+    m = timm.create_model(name).eval()
+    cfg = m.pretrained_cfg
+    assert cfg['input_size'] == (1, 28, 28) and cfg['mean'] == (0.2860,) and cfg['std'] == (0.3530,)
+    assert cfg['num_classes'] == 10 and cfg['crop_pct'] == 1.0 and cfg['interpolation'] == 'bilinear'
+    assert cfg['url'] == ''
+    first = cfg['first_conv'] if isinstance(cfg['first_conv'], (tuple, list)) else (cfg['first_conv'],)
+    for layer in first:
+        assert m.get_submodule(layer).in_channels == 1, (name, layer)   # in_chans=1 from the cfg
+    x = torch.randn(B, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = m(x)
+    assert y.shape == (B, 10) and torch.isfinite(y).all()
+    with pytest.raises(RuntimeError):
+        m(torch.randn(B, 3, 28, 28))
+
+
+def _macs(name):
+    from vitkd.profile import count_macs
+    m = timm.create_model(name).eval()
+    return count_macs(m, m.pretrained_cfg['input_size'], batch_size=1).total_macs
+
+
+def test_fmnist_student_macs_bands():
+    """The three students span ~1 to 12 M MACs per image with the project's counter (attention counted):
+    tiny 1-2 M, small 3-5 M, base 10-12.5 M; the DeiT / MiniViT share the small student's dims and cost."""
+    tiny, small, base = (_macs(n) for n in FMNIST_STUDENTS)
+    assert tiny < small < base
+    assert 1e6 <= tiny <= 2e6
+    assert 3e6 <= small <= 5e6
+    assert 10e6 <= base <= 12.5e6
+    for name in ('deit_fmnist_small_distilled', 'minivit_fmnist_small'):
+        assert small < _macs(name) < 1.2 * small, name    # + a dist token / MiniViT's depthwise transforms
+    a = archs.FMNIST_VIT_ARGS['small']
+    for name in ('deit_fmnist_small_distilled', 'minivit_fmnist_small', 'civt_fmnist_small'):
+        m = timm.create_model(name, device='meta')
+        assert (m.embed_dim, len(m.blocks), m.blocks[0].attn.num_heads, m.patch_embed.grid_size) == \
+            (a['embed_dim'], a['depth'], a['num_heads'], (7, 7)), name
+        assert m.blocks[0].mlp.fc1.out_features == int(a['embed_dim'] * a['mlp_ratio']), name
+
+
+@pytest.mark.parametrize('name', ['resnet_fmnist_s', 'resnet_fmnist_m', 'resnet_fmnist_l'])
+def test_fmnist_resnet_stages_at_28_14_7_4(name):
+    m = timm.create_model(name).eval()
+    assert isinstance(m, archs.DigitsResNet) and isinstance(m.maxpool, nn.Identity)
+    assert m.conv1.stride == (1, 1) and m.conv1.kernel_size == (3, 3)
+    assert [f['reduction'] for f in m.feature_info] == [1, 1, 2, 4, 8]
+    with torch.no_grad():
+        _, inter = m.forward_intermediates(torch.randn(1, 1, 28, 28))
+    assert [tuple(t.shape[-2:]) for t in inter] == [(28, 28), (28, 28), (14, 14), (7, 7), (4, 4)]
+    assert m.pretrained_cfg['pool_size'] == (4, 4)
+
+
+def test_fmnist_resnet_capacities_grow():
+    params = [_count(timm.create_model(f'resnet_fmnist_{s}', device='meta')) for s in 'sml']
+    assert params[0] < params[1] < params[2]
+
+
+def test_fmnist_student_trains():
+    m = timm.create_model('vit_fmnist_small')
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    x, t = _x(28, chans=1), torch.tensor([1, 7])
+    losses = []
+    for _ in range(5):
+        loss = F.cross_entropy(m(x), t)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
 
 
 def test_digits_student_is_small_and_trains():
@@ -434,11 +516,11 @@ def test_rednet26_matches_reference_size():
 
 
 # ------------------------------------------------------------------------------------------ CivT
-@pytest.mark.parametrize('name', ['civt_digits_tiny', 'civt_tiny_patch16_224'])
+@pytest.mark.parametrize('name', ['civt_digits_tiny', 'civt_fmnist_small', 'civt_tiny_patch16_224'])
 def test_civt_heads(name):
     m, size = _make(name)
     assert m.prefix_token_names == ['cls', 'conv', 'inv'] and m.num_prefix_tokens == 3
-    x = _x(size)
+    x = _x(size, chans=m.pretrained_cfg['input_size'][0])
     with torch.no_grad():
         feats = m.forward_features(x)
         heads = m.forward_heads(feats)

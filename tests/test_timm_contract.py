@@ -60,6 +60,7 @@ _DIGITS = dict(input_size=(3, 16, 16), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
                crop_pct=1.0)
 _IMAGENET = dict(input_size=(3, 224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
                  interpolation='bicubic', crop_pct=0.875)
+_FMNIST = dict(input_size=(1, 28, 28), mean=(0.2860,), std=(0.3530,), interpolation='bilinear', crop_pct=1.0)
 DATA_CFG = {
     'vit_digits_tiny': _DIGITS, 'vit_digits_small': _DIGITS, 'vit_digits_base': _DIGITS, 'vit_digits_small_gpsa': _DIGITS,
     'vit_digits_large': _DIGITS, 'deit_digits_tiny_distilled': _DIGITS, 'deit_digits_small_distilled': _DIGITS,
@@ -68,6 +69,9 @@ DATA_CFG = {
     'minivit_deit_base_patch16_224': _IMAGENET, 'minivit_digits_small': _DIGITS, 'minivit_digits_base': _DIGITS,
     'rednet_digits': _DIGITS, 'rednet26': _IMAGENET,
     'civt_digits_tiny': _DIGITS, 'civt_digits_small': _DIGITS, 'civt_tiny_patch16_224': _IMAGENET,
+    'vit_fmnist_tiny': _FMNIST, 'vit_fmnist_small': _FMNIST, 'vit_fmnist_base': _FMNIST, 'vit_fmnist_large': _FMNIST,
+    'deit_fmnist_small_distilled': _FMNIST, 'minivit_fmnist_small': _FMNIST, 'civt_fmnist_small': _FMNIST,
+    'resnet_fmnist_s': _FMNIST, 'resnet_fmnist_m': _FMNIST, 'resnet_fmnist_l': _FMNIST,
 }
 
 
@@ -110,8 +114,10 @@ def _create(name, **kwargs):
     return copy.deepcopy(model), side
 
 
-def _x(side, batch=1, seed=1):
-    return torch.randn(batch, 3, side, side, generator=torch.Generator().manual_seed(seed))
+def _x(name, side, batch=1, seed=1):
+    """An input for the model: its cfg's channels (1 for the Fashion-MNIST models), ``side`` px square."""
+    chans = _cfg(name)['input_size'][0]
+    return torch.randn(batch, chans, side, side, generator=torch.Generator().manual_seed(seed))
 
 
 def _channel_dim(t):
@@ -169,7 +175,7 @@ def test_pool_size_and_layer_names_full_size(name):
 def test_forward_features_and_head(name):
     model, side = _create(name)
     model.eval()
-    x = _x(side)
+    x = _x(name, side)
     assert model.num_classes >= 0 and model.num_features > 0 and model.head_hidden_size > 0
     with torch.no_grad():
         y = model(x)
@@ -217,7 +223,7 @@ def test_forward_features_and_head(name):
 def test_backward(name):
     model, side = _create(name, num_classes=42)
     model.train()
-    out = model(_x(side, batch=2))
+    out = model(_x(name, side, batch=2))
     out.mean().backward()
     assert out.shape == (2, 42) and not torch.isnan(out).any()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
@@ -242,7 +248,7 @@ def test_forward_intermediates(name):
     model.eval()
     info = FeatureInfo(model.feature_info, len(model.feature_info))
     assert len(info.channels()) >= 3
-    x = _x(side)
+    x = _x(name, side)
     with torch.no_grad():
         final, inter = model.forward_intermediates(x, output_fmt='NCHW')
         assert all(t.ndim == 4 for t in inter)
@@ -258,7 +264,7 @@ def test_features_only(name, feature_cls):
     model.eval()
     assert len(model.feature_info.channels()) >= 3   # timm's minimum of default feature levels
     with torch.no_grad():
-        _check_feature_maps(model(_x(side)), model.feature_info, side)
+        _check_feature_maps(model(_x(name, side)), model.feature_info, side)
 
 
 # ------------------------------------------------------------------------------------------ torch.fx
@@ -279,7 +285,7 @@ def test_fx_forward_backward(name):
 
     model.eval()
     fx_model.eval()
-    x = _x(side)
+    x = _x(name, side)
     with torch.inference_mode():
         y = model(x)
         (fx_y,) = fx_model(x).values()
@@ -297,7 +303,7 @@ def test_fx_forward_backward(name):
         assert torch.equal(traced(x), y)
 
     fx_model.train()
-    (out,) = fx_model(_x(side, batch=2)).values()
+    (out,) = fx_model(_x(name, side, batch=2)).values()
     out.mean().backward()
     assert out.shape == (2, 42) and not torch.isnan(out).any()
     missing = [n for n, p in fx_model.named_parameters() if p.grad is None]

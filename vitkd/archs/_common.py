@@ -6,7 +6,8 @@ from typing import Any, Dict, Tuple
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-__all__ = ["DIGITS_MEAN", "DIGITS_STD", "DIGITS_NUM_CLASSES", "digits_cfg", "imagenet_cfg", "get_device_dtype"]
+__all__ = ["DIGITS_MEAN", "DIGITS_STD", "DIGITS_NUM_CLASSES", "digits_cfg", "FMNIST_MEAN", "FMNIST_STD",
+           "FMNIST_NUM_CLASSES", "fmnist_cfg", "imagenet_cfg", "get_device_dtype"]
 
 def get_device_dtype(module, device=None, dtype=None):
     """Factory kwargs (device, dtype) from a module's first parameter; explicit values win."""
@@ -22,7 +23,17 @@ DIGITS_STD = (0.5, 0.5, 0.5)
 DIGITS_NUM_CLASSES = 10
 
 
-def _pool_size(input_size: Tuple[int, int, int], reduction: int) -> Tuple[int, int]:
+# Fashion-MNIST's pixel statistics (the 60,000 training images scaled to [0, 1]), one grey channel
+FMNIST_MEAN = (0.2860,)
+FMNIST_STD = (0.3530,)
+FMNIST_NUM_CLASSES = 10
+
+
+def _pool_size(input_size: Tuple[int, int, int], reduction: int, padded: bool = False) -> Tuple[int, int]:
+    """Final feature map at ``input_size``: ``side // reduction`` for an unpadded patch embedding (a ViT),
+    ``ceil(side / reduction)`` for padded stride-2 convolutions (a CNN where the side is not a multiple)."""
+    if padded:
+        return -(-input_size[1] // reduction), -(-input_size[2] // reduction)
     return input_size[1] // reduction, input_size[2] // reduction
 
 
@@ -45,6 +56,32 @@ def digits_cfg(*, reduction: int, first_conv: Any = 'patch_embed.proj', classifi
         'fixed_input_size': fixed_input_size,
         'mean': DIGITS_MEAN,
         'std': DIGITS_STD,
+        'first_conv': first_conv,
+        'classifier': classifier,
+        'license': 'apache-2.0',
+        **kwargs,
+    }
+
+
+def fmnist_cfg(*, reduction: int, first_conv: Any = 'patch_embed.proj', classifier: Any = 'head',
+               fixed_input_size: bool = True, padded: bool = False, **kwargs) -> Dict[str, Any]:
+    """Default cfg for Fashion-MNIST at its native size: 28x28, ONE grey channel (so timm builds the model
+    with ``in_chans=1``), Fashion-MNIST's mean/std, 10 classes, no resize (crop_pct 1). No weights are ever
+    downloaded (url empty).
+
+    ``reduction`` as in :func:`digits_cfg`; ``padded=True`` for a CNN whose padded stride-2 convs round up
+    (28 -> 14 -> 7 -> 4: reduction 8 gives a 4x4 map, not 28 // 8 = 3)."""
+    input_size = (1, 28, 28)
+    return {
+        'url': '',
+        'num_classes': FMNIST_NUM_CLASSES,
+        'input_size': input_size,
+        'pool_size': _pool_size(input_size, reduction, padded),
+        'crop_pct': 1.0,
+        'interpolation': 'bilinear',
+        'fixed_input_size': fixed_input_size,
+        'mean': FMNIST_MEAN,
+        'std': FMNIST_STD,
         'first_conv': first_conv,
         'classifier': classifier,
         'license': 'apache-2.0',

@@ -21,8 +21,9 @@ reference returns a tuple in training, here trainers call ``forward_heads``). ``
 ``forward_features`` / ``forward_intermediates`` are reused unchanged.
 
 Registered: ``civt_digits_tiny`` / ``civt_digits_small`` (16 px, stems at stride 1 with a 4x4 projection:
-16 patch tokens, same transformer dims as vit_digits_tiny / small) and ``civt_tiny_patch16_224``
-(DeiT-Ti transformer with the reference stems).
+16 patch tokens, same transformer dims as vit_digits_tiny / small), ``civt_fmnist_small`` (28 px, 1 channel,
+stems' first conv at stride 2 with a 2x2 projection: 49 patch tokens, vit_fmnist_small dims) and
+``civt_tiny_patch16_224`` (DeiT-Ti transformer with the reference stems).
 """
 from __future__ import annotations
 
@@ -35,8 +36,9 @@ from timm.layers import _assert, to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 
-from ._common import digits_cfg, get_device_dtype, imagenet_cfg
+from ._common import digits_cfg, fmnist_cfg, get_device_dtype, imagenet_cfg
 from .digits import DIGITS_VIT_ARGS
+from .fmnist import FMNIST_VIT_ARGS
 from .involution import Involution2d
 
 __all__ = ['ConvStem', 'InvolutionStem', 'CoAdviseEmbed', 'CoAdviseViT']
@@ -207,10 +209,14 @@ default_cfgs = generate_default_cfgs({
                                    classifier=_CIVT_HEADS),
     'civt_digits_small': digits_cfg(reduction=DIGITS_VIT_ARGS['small']['patch_size'], first_conv=_CIVT_STEMS,
                                     classifier=_CIVT_HEADS),
+    'civt_fmnist_small': fmnist_cfg(reduction=FMNIST_VIT_ARGS['small']['patch_size'], first_conv=_CIVT_STEMS,
+                                    classifier=_CIVT_HEADS),
     'civt_tiny_patch16_224': imagenet_cfg(reduction=16, first_conv=_CIVT_STEMS, classifier=_CIVT_HEADS),
 })
 
 _DIGITS_STEM = dict(stem_width=32, stem_stride=1, first_kernel=3)
+# 28 px: the stems' first 3x3 conv at stride 2 (14x14 maps, as the reference's stride-2 stems), a 2x2 projection
+_FMNIST_STEM = dict(stem_width=32, stem_stride=2, first_kernel=3)
 
 
 @register_model
@@ -225,6 +231,14 @@ def civt_digits_small(pretrained: bool = False, **kwargs) -> CoAdviseViT:
     """CivT for digits: vit_digits_small transformer (64, 6 blocks, 4 heads), 32-ch stems, 4x4 projection."""
     args = dict(DIGITS_VIT_ARGS['small'], **_DIGITS_STEM)
     return _create_civt('civt_digits_small', pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def civt_fmnist_small(pretrained: bool = False, **kwargs) -> CoAdviseViT:
+    """CivT for Fashion-MNIST: vit_fmnist_small transformer (48, 4 blocks, 3 heads, MLP x2), 32-ch stems with a
+    stride-2 first conv and a 2x2 projection (7x7 patch tokens at 28 px, 1 channel)."""
+    args = dict(FMNIST_VIT_ARGS['small'], **_FMNIST_STEM)
+    return _create_civt('civt_fmnist_small', pretrained, **dict(args, **kwargs))
 
 
 @register_model

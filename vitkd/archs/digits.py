@@ -25,7 +25,7 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 
 from ._common import digits_cfg
 
-__all__ = ['DigitsResNet', 'DIGITS_VIT_ARGS', 'create_digits_vit']
+__all__ = ['DigitsResNet', 'DIGITS_VIT_ARGS', 'create_digits_vit', 'create_vit']
 
 # dims shared with the MiniViT / CivT digits variants
 DIGITS_VIT_ARGS = {
@@ -36,19 +36,26 @@ DIGITS_VIT_ARGS = {
 }
 
 
-def create_digits_vit(variant: str, size: str, pretrained: bool = False, distilled: bool = False, **kwargs):
+def create_vit(variant: str, args: dict, pretrained: bool = False, distilled: bool = False, **kwargs):
+    """A registered timm ``VisionTransformer`` (``VisionTransformerDistilled`` if ``distilled``) built from a
+    row of a dims table (``args``; ``kwargs`` win), as the digits and Fashion-MNIST families build theirs."""
     model_cls = VisionTransformerDistilled if distilled else VisionTransformer
     out_indices = kwargs.pop('out_indices', 3)
     return build_model_with_cfg(
         model_cls, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **dict(DIGITS_VIT_ARGS[size], **kwargs),
+        **dict(args, **kwargs),
     )
 
 
+def create_digits_vit(variant: str, size: str, pretrained: bool = False, distilled: bool = False, **kwargs):
+    return create_vit(variant, DIGITS_VIT_ARGS[size], pretrained, distilled, **kwargs)
+
+
 class DigitsResNet(ResNet):
-    """timm ResNet with a small-image stem: one 3x3 stride-1 conv (+BN+ReLU), no max-pool.
+    """timm ResNet with a small-image stem: one 3x3 stride-1 conv (+BN+ReLU), no max-pool (the digits and
+    Fashion-MNIST CNNs; at 28 px the stages run at 28/14/7/4).
 
     Everything else (stages, head, ``forward_intermediates``, ``feature_info`` module names) is timm's;
     only the stem conv is swapped and the reductions in ``feature_info`` are divided by 4.

@@ -43,7 +43,8 @@ Deviations from the reference, chosen so that a converted model is lossless at i
   average-pools): the model stays a plain timm ViT with the same prefix/pooling as its source.
 * Drop-path: each block keeps its own rate (as the reference's per-repeat ``drop_paths``).
 
-Registered: ``minivit_deit_{tiny,small,base}_patch16_224`` (share=2) and ``minivit_digits_{small,base}``.
+Registered: ``minivit_deit_{tiny,small,base}_patch16_224`` (share=2), ``minivit_digits_{small,base}`` and
+``minivit_fmnist_small`` (vit_fmnist_small dims, share=2, 7x7 depthwise transform on the 7x7 grid).
 """
 from __future__ import annotations
 
@@ -58,8 +59,9 @@ from timm.layers.attention import Attention
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
 
-from ._common import digits_cfg, imagenet_cfg
+from ._common import digits_cfg, fmnist_cfg, imagenet_cfg
 from .digits import DIGITS_VIT_ARGS
+from .fmnist import FMNIST_VIT_ARGS
 
 __all__ = ['HeadMix', 'LocalConvTransform', 'MiniAttention', 'MiniBlock', 'MiniVisionTransformer',
            'minivit_convert', 'minivit_groups', 'shared_linears']
@@ -400,6 +402,7 @@ default_cfgs = generate_default_cfgs({
     'minivit_deit_base_patch16_224': imagenet_cfg(reduction=16),
     'minivit_digits_small': digits_cfg(reduction=DIGITS_VIT_ARGS['small']['patch_size']),
     'minivit_digits_base': digits_cfg(reduction=DIGITS_VIT_ARGS['base']['patch_size']),
+    'minivit_fmnist_small': fmnist_cfg(reduction=FMNIST_VIT_ARGS['small']['patch_size']),
 })
 
 
@@ -436,3 +439,11 @@ def minivit_digits_base(pretrained: bool = False, **kwargs) -> MiniVisionTransfo
     """vit_digits_base dims (128, 6 blocks, 4 heads, patch 4) with share=2, 3x3 depthwise transform."""
     args = dict(DIGITS_VIT_ARGS['base'], share=2)
     return _create_minivit('minivit_digits_base', pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def minivit_fmnist_small(pretrained: bool = False, **kwargs) -> MiniVisionTransformer:
+    """vit_fmnist_small dims (48, 4 blocks, 3 heads, MLP x2, patch 4; 1 x 28 px) with share=2, 7x7 depthwise
+    transform (the default kernel on a 7x7 grid)."""
+    args = dict(FMNIST_VIT_ARGS['small'], share=2)
+    return _create_minivit('minivit_fmnist_small', pretrained, **dict(args, **kwargs))
