@@ -150,7 +150,7 @@ def teacher_speed(name: str, batch: int, precisions, reps: int) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="vit_fmnist_small")
-    ap.add_argument("--teacher", default="resnet_fmnist_m")
+    ap.add_argument("--teacher", default="resnet_fmnist_m")   # a mid-size CNN teacher
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
