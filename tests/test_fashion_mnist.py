@@ -405,3 +405,18 @@ def test_data_get_as_root_installs_the_debian_package_through_apt_get(tmp_path, 
     assert code == 0, err
     assert (tmp_path / "apt-args").read_text().split() == ["install", "-y", "-q", fm.DEBIAN_PACKAGE]
     assert json.loads(out)["found"] == str(debian)
+
+
+def test_a_one_channel_student_builds_dry_runs_and_is_costed_with_one_channel():
+    """The input spec follows the model's own first conv: vit_fmnist_small takes one grey channel, so the dry
+    build, the profile of a config and the data all give it one (a 3-channel probe failed before)."""
+    from vitkd.config import parse_config
+    from vitkd.engine.build import dry_build
+    from vitkd.models import create, data_spec
+    raw = {"seed": 0, "model": {"name": "vit_fmnist_small"}, "data": {"name": "digits", "img_size": 28},
+           "train": {"epochs": 1, "progress": False}}
+    dry_build(parse_config(raw))
+    spec = data_spec(create("vit_fmnist_small", 10, {}))
+    assert spec.input_size == (1, 28, 28) and len(spec.std) == 1
+    spec3 = data_spec(create("resnet10t", 10, {"in_chans": 1}))
+    assert spec3.input_size[0] == 1 and len(spec3.mean) == 1

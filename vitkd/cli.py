@@ -227,7 +227,7 @@ def _profile_config(args) -> int:
     cfg = load_config(args.model)
     cfg.train.device = "cpu"
     run = build_run(cfg)
-    cost = distillation_cost(run.distiller, (3, *run.spec.img_size))
+    cost = distillation_cost(run.distiller, run.spec.input_size)
     run.distiller.close()
     print(json.dumps(cost, indent=2, default=str) if args.json else
           f"training cost per image of {args.model} ({cost['unit']})\n{format_report(cost)}")

@@ -69,6 +69,11 @@ class DataSpec:
     interpolation: str = "bicubic"
     crop_pct: float = 0.875
 
+    @property
+    def input_size(self) -> Tuple[int, int, int]:
+        """(channels, height, width): one channel per normalisation mean."""
+        return (len(self.mean), *self.img_size)
+
 
 # ---------------------------------------------------------------------- sources
 def load_digits_arrays() -> Tuple[np.ndarray, np.ndarray]:

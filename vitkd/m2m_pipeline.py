@@ -245,7 +245,7 @@ def training_macs(run_folder) -> dict:
     cfg.train.device = "cpu"
     run = build_run(cfg)
     try:
-        per_image = distillation_cost(run.distiller, (3, *run.spec.img_size))["total_macs_per_image"]
+        per_image = distillation_cost(run.distiller, run.spec.input_size)["total_macs_per_image"]
     finally:
         run.distiller.close()
     images = int(run_dir.read_meta().get("train_images") or len(run.datasets["train"]))

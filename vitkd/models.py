@@ -10,6 +10,7 @@ from torch import nn
 from .config import ConfigError
 from .data import DataSpec
 from .rundir import RunDir
+from .taps import input_channels
 
 __all__ = ["create", "create_from_folder", "resolve_weights", "run_model_spec", "data_spec", "freeze"]
 
@@ -84,7 +85,8 @@ def create_from_folder(folder, where: str = "zoo") -> nn.Module:
 
 
 def data_spec(model: nn.Module, img_size: Optional[int] = None) -> DataSpec:
-    """The input a model expects, from its pretrained config (img_size overrides the size)."""
+    """The input a model expects, from its pretrained config (img_size overrides the size); one mean and std per
+    input channel the model takes (a model built with ``in_chans`` other than its cfg's gets the cfg's averages)."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     size = cfg.get("input_size", (3, 224, 224))[-2:]
     fixed = getattr(getattr(model, "patch_embed", None), "img_size", None)   # a ViT built for another size
@@ -92,8 +94,13 @@ def data_spec(model: nn.Module, img_size: Optional[int] = None) -> DataSpec:
         size = fixed
     if img_size is not None:
         size = (img_size, img_size)
-    return DataSpec(img_size=tuple(int(s) for s in size), mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
-                    std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+    mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+    channels = input_channels(model)
+    if len(mean) != channels:   # a model built with another in_chans than its cfg's: one value per channel
+        mean = (sum(mean) / len(mean),) * channels
+        std = (sum(std) / len(std),) * channels
+    return DataSpec(img_size=tuple(int(s) for s in size), mean=mean, std=std,
                     interpolation=cfg.get("interpolation", "bicubic"), crop_pct=cfg.get("crop_pct", 0.875))
 
 

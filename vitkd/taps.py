@@ -121,6 +121,20 @@ class ModelInfo:
     device: torch.device = torch.device("cpu")
 
 
+def input_channels(model: nn.Module) -> int:
+    """The channels ``model`` takes, from its own metadata: its first conv (the pretrained cfg's ``first_conv``),
+    else the cfg's ``input_size``, else 3."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    first = cfg.get("first_conv")
+    if isinstance(first, str):
+        try:
+            return int(model.get_submodule(first).in_channels)
+        except (AttributeError, TypeError):
+            pass
+    size = cfg.get("input_size")
+    return int(size[0]) if size else 3
+
+
 def head_names(model: nn.Module, img_size: Tuple[int, int]) -> List[str]:
     """The classifier heads by name: the model's own ``head_names``, DeiT's cls + dist, a probe of
     ``forward_heads`` when the model names its heads only there, else the single ``cls``."""
@@ -131,7 +145,7 @@ def head_names(model: nn.Module, img_size: Tuple[int, int]) -> List[str]:
         with torch.no_grad():
             was = model.training
             model.eval()
-            probe = torch.zeros(1, 3, *img_size, device=next(model.parameters()).device)
+            probe = torch.zeros(1, input_channels(model), *img_size, device=next(model.parameters()).device)
             names = list(model.forward_heads(model.forward_features(probe)))
             model.train(was)
         return names

@@ -34,7 +34,7 @@ def measure_costs(raw: dict, throughput: bool = True) -> dict:
     cfg = parse_config(raw)
     cfg.train.device = "cpu"
     run = build_run(cfg)
-    size = (3, *run.spec.img_size)
+    size = run.spec.input_size
     cost = distillation_cost(run.distiller, size)
     out = {"params": cost["student_params"], "macs": cost["student_forward_macs"],
            "teacher_macs": cost["teachers_forward_macs"], "overhead_macs": cost["overhead_forward_macs"],

@@ -125,7 +125,7 @@ def dry_build(cfg: RunCfg, planned: Optional[Dict[str, RunCfg]] = None) -> dict:
             from ..m2m import build_m2m_distiller
             distiller = build_m2m_distiller(cfg, student, n, spec, planned)
             try:
-                dry_run(distiller, [(torch.zeros(3, *spec.img_size), 0)] * 2, cfg)
+                dry_run(distiller, [(torch.zeros(spec.input_size), 0)] * 2, cfg)
             finally:
                 distiller.close()
             return
@@ -144,7 +144,7 @@ def dry_build(cfg: RunCfg, planned: Optional[Dict[str, RunCfg]] = None) -> dict:
         terms = [build_term(spec, i, list(teachers), term_defaults(cfg)) for i, spec in enumerate(specs)]
         distiller = Distiller(student, teachers, terms, spec.img_size, spec)
         try:
-            dry_run(distiller, [(torch.zeros(3, *spec.img_size), 0)] * 2, cfg)
+            dry_run(distiller, [(torch.zeros(spec.input_size), 0)] * 2, cfg)
         finally:
             distiller.close()
     return {name: distiller.requests[name] for name in teachers}

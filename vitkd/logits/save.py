@@ -116,7 +116,7 @@ def _save_all(cfg, teachers, dest, topk, epochs, bf16, values, chunk, batch_size
         source.set_request(TapRequest())
         try:
             info = {**info_dict(describe(model, spec.img_size)),
-                    "forward_macs": source.forward_macs((3, *spec.img_size))}
+                    "forward_macs": source.forward_macs(spec.input_size)}
             stores[name] = save_store(cfg, source, weights_sha256(tcfg.checkpoint), info,
                                       dest[name], train_ds, spec, num_classes, topk=topk, epochs=epochs,
                                       values=values, chunk=chunk, batch_size=batch_size or cfg.data.eval_batch_size,
