@@ -155,6 +155,7 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--subset", type=int, default=2048)
+    ap.add_argument("--teacher-batch", type=int, default=256)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--precisions", nargs="+", default=None)
     ap.add_argument("--json", action="store_true")
@@ -171,8 +172,8 @@ def main():
               f"GFLOP/s matmul peak", flush=True)
     if len(rows) == 2:
         print(f"bf16/fp32 step speed-up: {rows[0]['vitkd_step_s'] / rows[1]['vitkd_step_s']:.2f}x (goal >= 1.4)")
-    teacher = teacher_speed(args.teacher, 256, precisions, max(3, args.steps // 2))
-    print(f"teacher {args.teacher} inference, batch 256: "
+    teacher = teacher_speed(args.teacher, args.teacher_batch, precisions, max(3, args.steps // 2))
+    print(f"teacher {args.teacher} inference, batch {args.teacher_batch}: "
           + ", ".join(f"{p} {v:.0f} img/s" for p, v in teacher.items())
           + (f"; bf16/fp32 {teacher['bf16'] / teacher['fp32']:.2f}x (goal >= 2)" if len(teacher) == 2 else ""))
     if args.json:

@@ -34,3 +34,16 @@ def test_stored_logits_benchmark_runs():
                          env={**os.environ, "PYTHONPATH": str(ROOT)})   # this checkout's vitkd
     assert out.returncode == 0, out.stderr[-2000:]
     assert "stored/no-KD" in out.stdout and "bytes per sample per epoch" in out.stdout
+
+
+@pytest.mark.slow
+def test_train_speed_benchmark_runs():
+    from vitkd.datasets import fashion_mnist
+    if fashion_mnist.find() is None and os.environ.get("VITKD_REQUIRE_FASHION_MNIST") != "1":
+        pytest.skip("no Fashion-MNIST files (vitkd data get fashion_mnist)")
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--steps", "1", "--warmup", "0",
+                          "--batch", "8", "--subset", "16", "--teacher-batch", "2", "--precisions", "fp32", "bf16"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ratio vitkd/plain" in out.stdout and "bf16/fp32 step speed-up" in out.stdout, out.stdout
