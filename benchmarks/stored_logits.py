@@ -33,7 +33,7 @@ from timm.task import LogitDistillationTask
 from vitkd import models as model_lib
 from vitkd.config import RunCfg
 from vitkd.distiller import Distiller
-from vitkd.engine.dist import World
+from vitkd.dist import World
 from vitkd.logits.format import HEADER, record_dtype
 from vitkd.logits.replay import StoredTeacher
 from vitkd.logits.save import save_store

@@ -13,7 +13,7 @@ from vitkd.config import ConfigError, parse_config
 from vitkd.data import DataSpec, EpochSampler, MixedDataset, MixSpec, build_datasets
 from vitkd.distiller import Distiller
 from vitkd.engine import train
-from vitkd.engine.dist import Reducer
+from vitkd.dist import Reducer
 from vitkd.engine.loop import epoch_means
 from vitkd.losses import build_term
 from vitkd.rundir import RunDir

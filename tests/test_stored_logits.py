@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from vitkd.config import ConfigError, parse_config
 from vitkd.data import EpochSampler, mix_draw
-from vitkd.engine.dist import World
+from vitkd.dist import World
 from vitkd.logits.format import StoreError, shard_path
 from vitkd.logits.replay import StoredTeacher, dense_log_probs
 from vitkd.logits.save import _Keys, _records, record_dtype, save_logits, save_store, train_pipeline

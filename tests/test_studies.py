@@ -253,7 +253,7 @@ def test_rows_on_a_synthetic_set_keep_their_teachers_live_and_a_real_store_refus
     from vitkd.config import parse_config
     from vitkd.logits.fingerprint import check_fingerprint, data_fingerprint
     from vitkd.logits.format import StoreError
-    from vitkd.synth.store import SyntheticStore
+    from vitkd.datasets.synthetic import SyntheticStore
     suite, base = _suite(tmp_path)
     suite.rows[1].set = {**suite.rows[1].set, "data.synthetic": str(tmp_path)}
     cache = tmp_path / "cache"

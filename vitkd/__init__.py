@@ -3,7 +3,7 @@
 ``import vitkd`` registers vitkd's own architectures in timm (``timm.create_model('minivit_digits_small')``
 works right after it).
 """
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: F401
 
 from . import archs  # noqa: F401,E402  (registers vitkd's models in timm)
 from .taps import TapError, TapOutput, TapRequest, Tapped  # noqa: F401,E402

@@ -53,7 +53,7 @@ def _default_out(root: Path, name: Optional[str], config) -> Path:
 def _cmd_train(args) -> int:
     from .config import load_config
     from .engine import train
-    from .engine.dist import env_world_size
+    from .dist import env_world_size
     from .rundir import exclusive
     out = Path(args.out) if args.out else None
     if args.resume and out is None:
@@ -100,7 +100,7 @@ def _launch_torchrun(args, out: Optional[Path]) -> int:
     target folder are checked here first, so their errors are one line, not N tracebacks."""
     import subprocess
     from .config import load_config
-    from .engine.dist import env_world_size
+    from .dist import env_world_size
     from .engine.loop import check_target
     from .rundir import RunDir, exclusive
     if env_world_size() > 1:

@@ -452,7 +452,7 @@ def build_datasets(cfg: DataCfg, spec: DataSpec, seed: int) -> Tuple[Dict[str, S
 
     parts, n_cls = source.read(cfg)
     if cfg.synthetic is not None:   # a synthetic set (vitkd synthesize) is the train split; val/test stay real
-        from .synth.store import read_synthetic
+        from .datasets.synthetic import read_synthetic
         parts["train"] = read_synthetic(cfg.synthetic, n_cls)
     xtr, ytr = parts["train"]
     if cfg.train_subset is not None:

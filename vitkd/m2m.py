@@ -229,7 +229,7 @@ def compatibility(meta: nn.Module, teacher: nn.Module, depths: Sequence[int], da
     """Deep-Incubation's check: the meta model with its module i swapped for the teacher's module i, for
     every i, against the teacher alone (top-1 % on ``dataset``). ``passed``: every swap is within
     ``tolerance`` points of the teacher (then incubation is not needed)."""
-    from .engine.loop import evaluate
+    from .evaluate import evaluate
     teacher_top1 = evaluate(teacher, dataset, batch_size, torch.device(device))["top1"]
     meta_top1 = evaluate(meta, dataset, batch_size, torch.device(device))["top1"]
     swapped = []

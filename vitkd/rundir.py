@@ -251,7 +251,7 @@ class RunDir:
     # ------------------------------------------------------------------ the reuse stamp
     @staticmethod
     def stamp_for(config: dict) -> dict:
-        from . import __version__
+        from ._version import __version__
         return {"config_sha256": config_digest(config), "vitkd": __version__, "behaviour": BEHAVIOUR_VERSION}
 
     def write_stamp(self, config: dict, **extra) -> None:

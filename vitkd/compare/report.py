@@ -14,7 +14,7 @@ from .plots import plots
 
 
 def write_outputs(suite, teachers, results, curves, meta, out_dir: Path):
-    from ..engine import versions
+    from .._version import versions
     atomic_write_csv(out_dir / "results.csv", results, "{:.4f}")
     if teachers:
         atomic_write_csv(out_dir / "teachers.csv", teachers, "{:.4f}")

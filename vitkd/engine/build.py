@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import copy
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -15,31 +13,10 @@ from .. import models as model_lib
 from ..config import ConfigError, DistillCfg, RunCfg
 from ..data import DataSpec, build_datasets, class_count, seeded
 from ..distiller import Distiller, build_distiller, term_defaults
-from .dist import World
+from ..dist import World, resolve_device
+from ..losses import Batch
 
-__all__ = ["Run", "build_run", "build_student", "resolve_device", "versions", "dry_build", "planned_teachers"]
-
-
-def resolve_device(name: str, local_rank: Optional[int] = None) -> torch.device:
-    """The run's device; with ``local_rank`` (one process of several on a node) CUDA means that GPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: 'cuda' asked for but no CUDA device is available")
-    if name == "cuda" and local_rank is not None:
-        if local_rank >= torch.cuda.device_count():
-            raise ConfigError(f"train.device: local rank {local_rank} has no GPU of its own "
-                              f"({torch.cuda.device_count()} visible; use --nproc_per_node <= that)")
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
-
-
-def versions() -> Dict[str, str]:
-    import timm
-    import torchvision
-    from .. import __version__
-    return {"vitkd": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
-            "timm": timm.__version__, "numpy": np.__version__, "python": platform.python_version()}
+__all__ = ["Run", "build_run", "build_student", "dry_build", "dry_forward", "planned_teachers"]
 
 
 @dataclass
@@ -114,7 +91,6 @@ def dry_build(cfg: RunCfg, planned: Optional[Dict[str, RunCfg]] = None) -> dict:
     that a planned job writes). Other teachers load their weights."""
     from ..teachers import build_teacher_source, load_teacher_model
     from ..losses import build_term
-    from .loop import dry_run
     planned = planned or {}
     n = class_count(cfg.data)
     dcfg = cfg.distill or DistillCfg()
@@ -125,7 +101,7 @@ def dry_build(cfg: RunCfg, planned: Optional[Dict[str, RunCfg]] = None) -> dict:
             from ..m2m import build_m2m_distiller
             distiller = build_m2m_distiller(cfg, student, n, spec, planned)
             try:
-                dry_run(distiller, [(torch.zeros(spec.input_size), 0)] * 2, cfg)
+                dry_forward(distiller, [(torch.zeros(spec.input_size), 0)] * 2, cfg)
             finally:
                 distiller.close()
             return
@@ -144,7 +120,31 @@ def dry_build(cfg: RunCfg, planned: Optional[Dict[str, RunCfg]] = None) -> dict:
         terms = [build_term(spec, i, list(teachers), term_defaults(cfg)) for i, spec in enumerate(specs)]
         distiller = Distiller(student, teachers, terms, spec.img_size, spec)
         try:
-            dry_run(distiller, [(torch.zeros(spec.input_size), 0)] * 2, cfg)
+            dry_forward(distiller, [(torch.zeros(spec.input_size), 0)] * 2, cfg)
         finally:
             distiller.close()
     return {name: distiller.requests[name] for name in teachers}
+
+
+@torch.no_grad()
+def dry_forward(distiller, train_ds, cfg: RunCfg) -> None:
+    """One forward of two images of ``train_ds`` through the distiller in eval mode (RNG states restored): input
+    sizes, heads and connectors that cannot work fail here in one line. Training runs it on its first two training
+    images before any file is written; :func:`dry_build` on two images of zeros, reading no data."""
+    device = next(distiller.parameters()).device
+    items = [train_ds[i] for i in range(min(2, len(train_ds)))]
+    x = torch.stack([it[0] for it in items]).to(device)
+    y = torch.tensor([int(it[1]) for it in items], device=device)
+    was = distiller.training
+    try:
+        with seeded(0):
+            distiller.eval()
+            distiller(Batch(images=x, target=y, index=torch.arange(len(items)), progress=0.0))
+    except ConfigError:
+        raise
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"model {cfg.model.name} cannot train on data.img_size {tuple(x.shape[-2:])} with these "
+                          f"terms ({type(e).__name__}: {first})") from None
+    finally:
+        distiller.train(was)

@@ -1,12 +1,12 @@
-"""The training loop and evaluation: one loop for plain training and every distillation family.
+"""The training loop: one loop for plain training and every distillation family.
 
 The loop only calls ``distiller(batch) -> (total, terms)``; it knows no method by name. Under
-``torchrun`` every process runs this loop as one rank of the run (see :mod:`.dist`): it joins the process
-group from the environment, reads its shard of the epoch's permutation (``data.batch_size`` images per
+``torchrun`` every process runs this loop as one rank of the run (see :mod:`vitkd.dist`): it joins the
+process group from the environment, reads its shard of the epoch's permutation (``data.batch_size`` images per
 rank and step, so the global batch is world size x batch), calls the distiller through
 DistributedDataParallel (student and connectors; teachers outside), combines sums through one reducer and
-evaluates its share of each split; rank 0 alone writes the run folder and prints, and the checkpoint
-carries every rank's RNG state. Mixup/CutMix is drawn per sample from (seed, epoch, index), so it does not
+evaluates its share of each split (:mod:`vitkd.evaluate`); rank 0 alone writes the run folder and prints, and
+the checkpoint carries every rank's RNG state. Mixup/CutMix is drawn per sample from (seed, epoch, index), so it does not
 depend on the batch size or the process count. Nothing is selected on the test split.
 """
 from __future__ import annotations
@@ -18,7 +18,6 @@ import time
 from typing import Callable, Dict, List
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -26,13 +25,15 @@ from ..config import ConfigError, RunCfg, config_paths, step_bf16, to_dict
 from ..data import EpochSampler, sample_seed, train_view
 from ..losses import Batch
 from ..rundir import RunDir, ensure_writable, exclusive
-from .build import build_run, resolve_device, versions
+from .._version import versions
+from ..dist import (Reducer, barrier, convert_sync_batchnorm, current_world, join_from_env, leave, reducer_for,
+                    resolve_device, wrap_for_ranks)
+from ..evaluate import evaluate
+from .build import build_run, dry_forward
 from .checkpoint import load_checkpoint, resume_changes, rng_state, save_checkpoint, set_rng_state
-from .dist import (Reducer, World, barrier, convert_sync_batchnorm, current_world, join_from_env, leave,
-                   reducer_for, wrap_for_ranks)
 from .optim import build_optimizer
 
-__all__ = ["train", "evaluate", "NonFiniteLoss", "epoch_means", "check_target", "world_size_notes"]
+__all__ = ["train", "NonFiniteLoss", "epoch_means", "check_target", "world_size_notes"]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -44,70 +45,11 @@ def _loader(ds, batch_size, sampler, num_workers, drop_last=False):
                       drop_last=drop_last, pin_memory=False, persistent_workers=False)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, dataset, batch_size: int, device: torch.device, num_workers: int = 0,
-             amp: bool = False, world: World = World(), reducer: Reducer = Reducer(),
-             keep_logits: bool = False) -> Dict[str, object]:
-    """Top-1 (%) and mean cross-entropy of ``model`` (its plain forward) on a whole split, each rank on its
-    share of the images. With ``keep_logits``: also every image's logits, target and index, gathered."""
-    was = model.training
-    model.eval()
-    indices = list(range(world.rank, len(dataset), world.size))   # no padding: every image counted once
-    loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers)
-    correct, loss_sum, n = 0.0, 0.0, 0.0
-    kept = []
-    for x, y, idx in loader:
-        x, y = x.to(device), y.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-            logits = model(x)
-        logits = logits.float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(-1) == y).sum().item()
-        n += len(y)
-        if keep_logits:
-            kept.append((logits.cpu(), y.cpu(), idx.cpu()))
-    model.train(was)
-    s = reducer.sum({"correct": correct, "loss": loss_sum, "n": n})
-    out: Dict[str, object] = {"top1": 100.0 * s["correct"] / max(1.0, s["n"]), "loss": s["loss"] / max(1.0, s["n"])}
-    if keep_logits:
-        parts = [p for rank_parts in reducer.gather(kept) for p in rank_parts]
-        logits = torch.cat([p[0] for p in parts])
-        targets, idx = torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts])
-        order = torch.argsort(idx)
-        out.update(logits=logits[order], targets=targets[order], indices=idx[order])
-    return out
-
-
 def epoch_means(sums: Dict[str, float], seen: float, reducer: Reducer) -> Dict[str, float]:
     """Per-image means of an epoch's loss sums over every rank."""
     total = reducer.sum({**sums, "__seen__": seen})
     n = max(1.0, total.pop("__seen__"))
     return {k: v / n for k, v in total.items()}
-
-
-@torch.no_grad()
-def dry_run(distiller, train_ds, cfg: RunCfg) -> None:
-    """One forward of two training images through the distiller in eval mode (RNG states restored): input
-    sizes, heads and connectors that cannot work fail here in one line, before any file is written."""
-    from ..data import seeded
-    device = next(distiller.parameters()).device
-    items = [train_ds[i] for i in range(min(2, len(train_ds)))]
-    x = torch.stack([it[0] for it in items]).to(device)
-    y = torch.tensor([int(it[1]) for it in items], device=device)
-    was = distiller.training
-    try:
-        with seeded(0):
-            distiller.eval()
-            distiller(Batch(images=x, target=y, index=torch.arange(len(items)), progress=0.0))
-    except ConfigError:
-        raise
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise ConfigError(f"model {cfg.model.name} cannot train on data.img_size {tuple(x.shape[-2:])} with these "
-                          f"terms ({type(e).__name__}: {first})") from None
-    finally:
-        distiller.train(was)
 
 
 def check_target(run: RunDir, resume: bool, overwrite: bool, cfg: RunCfg) -> bool:
@@ -202,7 +144,7 @@ def _train(cfg: RunCfg, out_dir, resume: bool, overwrite: bool, log: Callable[[s
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise ConfigError(f"data.batch_size: {dc.batch_size} is larger than the {len(train_ds)} train images")
-    dry_run(distiller, train_ds, cfg)   # a model/data mismatch fails here, before anything is written
+    dry_forward(distiller, train_ds, cfg)   # a model/data mismatch fails here, before anything is written
     if world.is_main:
         ensure_writable(run_dir.path)   # the first thing created: a config that cannot train leaves no folder
     optimizer, sched = build_optimizer(distiller, tc, steps_per_epoch)

@@ -48,7 +48,7 @@ def data_fingerprint(cfg: RunCfg, spec: DataSpec) -> Dict[str, Any]:
 def _synthetic_fingerprint(path: Optional[str]) -> Optional[str]:
     if path is None:
         return None
-    from ..synth.store import SyntheticStore
+    from ..datasets.synthetic import SyntheticStore
     m = SyntheticStore(path).manifest()
     return (m or {}).get("fingerprint") or f"incomplete:{path}"
 

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from .. import models as model_lib
 from ..config import ConfigError, DistillCfg, RunCfg, path_under, step_bf16
 from ..data import build_datasets, sample_seed, train_view
-from ..engine.dist import World, barrier, current_world, join_from_env, leave
+from ..dist import World, barrier, current_world, join_from_env, leave, resolve_device
 from ..rundir import exclusive
 from ..taps import TapRequest, describe
 from ..teachers import LiveTeacher, load_teacher_model
@@ -86,7 +86,6 @@ def save_logits(cfg: RunCfg, out, topk: Optional[int] = None, epochs: Optional[i
     if not teachers:
         raise ConfigError("distill.teachers: no teacher with a checkpoint to run (a stored teacher is already "
                           "stored)")
-    from ..engine.build import resolve_device
     joined = join_from_env(resolve_device(cfg.train.device))
     try:
         with contextlib.ExitStack() as held:
@@ -100,7 +99,6 @@ def save_logits(cfg: RunCfg, out, topk: Optional[int] = None, epochs: Optional[i
 
 
 def _save_all(cfg, teachers, dest, topk, epochs, bf16, values, chunk, batch_size, progress, log, replace):
-    from ..engine.build import resolve_device
     world = current_world()
     if not world.is_main:
         log = lambda m: None   # noqa: E731 - rank 0 alone prints

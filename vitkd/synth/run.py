@@ -23,7 +23,7 @@ from ..rundir import exclusive
 from .config import SynthCfg
 from .inversion import invert_batch
 from .losses import BNStatistics
-from .store import SyntheticStore
+from ..datasets.synthetic import SyntheticStore
 
 __all__ = ["synthesize", "is_synthesized", "fingerprint", "SYNTH_VERSION", "file_sha256"]
 

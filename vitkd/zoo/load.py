@@ -54,8 +54,8 @@ def evaluate_folder(folder: Path, config: Dict[str, Any], split: str, device: st
     training ``config`` describes, read exactly as the run read it (same transforms, batch size, order)."""
     from ..config import parse_config
     from ..data import build_datasets
-    from ..engine import evaluate
-    from ..engine.build import resolve_device
+    from ..evaluate import evaluate
+    from ..dist import resolve_device
     raw = {k: v for k, v in config.items() if k != "distill"}   # the student alone
     raw["model"] = {**(raw.get("model") or {}), "checkpoint": None}
     cfg = parse_config(raw)

@@ -164,7 +164,7 @@ def _publish_run(run_dir, name: str, index_path, *, method: str = "", family: st
                  log: Callable[[str], None] = lambda m: None) -> ZooEntry:
     """:func:`publish_run`, the index folder held by the caller."""
     import timm
-    from .. import __version__
+    from .._version import __version__
     from .load import evaluate_folder
     check_name(name, "zoo", "model name")
     run = RunDir(run_dir)

@@ -1,4 +1,5 @@
-"""The synthetic set on disk: an ImageFolder of PNGs with a manifest, written batch by batch (resumable).
+"""A synthetic set on disk (``vitkd synthesize``, data-free distillation): an ImageFolder of PNGs with a manifest,
+written batch by batch (resumable), read as a train split by :mod:`vitkd.data` (``data.synthetic``).
 
 ==========================  ==========================================================================
 ``plan.json``               written FIRST: the fingerprint and settings of the set being written
@@ -22,7 +23,7 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-from ..config import ConfigError
+from ..config import ConfigError, DataError
 from ..io import atomic_write_bytes, atomic_write_json
 
 __all__ = ["SyntheticStore", "read_synthetic", "FORMAT"]
@@ -122,7 +123,6 @@ def read_synthetic(path: Union[str, Path], num_classes: int, key: str = "data.sy
     """(images uint8 [N, H, W] or [N, H, W, 3], labels) of a complete synthetic set; ``num_classes``: the
     dataset's, which the set must match."""
     from PIL import Image
-    from ..data import DataError
     store = SyntheticStore(path)
     m = store.manifest()
     if m is None:

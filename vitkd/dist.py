@@ -1,4 +1,4 @@
-"""Process-group facts the engine needs: who am I, how many are we, and how numbers are combined.
+"""Devices and process groups: which device a run uses, who am I, how many are we, and how numbers are combined.
 
 One process: rank 0 of 1, and every reduction is the identity. Under ``torchrun`` (an initialised
 ``torch.distributed`` group) each rank trains on its shard and :class:`TorchReducer` combines sums.
@@ -13,13 +13,29 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
 
-__all__ = ["World", "Reducer", "TorchReducer", "current_world", "reducer_for", "join_from_env", "leave",
+from .config import ConfigError
+
+__all__ = ["resolve_device", "World", "Reducer", "TorchReducer", "current_world", "reducer_for", "join_from_env", "leave",
            "barrier", "TrainablePart", "wrap_for_ranks", "convert_sync_batchnorm", "env_world_size"]
+
+
+def resolve_device(name: str, local_rank: Optional[int] = None) -> torch.device:
+    """The run's device; with ``local_rank`` (one process of several on a node) CUDA means that GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: 'cuda' asked for but no CUDA device is available")
+    if name == "cuda" and local_rank is not None:
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"train.device: local rank {local_rank} has no GPU of its own "
+                              f"({torch.cuda.device_count()} visible; use --nproc_per_node <= that)")
+        return torch.device("cuda", local_rank)
+    return torch.device(name)
 
 
 @dataclass(frozen=True)
