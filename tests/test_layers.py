@@ -19,9 +19,9 @@ FLOORS = [
         "vitkd.losses.functional", "vitkd.profile.macs", "vitkd.compare.stats", "vitkd.synth.losses"]),
     ("files, taps, formats", [
         "vitkd.download", "vitkd.rundir", "vitkd.taps", "vitkd.evaluate", "vitkd.datasets.idx",
-        "vitkd.datasets.synthetic", "vitkd.stored_logits.format", "vitkd.profile.throughput", "vitkd.zoo.index",
-        "vitkd.zoo.fetch"]),
-    ("datasets", ["vitkd.datasets", "vitkd.datasets.fashion_mnist", "vitkd.losses"]),
+        "vitkd.datasets.synthetic", "vitkd.stored_logits.format", "vitkd.profile.throughput"]),
+    ("datasets, the zoo's index, loss terms", [
+        "vitkd.datasets", "vitkd.datasets.fashion_mnist", "vitkd.zoo.index", "vitkd.zoo.fetch", "vitkd.losses"]),
     ("the data pipeline", ["vitkd.data"]),
     ("models", ["vitkd.models", "vitkd.synth.config", "vitkd.synth.inversion"]),
     ("teacher sources, profiles", ["vitkd.teachers", "vitkd.profile", "vitkd.stored_logits.fingerprint"]),
@@ -32,7 +32,8 @@ FLOORS = [
     ("methods beyond a loss term", ["vitkd.chain", "vitkd.m2m"]),
     ("pipelines of methods, publishing", ["vitkd.m2m_pipeline", "vitkd.zoo.publish"]),
     ("the comparison", ["vitkd.compare"]),
-    ("commands", ["vitkd.cli", "vitkd.zoo.commands", "vitkd.datasets.commands"]),
+    ("the commands of a package", ["vitkd.zoo.commands", "vitkd.datasets.commands"]),
+    ("the command line", ["vitkd.cli"]),
     ("the composition root", ["vitkd", "vitkd.__main__"]),
 ]
 

@@ -20,9 +20,9 @@ from torch.utils.data import DataLoader
 from vitkd.config import ConfigError, parse_config
 from vitkd.data import EpochSampler, mix_draw
 from vitkd.dist import World
-from vitkd.logits.format import StoreError, shard_path
-from vitkd.logits.replay import StoredTeacher, dense_log_probs
-from vitkd.logits.save import _Keys, _records, record_dtype, save_logits, save_store, train_pipeline
+from vitkd.stored_logits.format import StoreError, shard_path
+from vitkd.stored_logits.replay import StoredTeacher, dense_log_probs
+from vitkd.stored_logits.save import _Keys, _records, record_dtype, save_logits, save_store, train_pipeline
 
 VIT_ARGS = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
 ROOT = Path(__file__).resolve().parents[1]
@@ -292,7 +292,7 @@ def test_a_bf16_config_stores_bf16_teacher_logits_and_its_fingerprint_says_so(en
     """train.precision: bf16 runs the teachers of `logits save` in bf16 too: the store's fingerprint names it (an
     fp32 store keeps its old digest), and its values differ from the fp32 store's."""
     import json
-    from vitkd.logits.format import STORE_FILE
+    from vitkd.stored_logits.format import STORE_FILE
     root, live, stores = env
     cfg = parse_config(student(live, precision="bf16"))
     bf16 = save_logits(cfg, tmp_path / "bf16", values="fp32", progress=False, log=lambda m: None)["t"]

@@ -251,8 +251,8 @@ def test_rows_on_a_synthetic_set_keep_their_teachers_live_and_a_real_store_refus
     from vitkd.compare import _stored
     from vitkd.compare.plan import plan_rows, plan_teachers
     from vitkd.config import parse_config
-    from vitkd.logits.fingerprint import check_fingerprint, data_fingerprint
-    from vitkd.logits.format import StoreError
+    from vitkd.stored_logits.fingerprint import check_fingerprint, data_fingerprint
+    from vitkd.stored_logits.format import StoreError
     from vitkd.datasets.synthetic import SyntheticStore
     suite, base = _suite(tmp_path)
     suite.rows[1].set = {**suite.rows[1].set, "data.synthetic": str(tmp_path)}
@@ -263,7 +263,7 @@ def test_rows_on_a_synthetic_set_keep_their_teachers_live_and_a_real_store_refus
     assert "checkpoint" in next(j for j in rows if j.key == "rows/kd/s0").raw["distill"]["teachers"]["t"]
     assert "logits" in next(j for j in rows if j.key == "rows/kd2/s0").raw["distill"]["teachers"]["t"]
     real = parse_config({"model": {"name": "vit_digits_tiny"}, **COMMON})
-    from vitkd.logits.save import student_spec
+    from vitkd.models import student_spec
     spec = student_spec(real)
     fp = data_fingerprint(real, spec)
     assert "synthetic" not in fp   # stores of the real split keep the fingerprint they were written with

@@ -33,7 +33,7 @@ from vitkd.config import ConfigError, parse_config
 from vitkd.rundir import RunDir
 from vitkd.zoo import fetch, load_index
 from vitkd.zoo.index import ZooError, save_index, update_readme
-from vitkd.zoo.load import evaluate_entry, model_folder
+from vitkd.zoo import evaluate_entry, model_folder
 from vitkd.zoo.publish import check_card_figures, publish_run, publish_suite
 
 from loopback import serve

@@ -251,7 +251,7 @@ def _cmd_synthesize(args) -> int:
 def _cmd_logits_save(args) -> int:
     """Run the config's teachers over every epoch's augmented train images once; one store per teacher."""
     from .config import load_config
-    from .logits.save import save_logits
+    from .stored_logits.save import save_logits
     cfg = load_config(args.config, args.set)
     out = Path(args.out) if args.out else _default_out(Path("logits"), cfg.name, args.config)
     stores = save_logits(cfg, out, topk=args.topk, epochs=args.epochs, bf16=args.bf16, values=args.values,

@@ -20,8 +20,8 @@ from torch import nn
 
 from .config import ConfigError
 
-__all__ = ["resolve_device", "World", "Reducer", "TorchReducer", "current_world", "reducer_for", "join_from_env", "leave",
-           "barrier", "TrainablePart", "wrap_for_ranks", "convert_sync_batchnorm", "env_world_size"]
+__all__ = ["resolve_device", "World", "Reducer", "TorchReducer", "current_world", "reducer_for", "join_from_env",
+           "leave", "barrier", "TrainablePart", "wrap_for_ranks", "convert_sync_batchnorm", "env_world_size"]
 
 
 def resolve_device(name: str, local_rank: Optional[int] = None) -> torch.device:

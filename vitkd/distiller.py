@@ -9,7 +9,7 @@ and are saved apart from it (``connector_state_dict``), never in the exported st
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from torch import Tensor, nn
 
@@ -18,7 +18,7 @@ from .losses import Batch, LossTerm, build_term
 from .teachers import LiveTeacher, TeacherSource, build_teacher_source
 from .taps import TapOutput, TapRequest, Tapped, describe
 
-__all__ = ["Distiller", "build_distiller", "term_defaults"]
+__all__ = ["Distiller", "build_distiller", "make_distiller", "register_builder", "BUILDERS", "term_defaults"]
 
 
 class Distiller(nn.Module):
@@ -115,15 +115,39 @@ class Distiller(nn.Module):
             t.close()
 
 
+# run kinds whose distiller is built their own way, by the run-config section that selects them: the method that owns
+# one registers it (vitkd.m2m: 'm2m', a module of a model placed in a frozen meta model)
+BUILDERS: Dict[str, Callable[..., "Distiller"]] = {}
+
+
+def register_builder(section: str, build: Callable[..., "Distiller"]) -> None:
+    """Build the distiller of a run whose config sets ``section`` with ``build(cfg, student, num_classes, spec,
+    planned)`` (which assembles it with :func:`make_distiller`)."""
+    BUILDERS[section] = build
+
+
 def build_distiller(cfg: RunCfg, student: nn.Module, num_classes: int, img_size: Tuple[int, int],
-                    student_spec=None) -> Distiller:
+                    student_spec=None, planned: Optional[Dict[str, RunCfg]] = None) -> Distiller:
+    """The one place a run's distiller is built: its teacher sources (:func:`vitkd.teachers.build_teacher_source`;
+    ``planned``: teachers whose run is not trained yet, built untrained from the config that will train it), then
+    its terms. A run kind registered in :data:`BUILDERS` builds its own from the same pieces."""
+    for section, build in BUILDERS.items():
+        if getattr(cfg, section, None) is not None:
+            return build(cfg, student, num_classes, student_spec, planned or {})
     dcfg = cfg.distill or DistillCfg()
-    teachers = {name: build_teacher_source(name, t, num_classes, student_spec, run=cfg)
+    teachers = {name: build_teacher_source(name, t, num_classes, student_spec, run=cfg, planned=planned)
                 for name, t in dcfg.teachers.items()}
-    term_specs = dcfg.terms or [{"type": "ce"}]
+    return make_distiller(cfg, student, teachers, student_spec, img_size)
+
+
+def make_distiller(cfg: RunCfg, student: nn.Module, teachers: Dict[str, nn.Module], student_spec,
+                   img_size: Optional[Tuple[int, int]] = None) -> Distiller:
+    """The run's loss terms (``distill.terms``, default CE alone; run-level defaults from :func:`term_defaults`)
+    built against ``teachers``, and the distiller of ``student``, ``teachers`` and those terms."""
+    dcfg = cfg.distill or DistillCfg()
     defaults = term_defaults(cfg)
-    terms = [build_term(spec, i, list(teachers), defaults) for i, spec in enumerate(term_specs)]
-    return Distiller(student, teachers, terms, img_size, student_spec)
+    terms = [build_term(spec, i, list(teachers), defaults) for i, spec in enumerate(dcfg.terms or [{"type": "ce"}])]
+    return Distiller(student, teachers, terms, img_size or student_spec.img_size, student_spec)
 
 
 def term_defaults(cfg: RunCfg) -> Dict[str, object]:

@@ -15,9 +15,10 @@
   a timm ViT has one width, so its modules meet without them).
 
 A run config's ``m2m`` section (:class:`vitkd.config.M2MCfg`) makes ``vitkd train`` build one of these
-stages (:func:`build_m2m_distiller`): a module job (the student's module i, distilled with the ``m2mkd``
-term from the teacher's module i in the same meta context), an incubation job (the teacher's module i
-trained with CE inside the meta model) or an assembly (+ fine-tuning). Every model a stage reads is a
+stages (:func:`build_m2m_distiller`, registered as the distiller builder of the ``m2m`` section): a module
+job (the student's module i, distilled with the ``m2mkd`` term from the teacher's module i in the same meta
+context), an incubation job (the teacher's module i trained with CE inside the meta model) or an assembly
+(+ fine-tuning). Every model a stage reads is a
 ``distill.teachers`` entry (a run folder), so chains, the suite's dependencies and dry builds see it.
 The pipeline that strings the stages together is :mod:`vitkd.m2m_pipeline`.
 """
@@ -30,7 +31,11 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .config import ConfigError
+from .config import ConfigError, DistillCfg
+from .distiller import make_distiller, register_builder
+from .evaluate import evaluate
+from .models import resolve_weights
+from .teachers import LiveTeacher, load_teacher_model
 
 __all__ = ["ViTModules", "Stitch", "ModulePath", "module_state", "assemble", "compatibility",
            "build_m2m_distiller", "EMBED_ATTRS"]
@@ -229,7 +234,6 @@ def compatibility(meta: nn.Module, teacher: nn.Module, depths: Sequence[int], da
     """Deep-Incubation's check: the meta model with its module i swapped for the teacher's module i, for
     every i, against the teacher alone (top-1 % on ``dataset``). ``passed``: every swap is within
     ``tolerance`` points of the teacher (then incubation is not needed)."""
-    from .evaluate import evaluate
     teacher_top1 = evaluate(teacher, dataset, batch_size, torch.device(device))["top1"]
     meta_top1 = evaluate(meta, dataset, batch_size, torch.device(device))["top1"]
     swapped = []
@@ -247,33 +251,16 @@ def _part_state(name: str, cfg, planned: Dict[str, object]) -> Optional[Dict[str
     if name in planned:
         return None
     from safetensors.torch import load_file
-    from .models import resolve_weights
     t = cfg.distill.teachers[name]
     if t.checkpoint is None:
         raise ConfigError(f"distill.teachers.{name}.checkpoint: an m2m part needs a finished module run")
     return load_file(str(resolve_weights(t.checkpoint, f"distill.teachers.{name}.checkpoint")))
 
 
-def _teacher_model(name: str, cfg, num_classes: int, planned: Dict[str, object]) -> nn.Module:
-    from . import models as model_lib
-    from .data import class_count
-    t = cfg.distill.teachers[name]
-    if name in planned:   # a run not trained yet (chains and suites build every stage first): untrained
-        p = planned[name]
-        return model_lib.freeze(model_lib.create(t.model or p.model.name, class_count(p.data),
-                                                 {**p.model.args, **t.args}, where=f"distill.teachers.{name}"))
-    from .teachers import load_teacher_model
-    return load_teacher_model(name, t, num_classes)
-
-
 def build_m2m_distiller(cfg, student: nn.Module, num_classes: int, spec, planned: Optional[Dict] = None):
     """The distiller of an m2m stage (``cfg.m2m``): the student is a :class:`ModulePath` (module and incubation
     jobs) or ``student`` assembled from the module runs (assembly); the teachers the section names (meta, init,
     parts) are building material, the others are placed in the meta model as frozen paths."""
-    from .config import DistillCfg
-    from .distiller import Distiller, term_defaults
-    from .losses import build_term
-    from .teachers import LiveTeacher
     mc = cfg.m2m
     planned = planned or {}
     dcfg = cfg.distill or DistillCfg()
@@ -285,11 +272,12 @@ def build_m2m_distiller(cfg, student: nn.Module, num_classes: int, spec, planned
     others = [k for k in dcfg.teachers if k not in named]
     if mc.parts:   # assembly: module i from the i-th module run, stitches dropped
         assemble(student, mc.depths, [_part_state(p, cfg, planned) for p in mc.parts])
-        model, teachers = student, {k: _teacher_model(k, cfg, num_classes, planned) for k in others}
+        model = student
+        teachers = {k: load_teacher_model(k, dcfg.teachers[k], num_classes, planned) for k in others}
     else:
-        meta = _teacher_model(mc.meta, cfg, num_classes, planned)
+        meta = load_teacher_model(mc.meta, dcfg.teachers[mc.meta], num_classes, planned)
         if mc.init is not None:   # incubation: the module starts from the teacher's own module
-            init = _teacher_model(mc.init, cfg, num_classes, planned)
+            init = load_teacher_model(mc.init, dcfg.teachers[mc.init], num_classes, planned)
             try:
                 student.load_state_dict(init.state_dict())
             except RuntimeError:
@@ -298,11 +286,13 @@ def build_m2m_distiller(cfg, student: nn.Module, num_classes: int, spec, planned
         model = ModulePath(meta, student, mc.depths, mc.module, trainable=True)
         teachers = {}
         for k in others:
-            tpath = ModulePath(meta, _teacher_model(k, cfg, num_classes, planned), mc.teacher_depths or mc.depths,
-                               mc.module, trainable=False, key=f"m2m (teacher '{k}')")
+            tpath = ModulePath(meta, load_teacher_model(k, dcfg.teachers[k], num_classes, planned),
+                               mc.teacher_depths or mc.depths, mc.module, trainable=False, key=f"m2m (teacher '{k}')")
             teachers[k] = LiveTeacher(tpath, spec, dcfg.teachers[k].bf16)
-    terms = [build_term(s, i, list(teachers), term_defaults(cfg)) for i, s in enumerate(dcfg.terms or [{"type": "ce"}])]
-    return Distiller(model, teachers, terms, spec.img_size, spec)
+    return make_distiller(cfg, model, teachers, spec)
+
+
+register_builder("m2m", build_m2m_distiller)
 
 
 def read_check(path) -> Optional[dict]:

@@ -12,7 +12,7 @@ from .data import DataSpec
 from .rundir import RunDir
 from .taps import input_channels
 
-__all__ = ["create", "create_from_folder", "resolve_weights", "run_model_spec", "data_spec", "freeze"]
+__all__ = ["create", "create_from_folder", "resolve_weights", "run_model_spec", "data_spec", "student_spec", "freeze"]
 
 
 def resolve_weights(path: str, key: str = "checkpoint") -> Path:
@@ -102,6 +102,13 @@ def data_spec(model: nn.Module, img_size: Optional[int] = None) -> DataSpec:
         std = (sum(std) / len(std),) * channels
     return DataSpec(img_size=tuple(int(s) for s in size), mean=mean, std=std,
                     interpolation=cfg.get("interpolation", "bicubic"), crop_pct=cfg.get("crop_pct", 0.875))
+
+
+def student_spec(cfg) -> DataSpec:
+    """The input spec (size, normalisation, channels) of run config ``cfg``'s student, read from an untrained probe
+    of it: what its images are made for, known before the data (and its class count) is read."""
+    probe = create(cfg.model.name, 10, cfg.model.args, where="model")
+    return data_spec(probe, cfg.data.img_size)
 
 
 def freeze(model: nn.Module) -> nn.Module:

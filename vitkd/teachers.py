@@ -9,13 +9,17 @@ The distiller knows sources only through this interface:
 * ``data_spec``: the input the teacher expects; ``close()``.
 
 Implementations: :class:`LiveTeacher`, a frozen timm model run tapped, with its own input adaptation
-(normalisation, fixed input size) and optional bf16 autocast. Stored logits and zoo entries plug in
-behind the same interface (:class:`vitkd.logits.replay.StoredTeacher`: ``distill.teachers.<name>: {logits: PATH}``).
+(normalisation, fixed input size) and optional bf16 autocast. Where a teacher comes from is decided once
+(:func:`teacher_origin`, as timm resolves a pretrained source once): a run folder or weights file, a run not trained
+yet (dry builds), or an origin registered here by the package that owns it (:func:`register_origin`): a zoo entry
+(``{zoo: NAME}``, :mod:`vitkd.zoo`) gives a live model, a store of logits (``{logits: PATH}``,
+:class:`vitkd.stored_logits.replay.StoredTeacher`) a source of its own.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -23,10 +27,11 @@ from torch import Tensor, nn
 
 from . import models as model_lib
 from .config import ConfigError, TeacherCfg
-from .data import DataSpec
+from .data import DataSpec, class_count
 from .taps import TapOutput, TapRequest, Tapped, describe
 
-__all__ = ["TeacherSource", "LiveTeacher", "build_teacher_source", "load_teacher_model"]
+__all__ = ["TeacherSource", "LiveTeacher", "TeacherOrigin", "ORIGINS", "register_origin", "teacher_origin",
+           "build_teacher_source", "load_teacher_model"]
 
 
 class TeacherSource(nn.Module):
@@ -91,7 +96,7 @@ class LiveTeacher(TeacherSource):
 
     def forward_macs(self, input_size) -> float:
         """The frozen model's forward MACs at the input it really gets (after :meth:`adapt_input`)."""
-        from .profile import count_macs
+        from .profile.macs import count_macs
         x = self.adapt_input(torch.zeros(1, *input_size))
         return float(count_macs(self.model, tuple(x.shape[1:]), batch_size=1, cross_check=False).total_macs)
 
@@ -106,11 +111,56 @@ class LiveTeacher(TeacherSource):
             self._tapped.close()
 
 
-def load_teacher_model(name: str, cfg: TeacherCfg, num_classes: int) -> nn.Module:
-    """The frozen timm model of a live teacher (a run folder's student, a weights file or a zoo entry)."""
+# ---------------------------------------------------------------------- where a teacher comes from
+@dataclass(frozen=True)
+class TeacherOrigin:
+    """A place a teacher comes from besides a checkpoint, named by the :class:`TeacherCfg` field that selects it.
+    ``model(where, cfg) -> nn.Module``: its model (a live teacher); ``source(name, cfg, num_classes, run,
+    student_spec) -> TeacherSource``: a source that is not a live model (then it has no model)."""
+    field: str
+    model: Optional[Callable[[str, TeacherCfg], nn.Module]] = None
+    source: Optional[Callable[..., TeacherSource]] = None
+
+
+# the origins, registered by the packages that own them (vitkd.zoo: 'zoo'; vitkd.stored_logits: 'logits')
+ORIGINS: Dict[str, TeacherOrigin] = {}
+
+
+def register_origin(field: str, model=None, source=None) -> None:
+    """Register where a teacher comes from when its config sets ``field`` (see :class:`TeacherOrigin`)."""
+    if not hasattr(TeacherCfg(), field):
+        raise ValueError(f"register_origin: TeacherCfg has no field '{field}'")
+    ORIGINS[field] = TeacherOrigin(field, model, source)
+
+
+def teacher_origin(name: str, cfg: TeacherCfg, planned: Optional[Dict[str, Any]] = None, live: bool = False) -> str:
+    """Where teacher ``name`` comes from, decided in this one place: ``planned`` (its run is not trained yet: built
+    untrained from the config that will train it, ``planned[name]``), a registered source's field the config sets
+    (``logits``: a store; not when ``live``, a model being wanted), a registered model origin's field (``zoo``),
+    else ``checkpoint`` (a run folder or a weights file)."""
+    if planned and name in planned:
+        return "planned"
+    for o in ORIGINS.values():
+        if o.source is not None and not live and getattr(cfg, o.field) is not None:
+            return o.field
+    for o in ORIGINS.values():
+        if o.model is not None and getattr(cfg, o.field) is not None:
+            return o.field
+    return "checkpoint"
+
+
+def load_teacher_model(name: str, cfg: TeacherCfg, num_classes: int,
+                       planned: Optional[Dict[str, Any]] = None) -> nn.Module:
+    """The frozen timm model of a live teacher (:func:`teacher_origin`): a run folder's student or a weights file, a
+    registered origin's model (a zoo entry), or, for a ``planned`` run, the untrained model that run will train."""
     where = f"distill.teachers.{name}"
-    if cfg.zoo is not None:
-        return model_lib.freeze(_zoo_teacher(where, cfg))
+    origin = teacher_origin(name, cfg, planned, live=True)
+    if origin == "planned":
+        p = planned[name]
+        return model_lib.freeze(model_lib.create(cfg.model or p.model.name, class_count(p.data),
+                                                 {**p.model.args, **cfg.args}, where=where))
+    if origin != "checkpoint":
+        return model_lib.freeze(ORIGINS[origin].model(where, cfg))
     model, args, ncls = cfg.model, dict(cfg.args), num_classes
     if cfg.checkpoint is not None:
         spec = model_lib.run_model_spec(cfg.checkpoint)
@@ -125,21 +175,11 @@ def load_teacher_model(name: str, cfg: TeacherCfg, num_classes: int) -> nn.Modul
     return model_lib.freeze(model_lib.create(model, ncls, args, cfg.checkpoint, where=where))
 
 
-def _zoo_teacher(where: str, cfg: TeacherCfg) -> nn.Module:
-    """A zoo entry's model (downloaded and verified into the cache, loaded through timm's ``local-dir:``)."""
-    if cfg.checkpoint is not None or cfg.model is not None or cfg.args:
-        raise ConfigError(f"{where}.zoo: give either zoo or model/args/checkpoint, not both")
-    from .zoo import create_model
-    try:
-        return create_model(cfg.zoo)
-    except ConfigError as e:   # a ZooError, or a name that cannot be a zoo entry
-        raise ConfigError(f"{where}.zoo: {e}") from None
-
-
-def build_teacher_source(name: str, cfg: TeacherCfg, num_classes: int,
-                         student_spec: Optional[DataSpec] = None, run=None) -> TeacherSource:
-    """A live teacher, or a stored one (``logits:``, checked against the run config ``run``)."""
-    if cfg.logits is not None:
-        from .logits.replay import StoredTeacher
-        return StoredTeacher.from_config(name, cfg, num_classes, run, student_spec)
-    return LiveTeacher(load_teacher_model(name, cfg, num_classes), student_spec, cfg.bf16)
+def build_teacher_source(name: str, cfg: TeacherCfg, num_classes: int, student_spec: Optional[DataSpec] = None,
+                         run=None, planned: Optional[Dict[str, Any]] = None) -> TeacherSource:
+    """Teacher ``name``'s source (:func:`teacher_origin`): a registered source (a store of logits, checked against
+    the run config ``run``), or a live teacher of :func:`load_teacher_model`'s model."""
+    origin = teacher_origin(name, cfg, planned)
+    if origin in ORIGINS and ORIGINS[origin].source is not None:
+        return ORIGINS[origin].source(name, cfg, num_classes, run, student_spec)
+    return LiveTeacher(load_teacher_model(name, cfg, num_classes, planned), student_spec, cfg.bf16)

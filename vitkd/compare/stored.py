@@ -3,7 +3,7 @@
 For every row, each suite teacher that the row's terms read for logits only (what a dry build of the row
 reports) is served from a store: one ``logits`` job per (suite teacher, seed, data recipe), which depends on
 the teacher's job and runs the teacher once over every epoch's augmented images of that recipe
-(:mod:`vitkd.logits.save`). The row then reads ``distill.teachers.<key>: {logits: <store>}`` and depends on
+(:mod:`vitkd.stored_logits.save`). The row then reads ``distill.teachers.<key>: {logits: <store>}`` and depends on
 that job. A teacher a term reads for tokens, attention or stages stays live. Rows of one seed and recipe share
 a store whatever their student, so a store's augmentation stream is the one its rows and their no-KD baseline
 see at that seed. The suite option ``stored_logits: false`` (or ``vitkd compare --live-teachers``) turns it off;
@@ -46,9 +46,9 @@ def plan_stored_logits(row_jobs: List[Job], teacher_jobs: List[Job], cache: Path
 
     ``options``: {row name: its :class:`~vitkd.compare.suite.RowLogits`}: whether the row reads stores
     (None: ``default``) and their K (None: every class)."""
-    from ..logits.fingerprint import data_fingerprint
-    from ..logits.format import digest
-    from ..logits.save import student_spec
+    from ..stored_logits.fingerprint import data_fingerprint
+    from ..stored_logits.format import digest
+    from ..models import student_spec
     by_out = {str(j.out): j for j in teacher_jobs}
     planned = {}
     for j in teacher_jobs:
@@ -101,7 +101,7 @@ def plan_stored_logits(row_jobs: List[Job], teacher_jobs: List[Job], cache: Path
 
 
 def _store_done(job: Job) -> bool:
-    from ..logits.replay import store_serves
+    from ..stored_logits.replay import store_serves
     try:
         cfg = parse_config(copy.deepcopy(job.raw))
     except ConfigError:   # its teacher is not trained yet
@@ -111,7 +111,7 @@ def _store_done(job: Job) -> bool:
 
 
 def _write_store(job: Job) -> None:
-    from ..logits.save import save_logits
+    from ..stored_logits.save import save_logits
     raw = copy.deepcopy(job.raw)
     raw.setdefault("train", {})["progress"] = False
     cfg = parse_config(raw)

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from .. import models as model_lib
-from ..config import ConfigError, DistillCfg, RunCfg
+from ..config import ConfigError, RunCfg
 from ..data import DataSpec, build_datasets, class_count, seeded
-from ..distiller import Distiller, build_distiller, term_defaults
+from ..distiller import Distiller, build_distiller
 from ..dist import World, resolve_device
 from ..losses import Batch
 
@@ -33,8 +33,7 @@ class Run:
 def _student_and_data(cfg: RunCfg, weights=None):
     """The data (its class count and the student's input spec) and the student, seeded by the run."""
     torch.manual_seed(cfg.seed)
-    probe = model_lib.create(cfg.model.name, 10, cfg.model.args, where="model")   # input spec only
-    spec = model_lib.data_spec(probe, cfg.data.img_size)
+    spec = model_lib.student_spec(cfg)
     datasets, num_classes = build_datasets(cfg.data, spec, cfg.seed)
     torch.manual_seed(cfg.seed)
     student = model_lib.create(cfg.model.name, num_classes, cfg.model.args, weights or cfg.model.checkpoint,
@@ -50,12 +49,8 @@ def build_run(cfg: RunCfg, world: Optional[World] = None) -> Run:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     student, datasets, num_classes, spec = _student_and_data(cfg)
-    if cfg.m2m is not None:   # a stage of module-level distillation: the student is a module in context
-        from ..m2m import build_m2m_distiller
-        distiller = build_m2m_distiller(cfg, student, num_classes, spec)
-        student = distiller.student
-    else:
-        distiller = build_distiller(cfg, student, num_classes, spec.img_size, student_spec=spec)
+    distiller = build_distiller(cfg, student, num_classes, spec.img_size, student_spec=spec)
+    student = distiller.student   # a run kind may train the student inside a larger model (an m2m stage)
     distiller.to(device)
     return Run(cfg, student, distiller, datasets, num_classes, spec, device)
 
@@ -83,47 +78,22 @@ def planned_teachers(raw: dict, planned: Dict[str, RunCfg]) -> Tuple[dict, Dict[
 
 
 def dry_build(cfg: RunCfg, planned: Optional[Dict[str, RunCfg]] = None) -> dict:
-    """Build ``cfg``'s student, teachers and loss terms and run one forward of zeros through them, on the CPU,
-    reading no data and writing nothing: model names and arguments, term arguments, blocks, stages and input
-    sizes fail here in one line. Suites and chains dry-build every run before the first trains.
-    ``planned``: teachers whose run is not trained yet (a suite teacher, an earlier chain stage), with the
-    config that will train it; they are built from it, untrained (also when the run reads them through a store
-    that a planned job writes). Other teachers load their weights."""
-    from ..teachers import build_teacher_source, load_teacher_model
-    from ..losses import build_term
-    planned = planned or {}
+    """Build ``cfg``'s student, teachers and loss terms and run one forward of zeros through them
+    (:func:`dry_forward`), on the CPU, reading no data and writing nothing: model names and arguments, term
+    arguments, blocks, stages and input sizes fail here in one line. Suites and chains dry-build every run before
+    the first trains. ``planned``: teachers whose run is not trained yet (a suite teacher, an earlier chain stage),
+    with the config that will train it; they are built from it, untrained (also when the run reads them through a
+    store that a planned job writes). Other teachers load their weights. Returns each teacher's tap request."""
     n = class_count(cfg.data)
-    dcfg = cfg.distill or DistillCfg()
     with seeded(cfg.seed):
         student = model_lib.create(cfg.model.name, n, cfg.model.args, where="model")
         spec = model_lib.data_spec(student, cfg.data.img_size)
-        if cfg.m2m is not None:
-            from ..m2m import build_m2m_distiller
-            distiller = build_m2m_distiller(cfg, student, n, spec, planned)
-            try:
-                dry_forward(distiller, [(torch.zeros(spec.input_size), 0)] * 2, cfg)
-            finally:
-                distiller.close()
-            return
-        teachers = {}
-        for name, t in dcfg.teachers.items():
-            if name in planned:
-                p = planned[name]
-                teachers[name] = model_lib.freeze(model_lib.create(
-                    t.model or p.model.name, class_count(p.data), {**p.model.args, **t.args},
-                    where=f"distill.teachers.{name}"))
-            elif t.logits is not None:
-                teachers[name] = build_teacher_source(name, t, n, spec, run=cfg)
-            else:
-                teachers[name] = load_teacher_model(name, t, n)
-        specs = dcfg.terms or [{"type": "ce"}]
-        terms = [build_term(spec, i, list(teachers), term_defaults(cfg)) for i, spec in enumerate(specs)]
-        distiller = Distiller(student, teachers, terms, spec.img_size, spec)
+        distiller = build_distiller(cfg, student, n, spec.img_size, student_spec=spec, planned=planned or {})
         try:
             dry_forward(distiller, [(torch.zeros(spec.input_size), 0)] * 2, cfg)
         finally:
             distiller.close()
-    return {name: distiller.requests[name] for name in teachers}
+    return {name: distiller.requests[name] for name in distiller.teachers}
 
 
 @torch.no_grad()

@@ -6,8 +6,8 @@ process group from the environment, reads its shard of the epoch's permutation (
 rank and step, so the global batch is world size x batch), calls the distiller through
 DistributedDataParallel (student and connectors; teachers outside), combines sums through one reducer and
 evaluates its share of each split (:mod:`vitkd.evaluate`); rank 0 alone writes the run folder and prints, and
-the checkpoint carries every rank's RNG state. Mixup/CutMix is drawn per sample from (seed, epoch, index), so it does not
-depend on the batch size or the process count. Nothing is selected on the test split.
+the checkpoint carries every rank's RNG state. Mixup/CutMix is drawn per sample from (seed, epoch, index), so it
+does not depend on the batch size or the process count. Nothing is selected on the test split.
 """
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ def _cmd_download(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from .load import evaluate_entry
+    from .evaluate import evaluate_entry
     res = evaluate_entry(args.name, args.manifest, split=args.split, device=args.device)
     print(json.dumps(res, indent=None if args.json else 2))
     return 0

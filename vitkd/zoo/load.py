@@ -1,5 +1,6 @@
-"""Using zoo entries: a ready timm model (through timm's ``local-dir:`` source), the training config shipped
-with it, and evaluation on the entry's own dataset and split."""
+"""Using zoo entries: a ready timm model (through timm's ``local-dir:`` source), a teacher named by its entry
+(``distill.teachers.<name>: {zoo: NAME}``), and the training config shipped with it. Evaluation on the entry's own
+dataset and split is :mod:`.evaluate`'s."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,11 +9,11 @@ from typing import Any, Dict, List, Optional
 from torch import nn
 
 from .. import models as model_lib
-from ..config import load_yaml, path_under
+from ..config import ConfigError, TeacherCfg, load_yaml, path_under
 from .fetch import cached_folder, fetch_entry
 from .index import ZooEntry, ZooError, load_index
 
-__all__ = ["create_model", "list_models", "model_folder", "entry_config", "evaluate_folder", "evaluate_entry"]
+__all__ = ["create_model", "list_models", "model_folder", "entry_config", "teacher_model"]
 
 
 def list_models(dataset: Optional[str] = None, family: Optional[str] = None, method: Optional[str] = None,
@@ -49,31 +50,12 @@ def entry_config(entry: ZooEntry, folder: Path) -> Dict[str, Any]:
     return load_yaml(path_under(folder, entry.config, key=f"zoo: {entry.name}.config")) or {}
 
 
-def evaluate_folder(folder: Path, config: Dict[str, Any], split: str, device: str = "cpu") -> Dict[str, float]:
-    """Top-1 and loss of the model in ``folder`` (loaded through ``local-dir:``) on ``split`` of the data its
-    training ``config`` describes, read exactly as the run read it (same transforms, batch size, order)."""
-    from ..config import parse_config
-    from ..data import build_datasets
-    from ..evaluate import evaluate
-    from ..dist import resolve_device
-    raw = {k: v for k, v in config.items() if k != "distill"}   # the student alone
-    raw["model"] = {**(raw.get("model") or {}), "checkpoint": None}
-    cfg = parse_config(raw)
-    model = model_lib.create_from_folder(folder)
-    spec = model_lib.data_spec(model, cfg.data.img_size)
-    datasets, _ = build_datasets(cfg.data, spec, cfg.seed)
-    if split not in datasets:
-        raise ZooError(f"zoo: split '{split}' not available (have: {', '.join(datasets)})")
-    dev = resolve_device(device)
-    r = evaluate(model.to(dev), datasets[split], cfg.data.eval_batch_size, dev, cfg.data.num_workers)
-    return {"top1": float(r["top1"]), "loss": float(r["loss"])}
-
-
-def evaluate_entry(name: str, manifest: Optional[str] = None, split: Optional[str] = None, device: str = "cpu",
-                   progress: Optional[bool] = None) -> Dict[str, Any]:
-    """Download (verified), load through ``local-dir:`` and evaluate on the entry's dataset and split."""
-    entry, folder = model_folder(name, manifest, progress=progress)
-    split = split or entry.split
-    r = evaluate_folder(folder, entry_config(entry, folder), split, device)
-    return {"name": name, "dataset": entry.dataset, "split": split, f"{split}_top1": r["top1"],
-            f"{split}_loss": r["loss"], "index_top1": entry.top1 if split == entry.split else None}
+def teacher_model(where: str, cfg: TeacherCfg) -> nn.Module:
+    """A teacher's zoo entry's model (downloaded and verified into the cache, loaded through timm's ``local-dir:``):
+    the ``zoo`` origin of :mod:`vitkd.teachers`."""
+    if cfg.checkpoint is not None or cfg.model is not None or cfg.args:
+        raise ConfigError(f"{where}.zoo: give either zoo or model/args/checkpoint, not both")
+    try:
+        return create_model(cfg.zoo)
+    except ConfigError as e:   # a ZooError, or a name that cannot be a zoo entry
+        raise ConfigError(f"{where}.zoo: {e}") from None

@@ -165,7 +165,7 @@ def _publish_run(run_dir, name: str, index_path, *, method: str = "", family: st
     """:func:`publish_run`, the index folder held by the caller."""
     import timm
     from .._version import __version__
-    from .load import evaluate_folder
+    from .evaluate import evaluate_folder
     check_name(name, "zoo", "model name")
     run = RunDir(run_dir)
     run.finished_weights("zoo publish RUN_DIR")

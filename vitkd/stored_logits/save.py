@@ -21,27 +21,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .. import models as model_lib
 from ..config import ConfigError, DistillCfg, RunCfg, path_under, step_bf16
-from ..data import build_datasets, sample_seed, train_view
+from ..data import build_datasets, train_view
+from ..models import student_spec
 from ..dist import World, barrier, current_world, join_from_env, leave, resolve_device
 from ..rundir import exclusive
 from ..taps import TapRequest, describe
 from ..teachers import LiveTeacher, load_teacher_model
-from .fingerprint import data_fingerprint, weights_sha256
+from .fingerprint import data_fingerprint, record_seed, weights_sha256
 from .format import (FORMAT_VERSION, STORE_FILE, StoreError, digest, layout, read_shard, read_store_json,
                      record_dtype, shard_path, write_shard, write_store_json)
 
-__all__ = ["save_logits", "save_store", "train_pipeline", "student_spec", "DEFAULT_TOPK", "DEFAULT_CHUNK"]
+__all__ = ["save_logits", "save_store", "train_pipeline", "DEFAULT_TOPK", "DEFAULT_CHUNK"]
 
 DEFAULT_TOPK = 10       # TinyViT's K on ImageNet-1k
 DEFAULT_CHUNK = 4096    # sample keys per shard
-
-
-def student_spec(cfg: RunCfg):
-    """The input spec of ``cfg``'s student (size, normalisation): what its images are made for."""
-    probe = model_lib.create(cfg.model.name, 10, cfg.model.args, where="model")
-    return model_lib.data_spec(probe, cfg.data.img_size)
 
 
 def train_pipeline(cfg: RunCfg):
@@ -212,11 +206,6 @@ def save_store(cfg: RunCfg, source, teacher_sha: str, info: dict, store: Path, t
     finally:
         bar.close()
     return store
-
-
-def record_seed(seed: int, epoch: int, index: int, copy: int) -> int:
-    """The augmentation seed of a sample key, as :class:`vitkd.data.SplitDataset` draws it."""
-    return sample_seed(seed, epoch, index, *((copy,) if copy else ()))
 
 
 def _records(logits: torch.Tensor, k: int, dtype: np.dtype, seeds) -> np.ndarray:

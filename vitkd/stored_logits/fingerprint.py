@@ -10,10 +10,10 @@ import hashlib
 from typing import Any, Dict, Optional
 
 from ..config import RunCfg
-from ..data import DataSpec
+from ..data import DataSpec, sample_seed
 from .format import StoreError
 
-__all__ = ["data_fingerprint", "check_fingerprint", "weights_sha256", "FINGERPRINT_FIELDS"]
+__all__ = ["data_fingerprint", "check_fingerprint", "weights_sha256", "record_seed", "FINGERPRINT_FIELDS"]
 
 # the order in which fields are compared (the first that differs is named)
 FINGERPRINT_FIELDS = ("dataset", "split", "train_subset", "val_size", "input_size", "mean", "std", "transform",
@@ -80,3 +80,8 @@ def weights_sha256(checkpoint: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def record_seed(seed: int, epoch: int, index: int, copy: int) -> int:
+    """The augmentation seed of a sample key, as :class:`vitkd.data.SplitDataset` draws it."""
+    return sample_seed(seed, epoch, index, *((copy,) if copy else ()))

@@ -24,7 +24,7 @@ from ..config import ConfigError, RunCfg, TeacherCfg
 from ..data import DataSpec
 from ..taps import ModelInfo, TapOutput, TapRequest
 from ..teachers import TeacherSource
-from .fingerprint import check_fingerprint
+from .fingerprint import check_fingerprint, record_seed
 from .format import StoreError, digest, layout, read_shard, read_store_json, record_dtype, shard_path
 
 __all__ = ["StoredTeacher", "dense_log_probs", "open_store"]
@@ -133,7 +133,6 @@ class StoredTeacher(TeacherSource):
         copies = torch.zeros_like(index) if copy is None else torch.as_tensor(copy).long().cpu()
         pos = index + copies * self.n
         seed, idx, val = self._load(epoch)
-        from .save import record_seed
         for i, (p, c) in enumerate(zip(index.tolist(), copies.tolist())):
             if int(seed[pos[i]]) != record_seed(self.seed, epoch, p, c):
                 raise StoreError(f"{self.where}: the record of epoch {epoch + 1} sample {p} (copy {c}) holds another "
@@ -157,7 +156,7 @@ class StoredTeacher(TeacherSource):
 def store_serves(path: str, cfg: RunCfg, teacher: TeacherCfg) -> bool:
     """Whether the store at ``path`` is complete and was written for ``cfg``'s recipe and seed by the weights of
     ``teacher`` (a live teacher config): what decides that a suite's store job is already done."""
-    from .save import student_spec
+    from ..models import student_spec
     try:
         meta, _, _ = open_store(path, "logits")
         check_fingerprint(meta, cfg, student_spec(cfg), "logits", teacher.checkpoint)
