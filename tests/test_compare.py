@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from vitkd.cli import main
-from vitkd.compare import _mean_std, load_suite
+from vitkd.compare import load_suite
+from vitkd.compare.measure import mean_std
 
 STUDENT = {
     "model": {"name": "vit_digits_tiny"},
@@ -77,7 +78,7 @@ def test_suite_end_to_end_and_cache(tmp_path, suite_file, capsys):
     for r in rows:
         assert int(r["seeds"]) == 2
         tests = [float(x) for x in r["test_top1_all"].split()]
-        m, sd = _mean_std(tests)
+        m, sd = mean_std(tests)
         assert abs(float(r["test_top1_mean"]) - m) < 1e-3 and abs(float(r["test_top1_std"]) - sd) < 1e-3
         assert float(r["macs_m"]) > 0 and float(r["img_per_s"]) > 0
     kd = rows[1]
@@ -131,7 +132,7 @@ def test_suite_end_to_end_and_cache(tmp_path, suite_file, capsys):
     assert [(r["row"], r["status"]) for r in check["rows"]] == [("kd", "OK")]
     # quick mode from an empty cache: the teacher published in a zoo (from this suite) is restored, not trained,
     # and the quick row is the full suite's seed-0 run to the last digit
-    from vitkd.zoo.publish import publish_suite
+    from vitkd.compare.publish import publish_suite
     zoo = tmp_path / "zoo" / "zoo.yaml"
     zoo.parent.mkdir()
     zoo.write_text("version: 1\nmodels: []\n")

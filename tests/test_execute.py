@@ -5,7 +5,7 @@ from typing import List
 
 import pytest
 
-from vitkd.compare.execute import Executor, LocalPool, RayExecutor, Resources, job_device, make_executor, schedule
+from vitkd.compare.executors import Executor, LocalPool, RayExecutor, Resources, job_device, make_executor, schedule
 from vitkd.config import ConfigError
 
 

@@ -185,7 +185,7 @@ def test_pipeline_runs_through_vitkd_train_stages(tmp_path):
 def test_suite_plans_a_pipeline_row_as_jobs_with_dependencies(tmp_path):
     """A pipeline row: incubation shared by the seeds (dropped when the check passed), M module jobs per seed
     reading the meta and the (incubated) teacher, then the row's run reading that seed's module jobs."""
-    from vitkd.compare.pipelines import plan_pipelines
+    from vitkd.compare.m2mkd import plan_pipelines
     from vitkd.compare.plan import plan_rows, plan_teachers
     from vitkd.compare.suite import load_suite
     student = {"seed": 0, "model": {"name": "vit_tiny_patch16_224", "args": {**T_ARGS, "embed_dim": 16, "depth": 2}},

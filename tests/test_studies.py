@@ -105,7 +105,7 @@ def test_rows_choose_live_or_stored_teachers_and_the_stores_k(tmp_path):
 
 
 def test_a_pipeline_row_is_charged_for_all_its_stages():
-    from vitkd.compare.pipelines import pipeline_overrides
+    from vitkd.compare.m2mkd import pipeline_overrides
     from vitkd.compare.plan import Job
     stage = {"macs_per_image": 1e6, "train_images": 100}
     costs = {"m2m": {"total_macs": 3e12, "stages": {

@@ -200,8 +200,9 @@ def test_the_gpsa_vit_runs_timms_gpsa_on_patch_tokens_and_leaves_the_prefix_alon
 
 # ---------------------------------------------------------------------------------------------- the suite
 def test_a_suite_synthesises_after_its_teacher_and_its_data_free_row_trains_on_the_set(tmp_path):
-    from vitkd.compare.plan import _is_done, check_jobs, plan_rows, plan_synth, plan_teachers
-    from vitkd.compare.run import _run_job
+    from vitkd.compare.jobs import is_done
+    from vitkd.compare.plan import check_jobs, plan_rows, plan_synth, plan_teachers
+    from vitkd.compare.runner import run_job
     from vitkd.compare.suite import load_suite
     from vitkd.rundir import RunDir
     vit = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
@@ -232,7 +233,7 @@ def test_a_suite_synthesises_after_its_teacher_and_its_data_free_row_trains_on_t
     weights = {"model": "resnet_digits_s", "checkpoint": str(fixture("resnet_digits_s_seed0.safetensors"))}
     job.raw["teacher"] = weights
     row.raw["distill"]["teachers"]["t"] = weights
-    assert not _is_done(job)
-    assert _run_job(job)[2] is None and _is_done(job)
-    assert _run_job(row)[2] is None and _is_done(row)
+    assert not is_done(job)
+    assert run_job(job)[2] is None and is_done(job)
+    assert run_job(row)[2] is None and is_done(row)
     assert RunDir(row.out).read_config()["data"]["synthetic"] == str(job.out)

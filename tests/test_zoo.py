@@ -34,7 +34,8 @@ from vitkd.rundir import RunDir
 from vitkd.zoo import fetch, load_index
 from vitkd.zoo.index import ZooError, save_index, update_readme
 from vitkd.zoo import evaluate_entry, model_folder
-from vitkd.zoo.publish import check_card_figures, publish_run, publish_suite
+from vitkd.compare.publish import publish_suite
+from vitkd.zoo.publish import check_card_figures, publish_run
 
 from loopback import serve
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from .rundir import RunDir
-from .config import (ConfigError, apply_mapping, apply_overrides, build_dataclass, check_name, parse_config, path_under,
+from .config import (ConfigError, build_dataclass, check_name, parse_config, path_under, raw_teachers, read_config,
                      read_yaml, to_dict)
 
 __all__ = ["is_chain", "run_chain", "run_stages", "resolve_stage_refs", "ChainStage"]
@@ -39,15 +39,12 @@ def is_chain(path) -> bool:
 
 
 def _stage_raw(stage: ChainStage, base: Path, outs: Dict[str, Path], overrides: List[str]) -> dict:
-    raw = read_yaml(base / stage.config)
-    raw = apply_mapping(raw, stage.set)
-    raw = apply_overrides(raw, overrides)
-    return resolve_stage_refs(stage.name, raw, outs)
+    return resolve_stage_refs(stage.name, read_config(stage.config, base, stage.set, overrides=overrides), outs)
 
 
 def resolve_stage_refs(name: str, raw: dict, outs: Dict[str, Path]) -> dict:
     """A teacher checkpoint written ``@<stage>`` becomes that earlier stage's run folder."""
-    for tname, t in ((raw.get("distill") or {}).get("teachers") or {}).items():
+    for tname, t in raw_teachers(raw).items():
         ck = t.get("checkpoint") if isinstance(t, dict) else None
         if isinstance(ck, str) and ck.startswith("@"):
             ref = ck[1:]

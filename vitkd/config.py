@@ -13,7 +13,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import yaml
 
@@ -449,6 +449,24 @@ def apply_overrides(data: dict, overrides: List[str]) -> dict:
             node = child
         node[parts[-1]] = value
     return data
+
+
+def read_config(path: Union[str, Path], base: Union[str, Path] = ".", *sets: Dict[str, Any],
+                overrides: Sequence[str] = ()) -> dict:
+    """The one reading of "a config file plus overrides": the raw mapping of the YAML file ``path`` (relative to
+    ``base`` unless absolute; its ``base:`` files merged), then each ``{dotted.key: value}`` mapping of ``sets`` in
+    order (a suite's or a stage's ``set:``), then the ``KEY=VALUE`` ``overrides`` (``--set``)."""
+    p = Path(path)
+    raw = read_yaml(p if p.is_absolute() else Path(base) / p)
+    for s in sets:
+        raw = apply_mapping(raw, s)
+    return apply_overrides(raw, list(overrides)) if overrides else raw
+
+
+def raw_teachers(raw: Optional[dict]) -> dict:
+    """A raw config's ``distill.teachers`` mapping, {} when it has none: the mapping itself, so editing a teacher
+    in it edits the config."""
+    return ((raw or {}).get("distill") or {}).get("teachers") or {}
 
 
 def _merge(base: dict, child: dict) -> dict:

@@ -15,16 +15,16 @@ runs it like a chain, each stage a run folder ``DIR/<stage>`` (finished stages r
 5. ``student``: the student modules assembled and fine-tuned end to end with CE.
 
 :func:`stage_configs` is the one expansion of a pipeline into stages; the chain runner here and the suite
-planner (:mod:`vitkd.compare.pipelines`) both use it.
+planner (:mod:`vitkd.compare.m2mkd`) both use it.
 """
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .config import ConfigError, apply_mapping, build_dataclass, read_yaml
+from .config import ConfigError, apply_mapping, build_dataclass, parse_config, read_config, read_yaml
 
 __all__ = ["PipelineSpec", "is_pipeline", "load_pipeline", "stage_configs", "run_pipeline", "CHECK_FILE"]
 
@@ -116,12 +116,10 @@ def load_pipeline(path) -> Tuple[PipelineSpec, Path]:
     return spec, path.parent
 
 
-def source_raw(src: StageSource, base: Path, *sets: Dict[str, Any]) -> dict:
-    p = Path(src.config)
-    raw = read_yaml(p if p.is_absolute() else base / p)
-    for s in (src.set,) + sets:
-        raw = apply_mapping(raw, s)
-    return raw
+def source_raw(src: StageSource, base: Path, *sets: Dict[str, Any], overrides: Sequence[str] = ()) -> dict:
+    """A stage source's config (relative to the pipeline file's folder ``base``), its ``set``, then ``sets`` and
+    ``overrides``."""
+    return read_config(src.config, base, src.set, *sets, overrides=overrides)
 
 
 def _with(raw: dict, epochs: int, sets: Dict[str, Any], distill: dict, m2m: dict) -> dict:
@@ -181,7 +179,6 @@ def check_of(meta_run, teacher_run, spec: PipelineSpec, device: str = "cpu") -> 
     tname, targs, tcls = RunDir(teacher_run).model_spec()
     meta = model_lib.freeze(model_lib.create(mname, mcls, margs, str(meta_run), where="m2mkd.meta"))
     teacher = model_lib.freeze(model_lib.create(tname, tcls, targs, str(teacher_run), where="m2mkd.teacher"))
-    from .config import parse_config
     cfg = parse_config(RunDir(teacher_run).read_config(), paths=False)
     datasets, _ = build_datasets(cfg.data, model_lib.data_spec(teacher, cfg.data.img_size), cfg.seed)
     res = compatibility(meta, teacher, spec.teacher_depths, datasets["val"], cfg.data.eval_batch_size, device,
@@ -193,12 +190,11 @@ def run_pipeline(path, out, overrides: List[str] = (), overwrite: bool = False, 
     """Run a pipeline file's stages into ``out`` (see the module docstring); returns the check and each
     stage's final metrics."""
     from .chain import run_stages
-    from .config import apply_overrides
     from .io import atomic_write_json
     spec, base = load_pipeline(path)
     out = Path(out)
     teacher_raw = source_raw(spec.teacher, base) if spec.teacher.config else None
-    student_raw = apply_overrides(source_raw(spec.student, base), list(overrides))
+    student_raw = source_raw(spec.student, base, overrides=overrides)
     meta_raw = source_raw(spec.meta, base)
     first: List[Tuple[str, dict]] = []
     teacher_folder = Path(spec.teacher.checkpoint) if spec.teacher.checkpoint else out / "teacher"
@@ -236,7 +232,6 @@ def training_macs(run_folder) -> dict:
     (:func:`vitkd.profile.distillation_cost`: 3 x the student path's forward + the teachers' forwards +
     overhead; for a module job the student path is the whole meta context around the module, so the frozen
     meta blocks are charged as if trained: an upper bound) x train images x epochs."""
-    from .config import parse_config
     from .engine import build_run
     from .profile import distillation_cost
     from .rundir import RunDir

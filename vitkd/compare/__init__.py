@@ -9,12 +9,12 @@ Protocol (see ``configs/compare/digits.yaml``):
    seed, Holm-corrected within its family of comparisons (:mod:`.verdicts`, :mod:`.stats`);
 4. params, MACs, training cost per image and img/s are measured for every student and teacher.
 
-The package is split by job: :mod:`.suite` (the YAML schema), :mod:`.plan` (jobs), :mod:`.run` and
-:mod:`.execute` (running them), :mod:`.measure` (costs, accuracies, verdicts), :mod:`.report` and
-:mod:`.plots` (outputs). Runs go to ``<cache>/<suite>/...`` as ordinary ``vitkd train`` run folders (and
+The package is split by job: :mod:`.suite` (the YAML schema), :mod:`.plan` (jobs), :mod:`.jobs` (what each kind
+of job does; :mod:`.stored` and :mod:`.from_zoo` register theirs), :mod:`.runner` and :mod:`.executors` (running
+them), :mod:`.measure` (costs, accuracies, verdicts), :mod:`.report` and :mod:`.plots` (outputs). Runs go to ``<cache>/<suite>/...`` as ordinary ``vitkd train`` run folders (and
 stored-logits folders for the rows that read a teacher's logits only, :mod:`.stored`), executed as separate
 processes, ``jobs`` at a time (one thread each), so both cores are used; or, with ``--executor ray``, as
-Ray tasks on a cluster (:mod:`vitkd.compare.execute`).
+Ray tasks on a cluster (:mod:`vitkd.compare.executors`).
 """
 from __future__ import annotations
 
@@ -28,14 +28,14 @@ import yaml
 from ..config import path_under
 from ..io import atomic_write_text
 from ..rundir import ensure_writable, exclusive
-from .execute import Executor, make_executor
+from .executors import Executor, make_executor
 from .from_zoo import teachers_from_zoo
-from .measure import _mean_std, summarize  # noqa: F401  (_mean_std: used by the tests)
+from .measure import summarize
 from .plan import check_jobs, plan_rows, plan_synth, plan_teachers, recipe_of
 from .reference import QUICK_HOME, check_against_reference, format_checks, reference_dir, write_checks
-from .pipelines import pipeline_costs, pipeline_overrides, pipeline_rows, plan_pipelines, run_checks
+from .m2mkd import pipeline_costs, pipeline_overrides, pipeline_rows, plan_pipelines, run_checks
 from .report import run_walls, update_readme, write_timing
-from .run import execute
+from .runner import execute
 from .stored import plan_stored_logits
 from .suite import SuiteCfg, load_suite
 from .sweep import expand_sweep
@@ -56,7 +56,7 @@ def run_suite(path, out: Optional[str] = None, quick: bool = False, cache: Optio
     ``executor``: ``local`` (a pool of ``jobs`` processes, default the suite's ``jobs``) or ``ray`` (every
     run a Ray task on the cluster at ``address``, or on a Ray instance started here; ``jobs`` then caps the
     runs in flight, default none). ``cpus_per_job``: CPU cores (torch threads) per run; see
-    :mod:`vitkd.compare.execute`. ``live_teachers``: run every teacher live, as the suite option
+    :mod:`vitkd.compare.executors`. ``live_teachers``: run every teacher live, as the suite option
     ``stored_logits: false`` does (:mod:`vitkd.compare.stored`)."""
     suite, base = load_suite(path)
     tuned, sized = read_tuned(suite, tuning)

@@ -17,8 +17,8 @@ from typing import List
 
 from ..config import ConfigError, parse_config, to_dict
 from ..rundir import RunDir, config_digest
-from .plan import DONE_CHECKS, Job, _is_done, _job_config, _run_is_done
-from .run import RUNNERS, _train_job
+from .jobs import Job, is_done, job_config, register_kind, run_is_done, train_job
+from .publish import zoo_name
 
 __all__ = ["teachers_from_zoo", "KIND"]
 
@@ -26,8 +26,7 @@ KIND = "zoo_teacher"
 
 
 def _entry_for(index, home: str, teacher: str):
-    from ..zoo.publish import _zoo_name
-    name = _zoo_name(home, "teacher", teacher)
+    name = zoo_name(home, "teacher", teacher)
     return next((e for e in index.models if e.name == name and e.suite is not None and e.suite.row == teacher), None)
 
 
@@ -41,7 +40,7 @@ def teachers_from_zoo(suite, teacher_jobs: List[Job], log=print) -> List[Job]:
         return teacher_jobs
     out = []
     for j in teacher_jobs:
-        entry = None if j.deps or _is_done(j) else _entry_for(index, suite.home, j.row)
+        entry = None if j.deps or is_done(j) else _entry_for(index, suite.home, j.row)
         if entry is None:
             out.append(j)
             continue
@@ -55,18 +54,18 @@ def teachers_from_zoo(suite, teacher_jobs: List[Job], log=print) -> List[Job]:
 def _restore(job: Job) -> None:
     from ..io import atomic_write_bytes
     from ..zoo.load import entry_config, model_folder
-    from ..zoo.publish import _weights_name
-    want = _job_config(job)
+    from ..zoo.publish import weights_name
+    want = job_config(job)
     entry, folder = model_folder(job.source)
     shipped = to_dict(parse_config(entry_config(entry, folder), paths=False))
     if config_digest(shipped) != config_digest(want):   # the recipe changed since it was published: train it
-        _train_job(job)
+        train_job(job)
         return
     run = RunDir(job.out)
     run.clear()
     run.path.mkdir(parents=True, exist_ok=True)
     run.write_config(want)
-    atomic_write_bytes(run.weights_path, (folder / _weights_name()).read_bytes())
+    atomic_write_bytes(run.weights_path, (folder / weights_name()).read_bytes())
     figs = entry.suite.figures if entry.suite else {}
     n = max(1, len(entry.curve))
     wall = float(figs.get("wall_s") or 0.0)
@@ -80,5 +79,4 @@ def _restore(job: Job) -> None:
     run.write_stamp(want, restored_from_zoo=entry.name)   # last: the run is finished
 
 
-DONE_CHECKS[KIND] = _run_is_done
-RUNNERS[KIND] = _restore
+register_kind(KIND, run=_restore, is_done=run_is_done)

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Tuple
 from ..config import parse_config
 from ..rundir import RunDir
 from . import verdicts
-from .plan import Job
+from .jobs import Job
 from .report import write_outputs
 from .suite import SuiteCfg
 
@@ -19,7 +19,7 @@ def _metrics(out: Path) -> dict:
     return RunDir(out).metrics()
 
 
-def _mean_std(xs: List[float]) -> Tuple[float, float]:
+def mean_std(xs: List[float]) -> Tuple[float, float]:
     n = len(xs)
     m = sum(xs) / n
     sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1)) if n > 1 else 0.0
@@ -73,8 +73,8 @@ def summarize(suite: SuiteCfg, teacher_jobs: List[Job], row_jobs: List[Job], wal
         ms = [_metrics(j.out) for j in jobs]
         tests = [m["final"]["test_top1"] for m in ms]
         vals = [m["final"]["val_top1"] for m in ms]
-        mean, sd = _mean_std(tests)
-        vmean, _ = _mean_std(vals)
+        mean, sd = mean_std(tests)
+        vmean, _ = mean_std(vals)
         c = measure_costs(jobs[0].raw)
         evaluated = [e for e, row in enumerate(ms[0]["epochs"]) if "val_top1" in row]
         curves[name] = {"family": spec.family, "epoch": [e + 1 for e in evaluated],

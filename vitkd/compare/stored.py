@@ -15,9 +15,9 @@ import copy
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..config import ConfigError, parse_config, path_under
-from .plan import DONE_CHECKS, Job, _strip_checkpoints
-from .run import RUNNERS
+from ..config import ConfigError, parse_config, path_under, raw_teachers
+from .jobs import Job, register_kind
+from .plan import strip_checkpoints
 
 __all__ = ["plan_stored_logits", "KIND"]
 
@@ -53,7 +53,7 @@ def plan_stored_logits(row_jobs: List[Job], teacher_jobs: List[Job], cache: Path
     planned = {}
     for j in teacher_jobs:
         try:
-            planned[str(j.out)] = parse_config(_strip_checkpoints(j.raw), paths=False)
+            planned[str(j.out)] = parse_config(strip_checkpoints(j.raw), paths=False)
         except ConfigError:   # check_jobs reports it, naming the teacher
             pass
     seen: Dict[str, set] = {}
@@ -70,14 +70,14 @@ def plan_stored_logits(row_jobs: List[Job], teacher_jobs: List[Job], cache: Path
         if not stored or (job.raw.get("data") or {}).get("synthetic"):
             rows.append(job)
             continue
-        teachers = ((job.raw.get("distill") or {}).get("teachers") or {})
+        teachers = raw_teachers(job.raw)
         suite_teachers = {k: by_out[str(Path(t["checkpoint"]))] for k, t in teachers.items()
                           if isinstance(t, dict) and str(Path(t.get("checkpoint", ""))) in by_out}
         if suite_teachers:
             storable = _logit_only_teachers(job, planned, seen) & set(suite_teachers)
             for k in sorted(storable):
                 tjob = suite_teachers[k]
-                cfg = parse_config(_strip_checkpoints(job.raw), paths=False)
+                cfg = parse_config(strip_checkpoints(job.raw), paths=False)
                 mkey = f"{cfg.model.name}|{cfg.model.args}|{cfg.data.img_size}"
                 if mkey not in specs:
                     specs[mkey] = student_spec(cfg)
@@ -121,5 +121,4 @@ def _write_store(job: Job) -> None:
                 log=lambda m: None, replace=True)
 
 
-DONE_CHECKS[KIND] = _store_done
-RUNNERS[KIND] = _write_store
+register_kind(KIND, run=_write_store, is_done=_store_done)

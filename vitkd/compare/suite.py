@@ -53,7 +53,7 @@ class RowSpec:
     baseline: Optional[str] = None                      # row compared against (default: no-KD of the same size)
     curve: Optional[str] = None                         # rows sharing a curve are joined in pareto.png (size sweeps)
     synthetic: Optional[str] = None                     # a suite synthetic set: the row trains on it (data.synthetic)
-    pipeline: Optional[str] = None                      # trained by a pipeline of stages (m2mkd; vitkd.compare.pipelines)
+    pipeline: Optional[str] = None                      # trained by a pipeline of stages (m2mkd; vitkd.compare.m2mkd)
     logits: RowLogits = field(default_factory=RowLogits)   # live or stored logit-only teachers, the stores' K
     sweep_value: Optional[float] = None                 # set by a suite sweep (vitkd.compare.sweep): the value
     sweep_of: Optional[str] = None                      # ... and the row it was expanded from

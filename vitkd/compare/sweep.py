@@ -18,8 +18,8 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..config import ConfigError
-from .plan import _resolve, recipe_of
+from ..config import ConfigError, read_config
+from .plan import recipe_of
 from .suite import RowSpec, SuiteCfg, TeacherSpec
 
 __all__ = ["expand_sweep", "held_settings"]
@@ -67,14 +67,14 @@ def expand_sweep(suite: SuiteCfg, base: Path, quick: bool, tuned: Dict[str, Any]
     for v in sw.values:
         tag = _tag(v)
         for name, t in suite.teachers.items():
-            raw = _resolve(t.config, base, recipe, sized, suite.teacher_set, tuned if t.tuned else {}, t.set)
+            raw = read_config(t.config, base, recipe, sized, suite.teacher_set, tuned if t.tuned else {}, t.set)
             out.teachers[f"{name}_{tag}"] = TeacherSpec(
                 config=t.config, set={**t.set, **held_settings(raw, sw.key, v, sw.hold, sw.steps)},
                 distill_from={k: f"{src}_{tag}" for k, src in t.distill_from.items()},
                 label=f"{t.label or name} ({tag})", family=t.family, tuned=t.tuned,
                 sweep_value=float(v), sweep_of=name)
         for r in suite.rows:
-            raw = _resolve(r.config or suite.student, base, recipe, sized, tuned, r.set)
+            raw = read_config(r.config or suite.student, base, recipe, sized, tuned, r.set)
             row = copy.deepcopy(r)
             row.name = f"{r.name}_{tag}"
             row.set = {**r.set, **held_settings(raw, sw.key, v, sw.hold, sw.steps)}

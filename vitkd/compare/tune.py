@@ -30,10 +30,11 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..config import ConfigError, path_under
+from ..config import ConfigError, path_under, read_config
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
 from ..rundir import RunDir, ensure_writable, exclusive
-from .plan import Job, _resolve, recipe_of
+from .jobs import Job
+from .plan import recipe_of
 from .suite import KnobSpec, TuneSpec
 
 __all__ = ["KnobSpec", "TuneSpec", "tune_suite", "read_tuned", "tuning_dir", "TUNED_FILE"]
@@ -82,13 +83,13 @@ class _Trials:
 
     def job(self, overrides: Dict[str, Any], seed: int, config: Optional[str] = None,
             row_set: Optional[dict] = None) -> Job:
-        raw = _resolve(config or self.suite.student, self.base, self.recipe, row_set or {}, overrides)
+        raw = read_config(config or self.suite.student, self.base, self.recipe, row_set or {}, overrides)
         key = _digest(raw)   # one folder per distinct recipe: a value two stages share trains once
         raw["seed"] = seed
         return Job(f"tune/{key}/s{seed}", raw, self.cache / "tune" / key / f"s{seed}", kind="tune")
 
     def run(self, jobs: List[Job]) -> List[float]:
-        from .run import execute
+        from .runner import execute
         self.walls.update(execute(jobs, self.n_jobs, self.progress, self.log, executor=self.executor))
         return [float(RunDir(j.out).metrics()["final"]["val_top1"]) for j in jobs]
 
@@ -112,7 +113,7 @@ def _start_value(raw: dict, key: str, grid: List[float]) -> float:
 
 
 def _search(spec: TuneSpec, trials: _Trials, log) -> Tuple[Dict[str, float], List[dict], Dict[str, dict]]:
-    base_raw = _resolve(trials.suite.student, trials.base, trials.recipe)
+    base_raw = read_config(trials.suite.student, trials.base, trials.recipe)
     current = {k: _start_value(base_raw, k, ks.values) for k, ks in spec.knobs.items()}
     rows: List[dict] = []
     grids: Dict[str, dict] = {}
@@ -152,7 +153,7 @@ def _search(spec: TuneSpec, trials: _Trials, log) -> Tuple[Dict[str, float], Lis
 
 
 def _epoch_check(spec: TuneSpec, trials: _Trials, chosen: Dict[str, float]) -> List[dict]:
-    epochs = int(_resolve(trials.suite.student, trials.base, trials.recipe, chosen)["train"]["epochs"])
+    epochs = int(read_config(trials.suite.student, trials.base, trials.recipe, chosen)["train"]["epochs"])
     rows = []
     for mult in spec.epochs:
         e = max(1, int(round(epochs * mult)))
@@ -168,7 +169,7 @@ def _epoch_check(spec: TuneSpec, trials: _Trials, chosen: Dict[str, float]) -> L
 def _size_scan(spec: TuneSpec, trials: _Trials, chosen: Dict[str, float]) -> Tuple[List[dict], Optional[dict]]:
     if not spec.sizes:
         return [], None
-    raw = _resolve(trials.suite.student, trials.base, trials.recipe, chosen)
+    raw = read_config(trials.suite.student, trials.base, trials.recipe, chosen)
     n0, e0 = raw["data"].get("train_subset"), int(raw["train"]["epochs"])
     if not n0:
         raise ConfigError("suite.tune.sizes: the recipe needs data.train_subset (the size its epochs are set for)")
@@ -222,7 +223,7 @@ def tune_suite(path, out: Optional[str] = None, cache: Optional[str] = None, job
 
 
 def _tune(suite, base, out_dir: Path, cache_dir: Path, jobs, progress, log, executor, address, cpus_per_job) -> Path:
-    from .execute import make_executor
+    from .executors import make_executor
     n_jobs = jobs or suite.jobs
     runner = make_executor(executor, jobs if executor == "ray" else n_jobs, address, cpus_per_job)
     t0 = time.perf_counter()

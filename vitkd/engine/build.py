@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .. import models as model_lib
-from ..config import ConfigError, RunCfg
+from ..config import ConfigError, RunCfg, raw_teachers
 from ..data import DataSpec, build_datasets, class_count, seeded
 from ..distiller import Distiller, build_distiller
 from ..dist import World, resolve_device
@@ -68,7 +68,7 @@ def planned_teachers(raw: dict, planned: Dict[str, RunCfg]) -> Tuple[dict, Dict[
     config that will train it): (the raw config without their checkpoints, {teacher name: that config})."""
     raw = copy.deepcopy(raw)
     found = {}
-    for name, t in ((raw.get("distill") or {}).get("teachers") or {}).items():
+    for name, t in raw_teachers(raw).items():
         for key in ("checkpoint", "logits"):   # a run folder, or a store, that a planned job writes
             ck = t.get(key) if isinstance(t, dict) else None
             if isinstance(ck, str) and str(Path(ck)) in planned:

@@ -19,7 +19,7 @@ from .base import Batch, LossTerm, ModelInfo, register_loss
 from .common import check_vit, check_tokens, layer_request, resolve_layers, zip_layers, check_vit_pairs
 
 
-class _PairedFeatures(LossTerm):
+class PairedFeatures(LossTerm):
     """Paired (student layer, teacher layer) features aligned by a :class:`FeatureAligner` each."""
 
     _arg_names = ("student_layers", "teacher_layers")
@@ -67,7 +67,7 @@ class _PairedFeatures(LossTerm):
 
 
 @register_loss("fitnet")
-class FitNet(_PairedFeatures):
+class FitNet(PairedFeatures):
     """FitNet hints: student layer(s) -> teacher layer(s), element-mean MSE (``hint_mse``), pairs averaged.
 
     ``student_layers`` / ``teacher_layers``: an int or a list each (blocks of a ViT, stage strides of a
@@ -86,7 +86,7 @@ class FitNet(_PairedFeatures):
 
 
 @register_loss("cwd")
-class CWD(_PairedFeatures):
+class CWD(PairedFeatures):
     """Channel-wise distillation on maps (CNN stages, or ViT tokens laid out on their patch grid).
 
     Each channel -> softmax over positions at ``tau``; ``tau^2 * KL(teacher || student)`` summed over

@@ -10,11 +10,11 @@ from ..taps import TapOutput, TapRequest
 from . import functional as KF
 from .base import Batch, LossTerm, ModelInfo, register_loss
 from .common import as_int_list, layer_request, logits_of, resolve_layers, target_of, check_logit_pair
-from .feature import _PairedFeatures
+from .feature import PairedFeatures
 
 
 @register_loss("cnn_align")
-class CNNAlign(_PairedFeatures):
+class CNNAlign(PairedFeatures):
     """DearKD-style alignment of a ViT student's patch tokens to a CNN teacher's stage maps, MSE.
 
     ``student_blocks`` (ViT blocks) pair one to one with ``teacher_stages`` (the CNN's strides). The

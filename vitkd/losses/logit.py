@@ -17,7 +17,7 @@ from .base import Batch, LossTerm, ModelInfo, register_loss
 from .common import logits_of, target_of, check_logit_pair
 
 
-class _LogitTerm(LossTerm):
+class LogitTerm(LossTerm):
     """A student head against a teacher head."""
 
     def __init__(self, head: Optional[str] = None, teacher_head: Optional[str] = None, teacher: Optional[str] = None):
@@ -38,7 +38,7 @@ class _LogitTerm(LossTerm):
 
 
 @register_loss("kd")
-class KD(_LogitTerm):
+class KD(LogitTerm):
     """Hinton KD: ``T^2 * KL(softmax(t/T) || softmax(s/T))``, KL summed over classes, batch mean.
 
     Args: ``T`` (default 4, mdistiller CIFAR; ImageNet recipes use 1), ``head`` (student head, default
@@ -59,7 +59,7 @@ class KD(_LogitTerm):
 
 
 @register_loss("deit")
-class DeiT(_LogitTerm):
+class DeiT(LogitTerm):
     """DeiT token distillation on the student's ``dist`` head (the CE on ``cls`` is a separate ``ce`` term).
 
     ``mode='hard'``: cross-entropy against the teacher's argmax (batch mean; DeiT's published models);
@@ -94,7 +94,7 @@ class DeiT(_LogitTerm):
 
 
 @register_loss("dkd")
-class DKD(_LogitTerm):
+class DKD(LogitTerm):
     """Decoupled KD: ``(alpha * TCKD + beta * NCKD) * T^2``, each KL summed over classes and batch, / B.
 
     Defaults ``alpha=1, beta=8, T=4`` (mdistiller CIFAR; ImageNet: beta 0.5, T 1). The reference warms the
@@ -115,7 +115,7 @@ class DKD(_LogitTerm):
 
 
 @register_loss("dist")
-class DIST(_LogitTerm):
+class DIST(LogitTerm):
     """DIST: ``T^2 * (beta * inter + gamma * intra)`` Pearson-correlation relation losses (batch >= 2).
 
     Defaults ``beta=1, gamma=1, T=1`` (reference). Reference weight 1 (some ImageNet recipes use 2).

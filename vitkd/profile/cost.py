@@ -7,8 +7,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from .macs import BACKWARD_FACTOR, InputSpec, MacReport, _flop_counter, count_macs
-from .report import _create_timm
+from .macs import BACKWARD_FACTOR, InputSpec, MacReport, flop_counter, count_macs
+from .report import create_timm
 
 __all__ = ["training_cost_per_image", "distillation_cost"]
 
@@ -20,7 +20,7 @@ def _forward_macs(spec: Any, input_size: InputSpec) -> Tuple[float, Optional[Mac
     if isinstance(spec, (int, float)):
         return float(spec), None
     if isinstance(spec, str):
-        spec = _create_timm(spec)
+        spec = create_timm(spec)
     if not isinstance(spec, nn.Module):
         raise TypeError(f"expected nn.Module, timm model name or MAC count, got {type(spec)!r}")
     rep = count_macs(spec, input_size, batch_size=1, cross_check=False)
@@ -93,7 +93,7 @@ def distillation_cost(distiller: nn.Module, input_size: Sequence[int]) -> Dict[s
     batch = Batch(images=x, target=y, index=torch.arange(2))   # samples 0 and 1 of epoch 0 (a stored teacher reads them)
 
     def macs(fn) -> float:
-        with _flop_counter() as fc:
+        with flop_counter() as fc:
             fn()
         return fc.get_total_flops() / 2 / x.shape[0]
 

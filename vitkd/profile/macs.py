@@ -54,7 +54,8 @@ import torch
 import torch.nn as nn
 
 __all__ = ["MacReport", "count_params", "count_macs", "BACKWARD_FACTOR", "NORM_OPS", "MATMUL_OPS",
-           "SDPA_FLOP_FORMULAS", "attention_flop_mapping", "sdpa_macs", "sdpa_backward_macs", "InputSpec"]
+           "SDPA_FLOP_FORMULAS", "attention_flop_mapping", "sdpa_macs", "sdpa_backward_macs", "InputSpec",
+           "flop_counter"]
 
 #: Backward pass cost convention: backward = 2 x forward (gradients w.r.t.
 #: activations and w.r.t. weights each cost about one forward).  A training
@@ -241,7 +242,7 @@ def attention_flop_mapping() -> Dict[Any, Callable[..., int]]:
     return {getattr(aten, name): f for name, f in SDPA_FLOP_FORMULAS.items() if hasattr(aten, name)}
 
 
-def _flop_counter():
+def flop_counter():
     """A silent ``FlopCounterMode`` that counts attention with vitkd's formula."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -255,7 +256,7 @@ def _flopcounter_macs(model: nn.Module, inputs: Tuple[torch.Tensor, ...]) -> Tup
     convolution) plus the attention kernels of ``SDPA_FLOP_FORMULAS``, i.e.
     exactly the cross-checked op classes.
     """
-    with torch.no_grad(), _flop_counter() as fc:
+    with torch.no_grad(), flop_counter() as fc:
         model(*inputs)
     per_op = {str(k): int(v) // 2 for k, v in fc.get_flop_counts().get("Global", {}).items()}
     return int(fc.get_total_flops()) // 2, per_op

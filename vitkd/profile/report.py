@@ -11,7 +11,7 @@ import torch.nn as nn
 from .macs import MacReport, count_macs
 from .throughput import measure_throughput
 
-__all__ = ["profile_model", "format_report"]
+__all__ = ["profile_model", "format_report", "create_timm"]
 
 
 def _default_input_size(model: nn.Module, img_size: Optional[Union[int, Sequence[int]]]) -> Tuple[int, int, int]:
@@ -28,7 +28,7 @@ def _default_input_size(model: nn.Module, img_size: Optional[Union[int, Sequence
     return (in_chans, 224, 224)
 
 
-def _create_timm(name: str, img_size=None, **create_kwargs) -> nn.Module:
+def create_timm(name: str, img_size=None, **create_kwargs) -> nn.Module:
     """A model with random weights (never downloaded), built through :func:`vitkd.models.create`; a ViT is
     built for ``img_size``, a model that takes no ``img_size`` (CNNs) is built as it is."""
     from .. import models as model_lib
@@ -72,7 +72,7 @@ def profile_model(
         name = cfg.get("architecture", name) if isinstance(cfg, Mapping) else name
     else:
         name = str(name_or_model)
-        model = _create_timm(name, img_size=img_size, **create_kwargs)
+        model = create_timm(name, img_size=img_size, **create_kwargs)
     input_size = _default_input_size(model, img_size)
 
     rep = count_macs(model, input_size, batch_size=1)

@@ -78,7 +78,7 @@ def _cmd_publish(args) -> int:
 
 
 def _cmd_publish_suite(args) -> int:
-    from .publish import publish_suite
+    from ..compare.publish import publish_suite
     entries = publish_suite(args.results_dir, args.index, cache=args.cache, seed=args.seed, max_mb=args.max_mb,
                             suite_file=args.suite_file, log=_log)
     if args.readme:

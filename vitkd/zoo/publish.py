@@ -1,5 +1,6 @@
 """Publishing: a finished run folder becomes a zoo entry (a folder in timm's Hugging Face Hub layout, its index
-entry and its card); a comparison suite's declared selection becomes a set of entries.
+entry and its card). A comparison suite's declared selection becomes a set of entries through
+:mod:`vitkd.compare.publish`.
 
 The folder holds the student alone (no teacher, no connectors):
 
@@ -23,15 +24,15 @@ from typing import Any, Callable, Dict, List, Optional
 import yaml
 
 from .. import models as model_lib
-from ..config import ConfigError, check_name, path_under
+from ..config import ConfigError, check_name, path_under, raw_teachers
 from ..io import atomic_save_safetensors, atomic_write_text
 from ..rundir import RunDir, exclusive
 from .fetch import sha256_of
 from .index import (ZooEntry, ZooError, ZooFile, ZooIndex, SuiteRef, load_index, markdown_table,
                     row_of, save_index)
 
-__all__ = ["publish_run", "publish_suite", "card_text", "suite_selection", "CONFIG_FILE", "CARD_FILE",
-           "DEFAULT_MAX_MB", "check_card_figures"]
+__all__ = ["publish_run", "export_run", "index_folder", "weights_name", "card_text", "read_results_csv",
+           "CONFIG_FILE", "CARD_FILE", "DEFAULT_MAX_MB", "check_card_figures"]
 
 CONFIG_FILE = "train.yaml"
 CARD_FILE = "README.md"
@@ -39,7 +40,7 @@ HF_CONFIG_FILE = "config.json"
 DEFAULT_MAX_MB = 50.0
 
 
-def _weights_name() -> str:
+def weights_name() -> str:
     from timm.models._hub import HF_SAFE_WEIGHTS_NAME
     return HF_SAFE_WEIGHTS_NAME
 
@@ -86,7 +87,7 @@ def card_text(entry: ZooEntry, root_rel: str = "models") -> str:
 def _config_with_zoo_teachers(config: dict, teachers: Dict[str, str]) -> dict:
     """The run config with each teacher named by its zoo entry instead of a local run folder."""
     config = yaml.safe_load(yaml.safe_dump(config))
-    for key, t in ((config.get("distill") or {}).get("teachers") or {}).items():
+    for key, t in raw_teachers(config).items():
         t.update(zoo=teachers[key], checkpoint=None, model=None, args={})
     return config
 
@@ -94,7 +95,7 @@ def _config_with_zoo_teachers(config: dict, teachers: Dict[str, str]) -> dict:
 def _lineage(config: dict, given: Dict[str, str], index: ZooIndex) -> Dict[str, str]:
     """{teacher key: zoo name} for every teacher of the run: named in ``given``, or already a zoo teacher."""
     out = {}
-    for key, t in ((config.get("distill") or {}).get("teachers") or {}).items():
+    for key, t in raw_teachers(config).items():
         name = given.get(key) or (t or {}).get("zoo")
         if not name:
             raise ZooError(f"zoo publish: teacher '{key}' of the run has no zoo entry: publish the teacher first and "
@@ -146,23 +147,24 @@ def publish_run(run_dir, name: str, index_path, *, method: str = "", family: str
     index and its entries) at a time (:func:`vitkd.rundir.exclusive`)."""
     check_name(name, "zoo", "model name")
     RunDir(run_dir).finished_weights("zoo publish RUN_DIR")
-    with exclusive(_index_folder(index_path), "--index"):
-        return _publish_run(run_dir, name, index_path, method=method, family=family, group=group, teachers=teachers,
+    with exclusive(index_folder(index_path), "--index"):
+        return export_run(run_dir, name, index_path, method=method, family=family, group=group, teachers=teachers,
                             suite=suite, figures=figures, reproduce=reproduce, license=license, split=split,
                             throughput=throughput, log=log)
 
 
-def _index_folder(index_path) -> Path:
+def index_folder(index_path) -> Path:
     """The folder the index file at ``index_path`` lives (or will live) in, links followed."""
     return Path(os.path.realpath(index_path)).parent
 
 
-def _publish_run(run_dir, name: str, index_path, *, method: str = "", family: str = "", group: str = "",
+def export_run(run_dir, name: str, index_path, *, method: str = "", family: str = "", group: str = "",
                  teachers: Optional[Dict[str, str]] = None, suite: Optional[SuiteRef] = None,
                  figures: Optional[Dict[str, Optional[float]]] = None, reproduce: Optional[str] = None,
                  license: str = "Apache-2.0", split: str = "test", throughput: bool = True,
                  log: Callable[[str], None] = lambda m: None) -> ZooEntry:
-    """:func:`publish_run`, the index folder held by the caller."""
+    """:func:`publish_run`, the index folder held by the caller (:func:`vitkd.rundir.exclusive` of
+    :func:`index_folder`)."""
     import timm
     from .._version import __version__
     from .evaluate import evaluate_folder
@@ -177,7 +179,7 @@ def _publish_run(run_dir, name: str, index_path, *, method: str = "", family: st
     input_size = list(model_lib.data_spec(model, (config.get("data") or {}).get("img_size")).img_size)
     input_size = [int(getattr(model, "in_chans", 3) or 3)] + input_size
 
-    folder = _index_folder(index_path)
+    folder = index_folder(index_path)
     folder.mkdir(parents=True, exist_ok=True)
     root_rel = os.path.relpath(folder, folder.parent)
     staged = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=str(folder)))
@@ -187,7 +189,7 @@ def _publish_run(run_dir, name: str, index_path, *, method: str = "", family: st
     try:
         from timm.models._hub import save_config_for_hf
         save_config_for_hf(model, staged / HF_CONFIG_FILE, model_args=dict(args) or None)   # a Path (timm 1.0.26)
-        atomic_save_safetensors(model.state_dict(), staged / _weights_name(), {"format": "pt"})
+        atomic_save_safetensors(model.state_dict(), staged / weights_name(), {"format": "pt"})
         atomic_write_text(staged / CONFIG_FILE, yaml.safe_dump(_config_with_zoo_teachers(config, lineage),
                                                                sort_keys=False))
         measured = evaluate_folder(staged, config, split)
@@ -206,7 +208,7 @@ def _publish_run(run_dir, name: str, index_path, *, method: str = "", family: st
             curve=_curve(run), license=license, date=datetime.date.today().isoformat(), vitkd=__version__,
             timm=timm.__version__)
         atomic_write_text(staged / CARD_FILE, card_text(entry, root_rel))
-        names = (HF_CONFIG_FILE, _weights_name(), CONFIG_FILE, CARD_FILE)
+        names = (HF_CONFIG_FILE, weights_name(), CONFIG_FILE, CARD_FILE)
         entry.files = [ZooFile(n, f"{name}/{n}", sha256_of(staged / n), (staged / n).stat().st_size) for n in names]
         _replace_folder(staged, path_under(folder, name, key="zoo publish --name"))
     except BaseException:
@@ -218,130 +220,13 @@ def _publish_run(run_dir, name: str, index_path, *, method: str = "", family: st
     return entry
 
 
-# ---------------------------------------------------------------------- a comparison suite
-def _read_csv(path: Path, key: str) -> Dict[str, Dict[str, str]]:
+# ---------------------------------------------------------------------- cited figures
+def read_results_csv(path: Path, key: str) -> Dict[str, Dict[str, str]]:
+    """The rows of a suite's results table (``results.csv``, ``teachers.csv``) by their ``key`` column."""
     if not path.is_file():
         raise ZooError(f"zoo publish-suite: {path} not found (run the suite first)")
     with open(path, newline="") as f:
         return {r[key]: r for r in csv.DictReader(f)}
-
-
-def _num(v: Optional[str]) -> Optional[float]:
-    return float(v) if v not in (None, "") else None
-
-
-TEACHER_FIGURES = ("test_top1", "val_top1", "params_m", "macs_m", "img_per_s")
-ROW_FIGURES = ("seeds", "test_top1_mean", "test_top1_std", "test_top1_all", "val_top1_mean", "params_m", "macs_m",
-               "img_per_s")
-
-
-def suite_selection(results_dir: Path) -> List[Dict[str, Any]]:
-    """What a suite publishes, declared in advance and chosen on nothing measured on test: every teacher its
-    rows read (those in its ``teachers.csv``); the
-    no-distillation baselines (the suite's ``baseline_family``), one per student size; and, for every other
-    method family (reference families left out), the row with the best mean *validation* top-1 (ties: the
-    first in the suite's order). Each: {kind, key (teacher or row), family, group, teachers, csv row}.
-
-    Rows trained by a pipeline of stages (m2mKD) are left out: no single run config reproduces them.
-    A suite that shares another's runs (``shares:``, an extension of the main suite) publishes only the rows
-    and teachers the other's results do not hold: those are the other's own runs, published with it."""
-    from ..compare.suite import load_suite
-    results_dir = Path(results_dir)
-    suite, _ = load_suite(results_dir / "suite.yaml")
-    rows = _read_csv(results_dir / "results.csv", "row")
-    trows = _read_csv(results_dir / "teachers.csv", "teacher") if suite.teachers else {}
-    if suite.shares:
-        home = results_dir.parent / suite.shares
-        if not (home / "results.csv").is_file():
-            raise ZooError(f"zoo publish-suite: {results_dir} shares the runs of suite '{suite.shares}', whose "
-                           f"results ({home / 'results.csv'}) are not there")
-        rows = {k: v for k, v in rows.items() if k not in _read_csv(home / "results.csv", "row")}
-        theirs = _read_csv(home / "teachers.csv", "teacher") if (home / "teachers.csv").is_file() else {}
-        trows = {k: v for k, v in trows.items() if k not in theirs}
-        suite.rows = [r for r in suite.rows if r.name in rows]
-    out = []
-    for tname, t in suite.teachers.items():
-        if tname not in trows:   # a teacher no row of this suite reads was not trained by it
-            continue
-        out.append({"kind": "teacher", "key": tname, "family": t.family, "group": "teacher",
-                    "teachers": dict(t.distill_from), "csv": trows[tname]})
-    spec = {r.name: r for r in suite.rows}
-    missing = [r for r in spec if r not in rows]
-    if missing:
-        raise ZooError(f"zoo publish-suite: row {missing[0]} missing from {results_dir / 'results.csv'}")
-    best: Dict[str, str] = {}
-    for r in suite.rows:
-        if r.pipeline:   # reproduced by its pipeline of stages, not by one run config: not published
-            continue
-        if r.family == suite.baseline_family:
-            out.append({"kind": "row", "key": r.name, "family": r.family, "group": r.group,
-                        "teachers": dict(r.teachers), "csv": rows[r.name]})
-        elif r.family not in suite.reference_families:
-            if r.family not in best or float(rows[r.name]["val_top1_mean"]) > float(rows[best[r.family]]["val_top1_mean"]):
-                best[r.family] = r.name
-    for fam, rname in best.items():
-        r = spec[rname]
-        out.append({"kind": "row", "key": rname, "family": fam, "group": r.group, "teachers": dict(r.teachers),
-                    "csv": rows[rname]})
-    return out
-
-
-def _zoo_name(suite_name: str, kind: str, key: str) -> str:
-    return check_name(f"{suite_name}-teacher-{key}" if kind == "teacher" else f"{suite_name}-{key}", "zoo",
-                      "model name")
-
-
-def publish_suite(results_dir, index_path, cache: Optional[str] = None, seed: int = 0,
-                  max_mb: float = DEFAULT_MAX_MB, suite_file: Optional[str] = None,
-                  log: Callable[[str], None] = print) -> List[ZooEntry]:
-    """Publish :func:`suite_selection` of the suite whose results are in ``results_dir``, from its run cache
-    (default ``runs/compare/<suite>``): seed ``seed`` of each row, the teachers (seed 0). Refuses, before writing
-    anything, when the weights would pass ``max_mb`` (fp32 parameter bytes)."""
-    from ..compare.plan import row_folder
-    from ..compare.suite import load_suite
-    results_dir = Path(results_dir)
-    suite, _ = load_suite(results_dir / "suite.yaml")
-    cache_dir = Path(cache) if cache else Path("runs") / "compare" / suite.home
-    picks = suite_selection(results_dir)
-    spec = {r.name: r for r in suite.rows}
-    own = {p["key"] for p in picks if p["kind"] == "teacher"}   # the others: published with the suite it shares
-    runs = []
-    for p in picks:
-        run = cache_dir / "teachers" / p["key"] if p["kind"] == "teacher" else row_folder(cache_dir, spec[p["key"]], seed)
-        RunDir(run).finished_weights(f"zoo publish-suite ({p['kind']} {p['key']})")
-        runs.append(run)
-    est = sum(4e6 * float(p["csv"]["params_m"]) for p in picks) / 1e6
-    if est > max_mb:
-        raise ZooError(f"zoo publish-suite: the selection's weights are about {est:.1f} MB, over --max-mb {max_mb:g}")
-    with exclusive(_index_folder(index_path), "--index"):
-        return _publish_selection(suite, picks, runs, own, results_dir, index_path, seed, max_mb, suite_file, log)
-
-
-def _publish_selection(suite, picks, runs, own, results_dir: Path, index_path, seed: int, max_mb: float,
-                       suite_file: Optional[str], log: Callable[[str], None]) -> List[ZooEntry]:
-    """:func:`publish_suite`'s entries, the index folder held by the caller."""
-    project = Path(index_path).resolve().parent.parent
-    rel = os.path.relpath(results_dir.resolve(), project)
-    suite_cmd = f"vitkd compare {suite_file or (results_dir / 'suite.yaml')}"
-    entries = []
-    for p, run in zip(picks, runs):
-        name = _zoo_name(suite.name, p["kind"], p["key"])
-        lineage = {k: _zoo_name(suite.name if t in own else suite.home, "teacher", t) for k, t in p["teachers"].items()}
-        if p["kind"] == "teacher":
-            ref = SuiteRef(results=f"{rel}/teachers.csv", key="teacher", row=p["key"], seed=0,
-                           figures={k: p["csv"][k] for k in TEACHER_FIGURES if k in p["csv"]})
-        else:
-            ref = SuiteRef(results=f"{rel}/results.csv", key="row", row=p["key"], seed=seed,
-                           figures={k: p["csv"][k] for k in ROW_FIGURES if k in p["csv"]})
-        figs = {k: _num(p["csv"].get(k)) for k in ("params_m", "macs_m", "img_per_s")}
-        entries.append(_publish_run(run, name, index_path, method=p["key"], family=p["family"], group=p["group"],
-                                    teachers=lineage, suite=ref, figures=figs, log=log))
-        log(f"  (the suite itself: {suite_cmd}; run folder {run})")
-    total = sum(e.total_size() for e in load_index(str(index_path)).models) / 1e6
-    log(f"zoo: {len(entries)} entries published; the index's files total {total:.1f} MB")
-    if total > max_mb:
-        log(f"zoo: warning: the zoo's files total {total:.1f} MB, over {max_mb:g} MB")
-    return entries
 
 
 def figures_line(s: SuiteRef) -> str:
@@ -357,7 +242,7 @@ def check_card_figures(entry: ZooEntry, project_root: Path, card: Optional[str] 
         return
     if card is not None and figures_line(s) not in card.splitlines():
         raise ConfigError(f"zoo: the card of {entry.name} does not show its cited figures {figures_line(s)}")
-    table = _read_csv(project_root / s.results, s.key)
+    table = read_results_csv(project_root / s.results, s.key)
     if s.row not in table:
         raise ConfigError(f"zoo: {entry.name} cites {s.key} {s.row} of {s.results}, which has no such row")
     for col, v in s.figures.items():

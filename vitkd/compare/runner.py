@@ -1,43 +1,24 @@
-"""Running planned jobs: one job trains in a worker (any executor), the scheduler respects dependencies."""
+"""Running planned jobs: each job runs in a worker (any executor, :mod:`.executors`), after the jobs it depends
+on; what a job of each kind runs is :mod:`.jobs`'s."""
 from __future__ import annotations
 
-import copy
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 
-from ..config import ConfigError, parse_config
-from .execute import Executor, LocalPool, schedule
-from .plan import Job, _is_done
+from ..config import ConfigError
+from .executors import Executor, LocalPool, schedule
+from .jobs import Job, is_done, kind_of
+
+__all__ = ["execute", "run_job"]
 
 
-def _train_job(job: Job) -> None:
-    from ..engine import train
-    raw = copy.deepcopy(job.raw)
-    raw.setdefault("train", {})["progress"] = False
-    cfg = parse_config(raw)
-    cfg.train.threads = None   # the worker's thread count stands
-    train(cfg, job.out, overwrite=True, log=lambda m: None)   # not a reusable run (see _is_done)
-
-
-def _synth_job(job: Job) -> None:
-    from ..synth import parse_synth_config, synthesize
-    cfg = parse_synth_config(copy.deepcopy(job.raw))
-    cfg.threads = None   # the worker's thread count stands
-    synthesize(cfg, job.out, overwrite=True, log=lambda m: None)   # a partial set of the same fingerprint continues
-
-
-# job kind -> what runs it in a worker (module-level functions: the workers import this module); kinds not
-# named here are training runs. Whether a job is already done: plan.DONE_CHECKS.
-RUNNERS: Dict[str, Callable[[Job], None]] = {"synth": _synth_job}
-
-
-def _run_job(job: Job) -> Tuple[str, float, Optional[str]]:
+def run_job(job: Job) -> Tuple[str, float, Optional[str]]:
     """Run one job inside a worker process (imports paid once per worker, not per job)."""
     t0 = time.perf_counter()
     try:
-        RUNNERS.get(job.kind, _train_job)(job)
+        kind_of(job).run(job)
     except Exception as e:   # reported, and the runs that depend on it are dropped
         return job.key, time.perf_counter() - t0, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return job.key, time.perf_counter() - t0, None
@@ -52,7 +33,7 @@ def execute(jobs: List[Job], n_jobs: Optional[int] = None, progress: bool = True
     walls: Dict[str, float] = {}
     done = set(done_before)
     for j in jobs:
-        if _is_done(j):
+        if is_done(j):
             done.add(j.key)
             walls[j.key] = 0.0
     pending = [j for j in jobs if j.key not in done]
@@ -83,7 +64,7 @@ def execute(jobs: List[Job], n_jobs: Optional[int] = None, progress: bool = True
     own = executor is None
     executor = executor or LocalPool(n_jobs or 2)
     try:
-        schedule(pending, executor, _run_job, done, on_result)
+        schedule(pending, executor, run_job, done, on_result)
     finally:
         bar.close()
         if own:

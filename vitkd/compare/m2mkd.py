@@ -15,8 +15,9 @@ import copy
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..config import ConfigError, path_under
-from .plan import Job, _resolve, quick_rows, recipe_of, row_folder
+from ..config import ConfigError, path_under, read_config
+from .jobs import Job
+from .plan import quick_rows, recipe_of, row_folder
 from .suite import SuiteCfg
 
 __all__ = ["pipeline_rows", "plan_pipelines", "run_checks"]
@@ -76,7 +77,7 @@ def plan_pipelines(suite: SuiteCfg, base: Path, cache: Path, quick: bool, tuned:
                   "meta": (teachers[r.teachers["meta"]].out, f"teachers/{r.teachers['meta']}")}
         seen = set()
         for seed in seeds:
-            student_raw = _resolve(r.config or suite.student, base, recipe, sized, tuned, r.set)
+            student_raw = read_config(r.config or suite.student, base, recipe, sized, tuned, r.set)
             student_raw["seed"] = seed
 
             def where(stage: str, seed=seed):

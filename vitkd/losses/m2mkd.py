@@ -16,11 +16,11 @@ from ..taps import TapOutput
 from . import functional as KF
 from .base import Batch, register_loss
 from .common import target_of
-from .logit import _LogitTerm
+from .logit import LogitTerm
 
 
 @register_loss("m2mkd")
-class M2MKD(_LogitTerm):
+class M2MKD(LogitTerm):
     """``(1 - alpha) * SoftTargetCE(student, mixed labels) + alpha * T^2 * KL(p_T || p_S)`` with DeiT's
     reduction (sum / (B * C)); ``mode='hard'``: CE against the teacher's argmax instead of the KL.
     Defaults ``alpha=0.5, T=1, mode=soft`` (the reference's); ``label_smoothing`` from ``train``."""
