@@ -30,6 +30,7 @@ import yaml
 import vitkd  # noqa: F401  (registers the archs)
 from vitkd.cli import main
 from vitkd.config import ConfigError, parse_config
+from vitkd.io import sha256_file
 from vitkd.rundir import RunDir
 from vitkd.zoo import fetch, load_index
 from vitkd.zoo.index import ZooError, save_index, update_readme
@@ -409,7 +410,7 @@ def test_pickle_refused_without_being_read(zoo, tmp_path, capsys):
     e = idx.get("tiny-kd")
     raw = yaml.safe_load(Path(idx.path).read_text())
     bad = dict(raw["models"][2], name="evil", files=[{"name": "model.pth", "url": "evil/model.pth",
-                                                      "sha256": fetch.sha256_of(served / "model.pth"),
+                                                      "sha256": sha256_file(served / "model.pth"),
                                                       "size": len(evil)}])
     manifest = tmp_path / "zoo.yaml"
     manifest.write_text(yaml.safe_dump({"models": [bad]}))

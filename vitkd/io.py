@@ -1,8 +1,10 @@
 """Atomic file writes: a temp file in the same folder, fsync, then rename. Existing files are never
-half-overwritten, and a crash leaves either the old file or the new one."""
+half-overwritten, and a crash leaves either the old file or the new one. And the two digests everything
+else uses: a file's sha256 and a JSON-able object's."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -10,7 +12,7 @@ from pathlib import Path
 from typing import Any, Union
 
 __all__ = ["atomic_writer", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save",
-           "atomic_save_safetensors", "atomic_write_json", "atomic_write_csv"]
+           "atomic_save_safetensors", "atomic_write_json", "atomic_write_csv", "sha256_file", "json_digest"]
 
 
 @contextlib.contextmanager
@@ -111,3 +113,17 @@ def atomic_write_csv(path, rows, float_format: str = "{:.6g}"):
         w.writerow({k: ((P_VALUE_FORMAT if is_p_value(k) else float_format).format(v) if isinstance(v, float) else v)
                     for k, v in row.items()})
     atomic_write_text(path, buf.getvalue())
+
+
+def sha256_file(path: Union[str, Path]) -> str:
+    """The sha256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def json_digest(obj: Any) -> str:
+    """The sha256 (hex) of a JSON-able object in canonical form: keys sorted, anything else through ``str``."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()

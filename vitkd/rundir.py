@@ -25,7 +25,6 @@ config: the digest of the config (keys that cannot change results left out), the
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Tuple, Union
 
 from .config import ConfigError, load_yaml, yaml_dump
-from .io import atomic_save_safetensors, atomic_write_csv, atomic_write_json, atomic_write_text
+from .io import atomic_save_safetensors, atomic_write_csv, atomic_write_json, atomic_write_text, json_digest
 
 __all__ = ["RunDir", "BEHAVIOUR_VERSION", "NON_RESULT_KEYS", "config_digest", "ensure_writable", "exclusive",
            "lock_path"]
@@ -105,8 +104,7 @@ def config_digest(config: dict) -> str:
     """sha256 of a (validated, dict-form) config: keys in :data:`NON_RESULT_KEYS` and keys at their
     schema default left out."""
     from .config import RunCfg
-    body = json.dumps(_non_default(_without(config, NON_RESULT_KEYS), RunCfg), sort_keys=True, default=str)
-    return hashlib.sha256(body.encode()).hexdigest()
+    return json_digest(_non_default(_without(config, NON_RESULT_KEYS), RunCfg))
 
 
 class RunDir:

@@ -47,7 +47,7 @@ def plan_stored_logits(row_jobs: List[Job], teacher_jobs: List[Job], cache: Path
     ``options``: {row name: its :class:`~vitkd.compare.suite.RowLogits`}: whether the row reads stores
     (None: ``default``) and their K (None: every class)."""
     from ..stored_logits.fingerprint import data_fingerprint
-    from ..stored_logits.format import digest
+    from ..io import json_digest
     from ..models import student_spec
     by_out = {str(j.out): j for j in teacher_jobs}
     planned = {}
@@ -84,7 +84,7 @@ def plan_stored_logits(row_jobs: List[Job], teacher_jobs: List[Job], cache: Path
                 fp = {**data_fingerprint(cfg, specs[mkey]), "epochs": cfg.train.epochs, "teacher": tjob.key}
                 if topk is not None:   # stores of every class keep the tag they had before K was an option
                     fp["topk"] = topk
-                tag = f"s{cfg.seed}-{digest(fp)[:10]}"
+                tag = f"s{cfg.seed}-{json_digest(fp)[:10]}"
                 name = tjob.row
                 lkey = f"{KIND}/{name}/{tag}"
                 if lkey not in stores:

@@ -23,7 +23,6 @@ distinct recipe and seed, so a value shared by two stages trains once.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..config import ConfigError, path_under, read_config
-from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
+from ..io import atomic_write_csv, atomic_write_json, atomic_write_text, json_digest
 from ..rundir import RunDir, ensure_writable, exclusive
 from .jobs import Job
 from .plan import recipe_of
@@ -69,7 +68,7 @@ def read_tuned(suite, results: Optional[str] = None) -> Tuple[Dict[str, Any], Di
 
 
 def _digest(raw: Dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return json_digest(raw)[:12]
 
 
 class _Trials:

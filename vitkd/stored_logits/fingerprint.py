@@ -6,11 +6,11 @@ whose recipe and seed are the same, whatever its student, batch size, learning r
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Dict, Optional
 
 from ..config import RunCfg
 from ..data import DataSpec, sample_seed
+from ..io import sha256_file
 from .format import StoreError
 
 __all__ = ["data_fingerprint", "check_fingerprint", "weights_sha256", "record_seed", "FINGERPRINT_FIELDS"]
@@ -75,11 +75,7 @@ def check_fingerprint(meta: Dict[str, Any], cfg: RunCfg, spec: DataSpec, where: 
 def weights_sha256(checkpoint: str) -> str:
     """sha256 of a teacher's weights file (a run folder's exported student weights, or the file itself)."""
     from ..models import resolve_weights
-    h = hashlib.sha256()
-    with open(resolve_weights(checkpoint), "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(resolve_weights(checkpoint))
 
 
 def record_seed(seed: int, epoch: int, index: int, copy: int) -> int:

@@ -31,7 +31,7 @@ from ..config import ConfigError
 from ..io import atomic_write_bytes, atomic_write_json
 
 __all__ = ["StoreError", "STORE_FILE", "FORMAT_VERSION", "HEADER", "record_dtype", "shard_path", "write_shard",
-           "read_shard", "read_store_json", "write_store_json", "digest", "VALUE_TYPES"]
+           "read_shard", "read_store_json", "write_store_json", "VALUE_TYPES"]
 
 STORE_FILE = "store.json"
 FORMAT_VERSION = 1
@@ -44,11 +44,6 @@ VALUE_TYPES = {"fp16": np.float16, "fp32": np.float32}
 
 class StoreError(ConfigError):
     """A store that cannot serve (missing, incomplete, corrupted, or of another config): one line."""
-
-
-def digest(obj: Any) -> str:
-    """sha256 of a JSON-able object (keys sorted)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def record_dtype(k: int, values: str) -> np.dtype:

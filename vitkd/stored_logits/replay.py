@@ -22,10 +22,11 @@ from torch import Tensor
 
 from ..config import ConfigError, RunCfg, TeacherCfg
 from ..data import DataSpec
+from ..io import json_digest
 from ..taps import ModelInfo, TapOutput, TapRequest
 from ..teachers import TeacherSource
 from .fingerprint import check_fingerprint, record_seed
-from .format import StoreError, digest, layout, read_shard, read_store_json, record_dtype, shard_path
+from .format import StoreError, layout, read_shard, read_store_json, record_dtype, shard_path
 
 __all__ = ["StoredTeacher", "dense_log_probs", "open_store"]
 
@@ -60,7 +61,7 @@ def open_store(path: str, where: str):
             if p.stat().st_size != size:
                 raise StoreError(f"{where}: {p}: truncated or padded shard ({p.stat().st_size} bytes, expected "
                                  f"{size})")
-    return meta, dtype, digest(fp)
+    return meta, dtype, json_digest(fp)
 
 
 class StoredTeacher(TeacherSource):

@@ -24,12 +24,13 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import ConfigError, DistillCfg, RunCfg, path_under, step_bf16
 from ..data import build_datasets, train_view
 from ..models import student_spec
+from ..io import json_digest
 from ..dist import World, barrier, current_world, join_from_env, leave, resolve_device
 from ..rundir import exclusive
 from ..taps import TapRequest, describe
 from ..teachers import LiveTeacher, load_teacher_model
 from .fingerprint import data_fingerprint, record_seed, weights_sha256
-from .format import (FORMAT_VERSION, STORE_FILE, StoreError, digest, layout, read_shard, read_store_json,
+from .format import (FORMAT_VERSION, STORE_FILE, StoreError, layout, read_shard, read_store_json,
                      record_dtype, shard_path, write_shard, write_store_json)
 
 __all__ = ["save_logits", "save_store", "train_pipeline", "DEFAULT_TOPK", "DEFAULT_CHUNK"]
@@ -150,12 +151,12 @@ def save_store(cfg: RunCfg, source, teacher_sha: str, info: dict, store: Path, t
             "train_images": n, "keys_per_epoch": keys, "chunk": int(chunk),
             "record_bytes": record_dtype(k, values).itemsize, "seed": cfg.seed, "teacher": info,
             "temperature": 1.0, "note": "top-K log-probabilities (logits - logsumexp) at T = 1"}
-    if replace and (store / STORE_FILE).is_file() and digest(read_store_json(store, "--out")) != digest(meta):
+    if replace and (store / STORE_FILE).is_file() and json_digest(read_store_json(store, "--out")) != json_digest(meta):
         for f in list(store.glob("*.shard")) + [store / STORE_FILE]:   # a store of another config: start over
             f.unlink()
     if (store / STORE_FILE).is_file():
         old = read_store_json(store, "--out")
-        if digest(old) != digest(meta):
+        if json_digest(old) != json_digest(meta):
             field = next((f for f in fp if old.get("fingerprint", {}).get(f) != fp[f]), None)
             what = f"{field} differs" if field else "its layout differs"
             raise StoreError(f"--out {store}: holds a store of another config ({what}); choose another --out or "
@@ -169,7 +170,7 @@ def save_store(cfg: RunCfg, source, teacher_sha: str, info: dict, store: Path, t
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         barrier(world)   # no rank writes before the folder is clean
     dtype = record_dtype(k, values)
-    fsha = digest(fp)
+    fsha = json_digest(fp)
     _, n_chunks = layout(meta)
     todo = []
     for e in range(n_epochs):

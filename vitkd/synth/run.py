@@ -8,8 +8,6 @@ seed, so a resumed set equals an uninterrupted one).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import time
 from typing import Callable, Optional
@@ -19,29 +17,22 @@ import torch
 
 from ..config import DataCfg, TeacherCfg
 from ..data import class_count, sample_seed
+from ..io import json_digest, sha256_file
 from ..rundir import exclusive
 from .config import SynthCfg
 from .inversion import invert_batch
 from .losses import BNStatistics
 from ..datasets.synthetic import SyntheticStore
 
-__all__ = ["synthesize", "is_synthesized", "fingerprint", "SYNTH_VERSION", "file_sha256"]
+__all__ = ["synthesize", "is_synthesized", "fingerprint", "SYNTH_VERSION"]
 
 SYNTH_VERSION = 1   # bump when the synthesis computes something else for the same settings
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _model_identity(t: TeacherCfg, model: torch.nn.Module) -> dict:
     from ..models import resolve_weights
     from ..taps import model_name
-    return {"model": model_name(model), "args": t.args, "weights_sha256": file_sha256(resolve_weights(t.checkpoint))}
+    return {"model": model_name(model), "args": t.args, "weights_sha256": sha256_file(resolve_weights(t.checkpoint))}
 
 
 def fingerprint(cfg: SynthCfg, teacher: torch.nn.Module, spec, student: Optional[torch.nn.Module] = None) -> dict:
@@ -50,8 +41,7 @@ def fingerprint(cfg: SynthCfg, teacher: torch.nn.Module, spec, student: Optional
              "student": _model_identity(cfg.student, student) if student is not None else None,
              "input": {"img_size": list(spec.img_size), "mean": list(spec.mean), "std": list(spec.std)},
              "seed": cfg.seed, "synth": dataclasses.asdict(cfg.synth)}
-    digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
-    return {"identity": ident, "sha256": digest}
+    return {"identity": ident, "sha256": json_digest(ident)}
 
 
 def _data_identity(data: DataCfg) -> dict:

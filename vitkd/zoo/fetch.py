@@ -31,17 +31,17 @@ For every file of an entry:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Callable, List, Optional
 
 from ..config import path_under
+from ..io import sha256_file
 from ..download import DownloadError, Limits, fetch, limits_from_env
 from .index import ZooEntry, ZooError, ZooIndex, check_file_name, check_url
 
-__all__ = ["cache_home", "entry_folder", "fetch_entry", "fetch_file", "verify_file", "sha256_of", "cached_folder",
+__all__ = ["cache_home", "entry_folder", "fetch_entry", "fetch_file", "verify_file", "cached_folder",
            "check_size", "check_architecture"]
 
 DEFAULT_DEADLINE_S = 1800.0
@@ -63,20 +63,12 @@ def entry_folder(name: str) -> Path:
     return path_under(cache_home() / "zoo", name, key="zoo")
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def verify_file(path: Path, sha256: str, size: int) -> Optional[str]:
     """None when ``path`` has exactly this size and sha256, else what is wrong (one phrase)."""
     n = path.stat().st_size
     if n != size:
         return f"size {n} bytes, expected {size}"
-    digest = sha256_of(path)
+    digest = sha256_file(path)
     if digest != sha256:
         return f"sha256 {digest[:12]}..., expected {sha256[:12]}..."
     return None

@@ -25,9 +25,8 @@ import yaml
 
 from .. import models as model_lib
 from ..config import ConfigError, check_name, path_under, raw_teachers
-from ..io import atomic_save_safetensors, atomic_write_text
+from ..io import atomic_save_safetensors, atomic_write_text, sha256_file
 from ..rundir import RunDir, exclusive
-from .fetch import sha256_of
 from .index import (ZooEntry, ZooError, ZooFile, ZooIndex, SuiteRef, load_index, markdown_table,
                     row_of, save_index)
 
@@ -209,7 +208,7 @@ def export_run(run_dir, name: str, index_path, *, method: str = "", family: str 
             timm=timm.__version__)
         atomic_write_text(staged / CARD_FILE, card_text(entry, root_rel))
         names = (HF_CONFIG_FILE, weights_name(), CONFIG_FILE, CARD_FILE)
-        entry.files = [ZooFile(n, f"{name}/{n}", sha256_of(staged / n), (staged / n).stat().st_size) for n in names]
+        entry.files = [ZooFile(n, f"{name}/{n}", sha256_file(staged / n), (staged / n).stat().st_size) for n in names]
         _replace_folder(staged, path_under(folder, name, key="zoo publish --name"))
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
