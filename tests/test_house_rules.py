@@ -122,3 +122,11 @@ def test_no_loss_slices_prefix_tokens_by_index():
 def test_run_folder_file_names_appear_only_in_the_run_folder_module(name):
     in_a_string = r"""["'][^"']*""" + re.escape(name)
     assert not _grep(in_a_string, [p for p in MODULES.values() if p.name != "rundir.py"])
+
+
+def test_the_training_loop_is_split_into_readable_steps():
+    """engine/loop: restore, one epoch, evaluation and finish are functions of their own, none of them long."""
+    tree = ast.parse((PKG / "engine" / "loop.py").read_text())
+    lengths = {n.name: n.end_lineno - n.lineno + 1 for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    assert {"_restore_or_start", "_train_epoch", "_evaluate_epoch", "_finish"} <= set(lengths)
+    assert not {k: v for k, v in lengths.items() if v > 60}
