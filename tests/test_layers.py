@@ -144,3 +144,13 @@ def test_no_private_name_is_imported_across_modules():
                 if n.startswith("_") and not n.startswith("__"):
                     bad.append(f"{MODULES[m].relative_to(PKG.parent)}:{line}: {m} imports {target}.{n}")
     assert not bad, "private names imported across modules:\n" + "\n".join(bad)
+
+
+def test_the_engine_imports_no_method_and_names_none():
+    """The engine trains whatever distiller it is given: it imports no method (a run kind registers its distiller
+    builder in :mod:`vitkd.distiller`) and reads no method's config section."""
+    methods = ("vitkd.m2m", "vitkd.chain", "vitkd.stored_logits", "vitkd.synth", "vitkd.zoo", "vitkd.compare")
+    bad = [(m, t) for m, edges in EDGES.items() if m.startswith("vitkd.engine") for t, _, _ in edges
+           if t.startswith(methods)]
+    assert not bad
+    assert not [m for m, p in MODULES.items() if m.startswith("vitkd.engine") and "cfg.m2m" in p.read_text()]
