@@ -14,7 +14,7 @@ from .jobs import Job, is_done, kind_of
 from .suite import SuiteCfg
 
 __all__ = ["Job", "recipe_of", "quick_rows", "plan_teachers", "plan_synth", "plan_rows", "row_folder", "check_jobs",
-           "strip_checkpoints", "synth_dir"]
+           "strip_checkpoints", "synth_dir", "build_key"]
 
 
 def _set_teacher_checkpoint(raw: dict, key: str, run_dir: Path) -> None:
@@ -130,7 +130,7 @@ def check_jobs(jobs: List[Job]) -> None:
     built = set()
     for j in runs:
         stripped, teachers = planned_teachers(_strip_planned_data(j.raw, outs), planned)
-        key = json.dumps({**stripped, "seed": None}, sort_keys=True, default=str)   # seeds build the same
+        key = build_key(stripped)
         if key in built or is_done(j):
             continue
         built.add(key)
@@ -138,6 +138,11 @@ def check_jobs(jobs: List[Job]) -> None:
             dry_build(parse_config(stripped), teachers)
         except ConfigError as e:
             raise ConfigError(f"suite {j.key}: {e}") from None
+
+
+def build_key(raw: dict) -> str:
+    """What decides a dry build of a raw config: the config without its seed (seeds build the same)."""
+    return json.dumps({**raw, "seed": None}, sort_keys=True, default=str)
 
 
 def _strip_planned_data(raw: dict, outs) -> dict:

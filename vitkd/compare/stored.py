@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..config import ConfigError, parse_config, path_under, raw_teachers
 from .jobs import Job, register_kind
-from .plan import strip_checkpoints
+from .plan import build_key, strip_checkpoints
 
 __all__ = ["plan_stored_logits", "KIND"]
 
@@ -26,10 +26,9 @@ KIND = "logits"
 
 def _logit_only_teachers(job: Job, planned: Dict[str, object], seen: Dict[str, set]) -> set:
     """The teacher keys of a row that its terms read for logits only (dry build with planned teachers)."""
-    import json
     from ..engine.build import dry_build, planned_teachers
     stripped, teachers = planned_teachers(job.raw, planned)
-    key = json.dumps({**stripped, "seed": None}, sort_keys=True, default=str)
+    key = build_key(stripped)
     if key not in seen:
         try:
             requests = dry_build(parse_config(stripped), teachers)
