@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Union
 
-__all__ = ["atomic_writer", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save",
+__all__ = ["LockBusy", "LockChanging", "held_lock", "atomic_writer", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save",
            "atomic_save_safetensors", "atomic_write_json", "atomic_write_csv", "sha256_file", "json_digest"]
 
 
@@ -33,6 +33,66 @@ def atomic_writer(path: Union[str, Path], mode: str = "wb"):
         if isinstance(e, OSError) and e.filename is None:   # a failed write names no file: name the one written
             e.filename = str(path)
         raise
+
+
+class LockBusy(OSError):
+    """Another process holds the lock (``holder``: its pid as it wrote it, or "")."""
+
+    def __init__(self, lock: Path, holder: str):
+        super().__init__(f"{lock} is held{f' by pid {holder}' if holder else ''}")
+        self.lock, self.holder = lock, holder
+
+
+class LockChanging(OSError):
+    """The lock file kept being replaced while it was taken (a hundred releases in a row)."""
+
+
+@contextlib.contextmanager
+def held_lock(lock: Union[str, Path], wait: bool):
+    """An exclusive ``flock`` on the file ``lock`` for the block, made with the folders it needs; ``wait``: block
+    until it is free, else :class:`LockBusy` at once. The kernel drops a lock when its process ends, however it
+    ends, so a lock file left by a killed process blocks nobody. On release the lock file goes, and so do the
+    folders made to hold it when empty (a holder that then finds the file it waited on removed takes it anew).
+    The holder's pid is written into the file. An ``OSError`` from making the file or its folders is the
+    caller's to word."""
+    import fcntl
+    lock = Path(lock)
+    made, probe = [], lock.parent
+    while not probe.exists() and probe != probe.parent:   # the folders this lock creates, deepest first
+        made.append(probe)
+        probe = probe.parent
+    for _ in range(100):   # each retry follows another holder's release: a few at most
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except FileNotFoundError:   # the folder went with a holder's release in between: again
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise LockBusy(lock, holder if holder.isdigit() else "") from None
+        try:   # the file we hold is still the lock file (a holder removes it on release)
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    else:
+        raise LockChanging(f"cannot take the lock {lock}: it keeps changing")
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield lock
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)
+        for folder in made:   # a folder that holds anything stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def _umask() -> int:

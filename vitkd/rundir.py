@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Tuple, Union
 
 from .config import ConfigError, load_yaml, yaml_dump
-from .io import atomic_save_safetensors, atomic_write_csv, atomic_write_json, atomic_write_text, json_digest
+from .io import (LockBusy, atomic_save_safetensors, atomic_write_csv, atomic_write_json, atomic_write_text,
+                 held_lock, json_digest)
 
 __all__ = ["RunDir", "BEHAVIOUR_VERSION", "NON_RESULT_KEYS", "config_digest", "ensure_writable", "exclusive",
            "lock_path"]
@@ -316,48 +317,17 @@ def exclusive(path: Union[str, Path], option: str = "--out"):
     its process ends, however it ends, so a lock file left by a killed process blocks nobody. On release the
     lock file goes again, and so do the folders made to hold it: a command refused after taking the lock leaves
     everything as it was. The folder is checked writable first (:func:`ensure_writable`)."""
-    import fcntl
     path = Path(path)
     ensure_writable(path, option)
     lock = lock_path(path)
-    made, probe = [], lock.parent
-    while not probe.exists() and probe != probe.parent:
-        made.append(probe)
-        probe = probe.parent
-    for attempt in range(100):   # each retry follows another process's release: a few at most
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-        except FileNotFoundError:   # the folder went with a holder's release in between: again
-            continue
-        except OSError as e:
-            raise ConfigError(f"{option} {path}: cannot make its lock file {lock} "
-                              f"({e.strerror or type(e).__name__})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            os.close(fd)
-            raise ConfigError(f"{option} {path}: another process is writing there"
-                              f"{f' (pid {holder})' if holder.isdigit() else ''}; wait for it or choose another "
-                              f"folder") from None
-        try:   # the file we hold is still the lock file (a holder removes it on release)
-            same = os.path.samestat(os.fstat(fd), os.stat(lock))
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    else:
-        raise ConfigError(f"{option} {path}: cannot take its lock ({lock}): it keeps changing")
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    held = contextlib.ExitStack()
+    try:   # only taking the lock is worded here: errors of the block itself pass through
+        held.enter_context(held_lock(lock, wait=False))
+    except LockBusy as e:
+        raise ConfigError(f"{option} {path}: another process is writing there"
+                          f"{f' (pid {e.holder})' if e.holder else ''}; wait for it or choose another folder") from None
+    except OSError as e:
+        raise ConfigError(f"{option} {path}: cannot make its lock file {lock} "
+                          f"({e.strerror or e})") from None
+    with held:
         yield path
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(lock)
-        os.close(fd)
-        for folder in made:   # deepest first; a folder that holds anything stays
-            with contextlib.suppress(OSError):
-                folder.rmdir()

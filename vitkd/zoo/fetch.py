@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from ..config import path_under
-from ..io import sha256_file
+from ..io import LockChanging, held_lock, sha256_file
 from ..download import DownloadError, Limits, fetch, limits_from_env
 from .index import ZooEntry, ZooError, ZooIndex, check_file_name, check_url
 
@@ -102,47 +102,15 @@ def _locked(folder: Path):
     hold it when they are left empty: a download that fails leaves the cache as it was (the next holder, finding
     the file it waited on removed, takes the lock anew, as :func:`vitkd.rundir.exclusive` does).
     :class:`_CacheUnwritable` when the folder or its lock file cannot be created."""
-    try:
-        import fcntl
-    except ImportError:   # pragma: no cover - Windows: no lock (one download at a time is the user's job)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise _CacheUnwritable(e.strerror or type(e).__name__) from None
+    held = contextlib.ExitStack()
+    try:   # only taking the lock is worded here: errors of the block itself pass through
+        held.enter_context(held_lock(folder / ".lock", wait=True))
+    except LockChanging as e:
+        raise ZooError(f"zoo: {e}") from None
+    except OSError as e:
+        raise _CacheUnwritable(e.strerror or str(e)) from None
+    with held:
         yield
-        return
-    lock = folder / ".lock"
-    made, probe = [], folder
-    while not probe.exists() and probe != probe.parent:   # the folders this lock creates
-        made.append(probe)
-        probe = probe.parent
-    for attempt in range(100):   # each retry follows another holder's release: a few at most
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-        except FileNotFoundError:   # the folder went with a holder's release in between: again
-            continue
-        except OSError as e:
-            raise _CacheUnwritable(e.strerror or type(e).__name__) from None
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:   # the file we hold is still the lock file (a holder removes it on release)
-            same = os.path.samestat(os.fstat(fd), os.stat(lock))
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    else:
-        raise ZooError(f"zoo: cannot take the lock of {folder} ({lock}): it keeps changing")
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(lock)
-        os.close(fd)
-        for d in made:   # deepest first; a folder that holds anything stays
-            with contextlib.suppress(OSError):
-                d.rmdir()
 
 
 def fetch_file(url: str, dest: Path, sha256: str, size: int, force: bool = False, retries: Optional[int] = None,
