@@ -1238,10 +1238,15 @@ def _with_file_size_limit(argv: List[str], limit: int):
     past it fails with EFBIG, a real kernel refusal on the errno path of a full disk (ENOSPC) and a quota (EDQUOT);
     no small filesystem can be mounted here. Returns (exit code, the lines of stderr)."""
     import subprocess
+    # imported before the limit: vitkd, and torch's RPC module, which writes a generated file into the temp folder
+    # when it is first imported (torch 2.6 reaches it lazily from inside a command)
     code = ("import resource, signal, sys\n"
+            "from vitkd.cli import main\n"
+            "import torch.distributed\n"
+            "if torch.distributed.is_available():\n"
+            "    import torch.distributed.nn\n"
             "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
             f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
-            "from vitkd.cli import main\n"
             f"sys.exit(main({argv!r}))\n")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
