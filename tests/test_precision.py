@@ -5,6 +5,7 @@ alone), recorded in ``run.yaml``, and part of a logit store's fingerprint when t
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,3 +54,19 @@ def test_a_bf16_run_on_the_cpu_runs_its_step_in_bf16_and_says_so(tmp_path, monke
     assert meta == {"fp32": "fp32", "bf16": "bf16"}
     w = __import__("safetensors.torch", fromlist=["load_file"]).load_file(tmp_path / "bf16" / "model.safetensors")
     assert all(t.dtype == torch.float32 for t in w.values())   # autocast: the weights stay fp32
+
+
+PRECISION_RESULTS = Path(__file__).resolve().parents[1] / "results" / "compare" / "fmnist-precision" / "results.csv"
+
+
+@pytest.mark.isa
+def test_the_default_precision_is_what_the_committed_paired_comparison_allows():
+    """bf16 may be the default only if the paired 95% interval of its difference to fp32 (>= 5 seeds, the
+    committed `vitkd compare configs/compare/fmnist_precision.yaml`) lies within +-0.3 points."""
+    import csv
+    from vitkd.config import TrainCfg
+    rows = {r["row"]: r for r in csv.DictReader(open(PRECISION_RESULTS))}
+    bf16 = rows["bf16"]
+    assert bf16["baseline"] == "fp32" and int(bf16["paired_seeds"]) >= 5
+    within = -0.3 <= float(bf16["ci_low"]) and float(bf16["ci_high"]) <= 0.3
+    assert TrainCfg().precision == ("bf16" if within else "fp32")

@@ -25,6 +25,7 @@ def main():
     ap.add_argument("run")
     ap.add_argument("--out", required=True)
     ap.add_argument("--command", default="", help="the command that trained the run (quoted in the README)")
+    ap.add_argument("--note", default="", help="a sentence on how the run was made (machine load, ...)")
     args = ap.parse_args()
     run, out = Path(args.run), Path(args.out)
     metrics = json.loads((run / "metrics.json").read_text())
@@ -69,6 +70,7 @@ def main():
               f"- Precision {meta.get('precision', 'fp32')}, device {meta['device']}, world size {meta['world_size']}, "
               f"{config['train'].get('threads')} threads; training wall {wall / 60:.1f} min (evaluation included).",
               f"- Versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}.",
+              *([f"- {args.note}"] if args.note else []),
               "",
               "| epoch | vitkd test top-1 | anchor (approx.) |",
               "|---|---|---|"]
