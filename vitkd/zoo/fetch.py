@@ -38,14 +38,12 @@ from typing import Callable, List, Optional
 
 from ..config import path_under
 from ..io import LockChanging, held_lock, sha256_file
-from ..download import DownloadError, Limits, fetch, limits_from_env
+from ..download import DownloadError, fetch, limits_from_env
 from .index import ZooEntry, ZooError, ZooIndex, check_file_name, check_url
 
 __all__ = ["cache_home", "entry_folder", "fetch_entry", "fetch_file", "verify_file", "cached_folder",
            "check_size", "check_architecture"]
 
-DEFAULT_DEADLINE_S = 1800.0
-DEFAULT_MAX_BYTES = 2 << 30
 
 
 class _CacheUnwritable(Exception):
@@ -80,8 +78,7 @@ def zoo_limits(retries: Optional[int] = None, backoff: Optional[float] = None, t
     ``VITKD_ZOO_DEADLINE``, ``VITKD_ZOO_MAX_BYTES``, else the defaults (3, 1 s, 30 s, 1800 s, 2 GiB)."""
     try:
         return limits_from_env("VITKD_ZOO", deadline=deadline, max_bytes=max_bytes, retries=retries,
-                               backoff=backoff, timeout=timeout,
-                               defaults=Limits(deadline_s=DEFAULT_DEADLINE_S, max_bytes=DEFAULT_MAX_BYTES))
+                               backoff=backoff, timeout=timeout)
     except DownloadError as e:
         raise ZooError(str(e)) from None
 
