@@ -5,10 +5,10 @@ random init (no downloads), resnet50 teacher:
 
 * no-KD: vitkd's distiller with the ``ce`` term alone;
 * live KD: ``ce`` 0.5 + ``kd`` 0.5 (T) with the teacher run every step (:class:`vitkd.teachers.LiveTeacher`);
-* stored KD: the same terms, the teacher read from a store (:class:`vitkd.stored_logits.replay.StoredTeacher`);
+* stored KD: the same terms, the teacher read from a store (:class:`vitkd.methods.stored_logits.replay.StoredTeacher`);
 * timm's ``LogitDistillationTask`` (live teacher, the same weights).
 
-The store is written first by :func:`vitkd.stored_logits.save.save_store` (the writer ``vitkd logits save`` uses) over
+The store is written first by :func:`vitkd.methods.stored_logits.save.save_store` (the writer ``vitkd logits save`` uses) over
 ``--save-images`` images: its teacher throughput (img/s) is the save cost. The steps are timed round-robin
 (the order rotates each round) and the medians reported with their ratios. Targets: stored KD within 1.05x of
 no-KD; stored KD at most 0.7x timm's live step.
@@ -34,9 +34,9 @@ from vitkd import models as model_lib
 from vitkd.config import RunCfg
 from vitkd.distiller import Distiller
 from vitkd.dist import World
-from vitkd.stored_logits.format import HEADER, record_dtype
-from vitkd.stored_logits.replay import StoredTeacher
-from vitkd.stored_logits.save import save_store
+from vitkd.methods.stored_logits.format import HEADER, record_dtype
+from vitkd.methods.stored_logits.replay import StoredTeacher
+from vitkd.methods.stored_logits.save import save_store
 from vitkd.losses import Batch, build_term
 from vitkd.taps import TapRequest
 from vitkd.teachers import LiveTeacher

@@ -386,7 +386,7 @@ def _(t, fx):
 def _store(t: Path, fx) -> Path:
     """A store of the tiny config's teacher (fx's CNN weights), written under the case folder."""
     from vitkd.config import parse_config
-    from vitkd.stored_logits.save import save_logits
+    from vitkd.methods.stored_logits.save import save_logits
     cfg = parse_config(kd({"model": "resnet_digits_s", "checkpoint": str(fx.cnn_weights)}, {"type": "kd"}))
     return save_logits(cfg, t / "store", progress=False, log=lambda m: None)["t"]
 
@@ -1270,7 +1270,7 @@ def test_a_full_disk_ends_training_in_one_line_and_leaves_no_partial_file(tmp_pa
 def test_a_full_disk_ends_logits_save_in_one_line_and_the_store_continues(fx, tmp_path, capsys):
     """The disk takes the store's store.json but not its first shard: one line naming the shard, exit code 2, no
     shard under its final name, no temp file, no lock; the same command run again finishes the store."""
-    from vitkd.stored_logits.format import read_store_json
+    from vitkd.methods.stored_logits.format import read_store_json
     from vitkd.rundir import lock_path
     raw = kd({"model": "resnet_digits_s", "checkpoint": str(fx.cnn_weights)}, {"type": "kd"})
     raw["data"]["train_subset"] = 256   # a shard of some 10 KB, a store.json of some 1.4 KB

@@ -16,23 +16,27 @@ PKG = Path(__file__).resolve().parents[1] / "vitkd"
 FLOORS = [
     ("foundations: stdlib, torch and timm only", [
         "vitkd._version", "vitkd.io", "vitkd.config", "vitkd.dist", "vitkd.connectors", "vitkd.archs",
-        "vitkd.losses.functional", "vitkd.profile.macs", "vitkd.compare.stats", "vitkd.synth.losses"]),
+        "vitkd.losses.functional", "vitkd.profile.macs", "vitkd.compare.stats", "vitkd.methods.datafree.losses"]),
     ("files, taps, formats", [
         "vitkd.download", "vitkd.rundir", "vitkd.taps", "vitkd.evaluate", "vitkd.datasets.idx",
-        "vitkd.datasets.synthetic", "vitkd.stored_logits.format", "vitkd.profile.throughput"]),
+        "vitkd.methods.datafree.store", "vitkd.methods.stored_logits.format", "vitkd.profile.throughput",
+        "vitkd.methods.m2m.config"]),
     ("datasets, the zoo's index, loss terms", [
         "vitkd.datasets", "vitkd.datasets.fashion_mnist", "vitkd.zoo.index", "vitkd.zoo.fetch", "vitkd.losses"]),
-    ("the data pipeline", ["vitkd.data"]),
-    ("models", ["vitkd.models", "vitkd.synth.config", "vitkd.synth.inversion"]),
-    ("teacher sources, profiles", ["vitkd.teachers", "vitkd.profile", "vitkd.stored_logits.fingerprint"]),
-    ("the distiller, the sources that register", [
-        "vitkd.distiller", "vitkd.zoo", "vitkd.zoo.load", "vitkd.zoo.evaluate", "vitkd.stored_logits",
-        "vitkd.synth"]),
-    ("the engine", ["vitkd.engine"]),
-    ("methods beyond a loss term", ["vitkd.chain", "vitkd.m2m"]),
-    ("pipelines of methods, publishing", ["vitkd.m2m_pipeline", "vitkd.zoo.publish"]),
-    ("the comparison", ["vitkd.compare"]),
-    ("the commands of a package", ["vitkd.zoo.commands", "vitkd.datasets.commands"]),
+    ("the data pipeline, loss terms that methods register", ["vitkd.data", "vitkd.methods.m2m.loss"]),
+    ("models", ["vitkd.models", "vitkd.methods.datafree.config", "vitkd.methods.datafree.inversion"]),
+    ("teacher sources, profiles", ["vitkd.teachers", "vitkd.profile", "vitkd.methods.stored_logits.fingerprint"]),
+    ("the distiller, the sources and writers of methods", [
+        "vitkd.distiller", "vitkd.zoo", "vitkd.zoo.load", "vitkd.zoo.evaluate", "vitkd.methods.stored_logits.replay",
+        "vitkd.methods.stored_logits.save", "vitkd.methods.datafree.run"]),
+    ("the engine: one run, run kinds, stages", ["vitkd.engine"]),
+    ("methods beyond a loss term", ["vitkd.methods.chain.stages", "vitkd.methods.m2m.stage"]),
+    ("pipelines of methods, publishing", ["vitkd.methods.m2m.pipeline", "vitkd.zoo.publish"]),
+    ("the comparison: the job kinds' registry, the built-in kinds, the loop over kinds", ["vitkd.compare"]),
+    ("the suite job kinds of methods", [
+        "vitkd.methods.datafree.suite", "vitkd.methods.stored_logits.suite", "vitkd.methods.m2m.suite"]),
+    ("the commands of a package or method", ["vitkd.zoo.commands", "vitkd.datasets.commands"]),
+    ("the methods' registrations (each method package's __init__)", ["vitkd.methods"]),
     ("the command line", ["vitkd.cli"]),
     ("the composition root", ["vitkd", "vitkd.__main__"]),
 ]
@@ -106,7 +110,8 @@ def test_every_import_points_to_a_lower_floor():
     for m, edges in EDGES.items():
         for target, line, _ in edges:
             assert target in MODULES, f"{MODULES[m].relative_to(PKG.parent)}:{line} imports {target}, not a module"
-            same_package = _package(m) == _package(target) or _package(m) == target
+            same_package = (_package(m) == _package(target) or _package(m) == target
+                            or target.rsplit(".", 1)[0] == _package(m))   # a package's own modules and subpackages
             if floor_of(target) > floor_of(m) or (floor_of(target) == floor_of(m) and not same_package):
                 bad.append(f"{MODULES[m].relative_to(PKG.parent)}:{line}: {m} (floor {floor_of(m)}, "
                            f"{FLOORS[floor_of(m)][0]}) imports {target} (floor {floor_of(target)}, "
@@ -149,7 +154,7 @@ def test_no_private_name_is_imported_across_modules():
 def test_the_engine_imports_no_method_and_names_none():
     """The engine trains whatever distiller it is given: it imports no method (a run kind registers its distiller
     builder in :mod:`vitkd.distiller`) and reads no method's config section."""
-    methods = ("vitkd.m2m", "vitkd.chain", "vitkd.stored_logits", "vitkd.synth", "vitkd.zoo", "vitkd.compare")
+    methods = ("vitkd.methods", "vitkd.zoo", "vitkd.compare")
     bad = [(m, t) for m, edges in EDGES.items() if m.startswith("vitkd.engine") for t, _, _ in edges
            if t.startswith(methods)]
     assert not bad

@@ -11,7 +11,7 @@ import yaml
 import vitkd  # noqa: F401  (registers the digits archs)
 from vitkd import models as model_lib
 from vitkd.config import ConfigError
-from vitkd.m2m import ModulePath, ViTModules, assemble
+from vitkd.methods.m2m.stage import ModulePath, ViTModules, assemble
 
 T_ARGS = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 4, "num_heads": 2, "mlp_ratio": 2.0}
 
@@ -53,7 +53,7 @@ def test_modules_own_every_tensor_once():
 
 
 def test_m2mkd_loss_is_the_formula_with_deits_reduction():
-    from vitkd.losses.functional import m2mkd
+    from vitkd.methods.m2m.loss import m2mkd
     g = torch.Generator().manual_seed(1)
     s, t = torch.randn(5, 7, generator=g), torch.randn(5, 7, generator=g)
     mixed = torch.softmax(torch.randn(5, 7, generator=g), -1)
@@ -185,7 +185,7 @@ def test_pipeline_runs_through_vitkd_train_stages(tmp_path):
 def test_suite_plans_a_pipeline_row_as_jobs_with_dependencies(tmp_path):
     """A pipeline row: incubation shared by the seeds (dropped when the check passed), M module jobs per seed
     reading the meta and the (incubated) teacher, then the row's run reading that seed's module jobs."""
-    from vitkd.compare.m2mkd import plan_pipelines
+    from vitkd.methods.m2m.suite import plan_pipelines
     from vitkd.compare.plan import plan_rows, plan_teachers
     from vitkd.compare.suite import load_suite
     student = {"seed": 0, "model": {"name": "vit_tiny_patch16_224", "args": {**T_ARGS, "embed_dim": 16, "depth": 2}},

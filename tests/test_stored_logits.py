@@ -20,9 +20,9 @@ from torch.utils.data import DataLoader
 from vitkd.config import ConfigError, parse_config
 from vitkd.data import EpochSampler, mix_draw
 from vitkd.dist import World
-from vitkd.stored_logits.format import StoreError, shard_path
-from vitkd.stored_logits.replay import StoredTeacher, dense_log_probs
-from vitkd.stored_logits.save import _Keys, _records, record_dtype, save_logits, save_store, train_pipeline
+from vitkd.methods.stored_logits.format import StoreError, shard_path
+from vitkd.methods.stored_logits.replay import StoredTeacher, dense_log_probs
+from vitkd.methods.stored_logits.save import _Keys, _records, record_dtype, save_logits, save_store, train_pipeline
 
 VIT_ARGS = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
 ROOT = Path(__file__).resolve().parents[1]
@@ -255,7 +255,7 @@ def test_a_save_killed_midway_resumes_to_the_same_bytes(env, tmp_path):
 
 def test_the_suite_plans_one_store_per_teacher_seed_and_recipe_for_logit_only_rows(tmp_path):
     from vitkd.compare.plan import check_jobs, plan_rows, plan_teachers
-    from vitkd.compare.stored import plan_stored_logits
+    from vitkd.methods.stored_logits.suite import plan_stored_logits
     from vitkd.compare.suite import load_suite
     common = {"data": {"name": "digits", "train_subset": 32, "batch_size": 8}, "train": {"epochs": 1, "progress": False}}
     (tmp_path / "student.yaml").write_text(yaml.safe_dump({"model": {"name": "vit_digits_tiny"}, **common}))
@@ -292,7 +292,7 @@ def test_a_bf16_config_stores_bf16_teacher_logits_and_its_fingerprint_says_so(en
     """train.precision: bf16 runs the teachers of `logits save` in bf16 too: the store's fingerprint names it (an
     fp32 store keeps its old digest), and its values differ from the fp32 store's."""
     import json
-    from vitkd.stored_logits.format import STORE_FILE
+    from vitkd.methods.stored_logits.format import STORE_FILE
     root, live, stores = env
     cfg = parse_config(student(live, precision="bf16"))
     bf16 = save_logits(cfg, tmp_path / "bf16", values="fp32", progress=False, log=lambda m: None)["t"]

@@ -105,7 +105,7 @@ def test_rows_choose_live_or_stored_teachers_and_the_stores_k(tmp_path):
 
 
 def test_a_pipeline_row_is_charged_for_all_its_stages():
-    from vitkd.compare.m2mkd import pipeline_overrides
+    from vitkd.methods.m2m.suite import pipeline_overrides
     from vitkd.compare.plan import Job
     stage = {"macs_per_image": 1e6, "train_images": 100}
     costs = {"m2m": {"total_macs": 3e12, "stages": {
@@ -251,9 +251,9 @@ def test_rows_on_a_synthetic_set_keep_their_teachers_live_and_a_real_store_refus
     from vitkd.compare import _stored
     from vitkd.compare.plan import plan_rows, plan_teachers
     from vitkd.config import parse_config
-    from vitkd.stored_logits.fingerprint import check_fingerprint, data_fingerprint
-    from vitkd.stored_logits.format import StoreError
-    from vitkd.datasets.synthetic import SyntheticStore
+    from vitkd.methods.stored_logits.fingerprint import check_fingerprint, data_fingerprint
+    from vitkd.methods.stored_logits.format import StoreError
+    from vitkd.methods.datafree.store import SyntheticStore
     suite, base = _suite(tmp_path)
     suite.rows[1].set = {**suite.rows[1].set, "data.synthetic": str(tmp_path)}
     cache = tmp_path / "cache"

@@ -14,8 +14,8 @@ import yaml
 from torch import nn
 
 import vitkd.archs  # noqa: F401  (registers the digits models)
-from vitkd.synth import SyntheticStore, parse_synth_config, read_synthetic, synthesize
-from vitkd.synth.losses import BNStatistics, competition_loss, intra_divergence
+from vitkd.methods.datafree import SyntheticStore, parse_synth_config, read_synthetic, synthesize
+from vitkd.methods.datafree.losses import BNStatistics, competition_loss, intra_divergence
 
 FIX = Path(__file__).parent / "fixtures" / "synth"
 ROOT = Path(__file__).parents[1]

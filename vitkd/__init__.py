@@ -11,5 +11,5 @@ from ._version import __version__  # noqa: F401
 
 from . import archs  # noqa: F401,E402  (registers vitkd's models in timm)
 from .taps import TapError, TapOutput, TapRequest, Tapped  # noqa: F401,E402
-from . import m2m  # noqa: F401,E402  (the distiller builder of m2m stages: vitkd.distiller.BUILDERS)
-from . import stored_logits, zoo  # noqa: F401,E402  (teacher origins 'logits' and 'zoo': vitkd.teachers.ORIGINS)
+from . import zoo  # noqa: F401,E402  (the teacher origin 'zoo': vitkd.teachers.ORIGINS)
+from . import methods  # noqa: F401,E402  (methods beyond a loss term register their run kinds, sources, jobs)

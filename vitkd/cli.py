@@ -53,6 +53,7 @@ def _default_out(root: Path, name: Optional[str], config) -> Path:
 def _cmd_train(args) -> int:
     from .config import load_config
     from .engine import train
+    from .engine.kinds import run_kind_of
     from .dist import env_world_size
     from .rundir import exclusive
     out = Path(args.out) if args.out else None
@@ -60,31 +61,22 @@ def _cmd_train(args) -> int:
         raise ConfigError("--resume needs --out DIR (the run folder to continue)")
     if args.nproc is not None and args.nproc < 1:
         raise ConfigError(f"--nproc: must be >= 1, got {args.nproc}")
-    from .chain import is_chain, run_chain
-    if is_chain(args.config) and ((args.nproc or 1) > 1 or env_world_size() > 1):
-        raise ConfigError("a chain runs its stages in one process (launch each stage's config with torchrun)")
-    from .m2m_pipeline import is_pipeline, run_pipeline
-    if is_pipeline(args.config):   # m2mKD: meta, check, incubation, module jobs, assembly as stages
-        if (args.nproc or 1) > 1 or env_world_size() > 1 or args.resume:
-            raise ConfigError("an m2mkd pipeline runs its stages in one process and resumes them by itself "
-                              "(no --nproc, no --resume)")
+    kind = run_kind_of(args.config)   # a file of several runs (a registered run kind), else one run
+    if kind is not None:
+        if kind.one_process and ((args.nproc or 1) > 1 or env_world_size() > 1):
+            raise ConfigError(f"a {kind.name} runs its stages in one process (launch each stage's config with "
+                              f"torchrun)")
+        if args.resume and not kind.takes_resume:
+            raise ConfigError(f"a {kind.name} reuses finished stages and resumes unfinished ones by itself "
+                              f"(no --resume)")
         out = out or _default_out(Path("runs"), None, args.config)
         with exclusive(out):   # each stage's run folder is held by its own run too
-            res = run_pipeline(args.config, out, args.set, overwrite=args.overwrite,
-                               log=lambda m: print(m, flush=True))
-        print(json.dumps({"out": str(out), "check_passed": res["check"]["passed"],
-                          **{k: res["stages"]["student"].get(k) for k in ("val_top1", "test_top1")}}))
+            summary = kind.train(args.config, out, args.set, overwrite=args.overwrite,
+                                 log=lambda m: print(m, flush=True))
+        print(json.dumps({"out": str(out), **summary}))
         return 0
     if (args.nproc or 1) > 1:
         return _launch_torchrun(args, out)
-    if is_chain(args.config):
-        out = out or _default_out(Path("runs"), None, args.config)
-        with exclusive(out):   # each stage's run folder is held by its own run too
-            finals = run_chain(args.config, out, args.set, overwrite=args.overwrite,
-                               log=lambda m: print(m, flush=True))
-        print(json.dumps({"out": str(out), "stages": [{k: f.get(k) for k in ("val_top1", "test_top1")}
-                                                      for f in finals]}))
-        return 0
     cfg = load_config(args.config, args.set)
     if out is None:
         out = _default_out(Path("runs"), cfg.name, args.config)
@@ -236,7 +228,7 @@ def _profile_config(args) -> int:
 
 def _cmd_synthesize(args) -> int:
     """A labelled synthetic set from a BN teacher (DeepInversion), reused or continued when --out holds it."""
-    from .synth import load_synth_config, synthesize
+    from .methods.datafree import load_synth_config, synthesize
     cfg = load_synth_config(args.config, args.set)
     out = Path(args.out) if args.out else _default_out(Path("runs") / "synth", cfg.name, args.config)
     from .rundir import ensure_writable
@@ -251,7 +243,7 @@ def _cmd_synthesize(args) -> int:
 def _cmd_logits_save(args) -> int:
     """Run the config's teachers over every epoch's augmented train images once; one store per teacher."""
     from .config import load_config
-    from .stored_logits.save import save_logits
+    from .methods.stored_logits.save import save_logits
     cfg = load_config(args.config, args.set)
     out = Path(args.out) if args.out else _default_out(Path("logits"), cfg.name, args.config)
     stores = save_logits(cfg, out, topk=args.topk, epochs=args.epochs, bf16=args.bf16, values=args.values,

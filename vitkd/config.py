@@ -5,6 +5,7 @@ the CLI turns it into exit code 2. Unknown keys get a close-match suggestion.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -17,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import yaml
 
-__all__ = ["ConfigError", "DataError", "vitkd_home", "PRECISIONS", "step_bf16", "ModelCfg", "DataCfg", "TrainCfg", "TeacherCfg", "DistillCfg", "M2MCfg", "RunCfg",
+__all__ = ["Section", "SECTIONS", "register_section", "section", "key_value", "has_key", "schema_keys", "ConfigError", "DataError", "vitkd_home", "PRECISIONS", "step_bf16", "ModelCfg", "DataCfg", "TrainCfg", "TeacherCfg", "DistillCfg", "RunCfg",
            "load_config", "parse_config", "check_paths", "config_paths", "apply_overrides", "apply_mapping", "to_dict",
            "build_dataclass", "read_yaml", "load_yaml", "yaml_dump", "check_name", "path_under", "check_seed",
            "MAX_SEED"]
@@ -83,6 +84,77 @@ def _path_field(default=None, **kw):
     return field(default=default, metadata={"path": True, **kw})
 
 
+def _sections_field():
+    return field(default_factory=dict, metadata={"sections": True})
+
+
+@dataclass(frozen=True)
+class Section:
+    """A config key that a method declares on a schema class (``owner``), rather than the core schema: its type
+    (checked like any field), its default, and whether it names a file or folder (checked to exist)."""
+    owner: type
+    key: str
+    type: Any
+    default: Any = None
+    default_factory: Optional[Any] = None
+    path: bool = False
+
+    def default_value(self):
+        return self.default_factory() if self.default_factory is not None else self.default
+
+
+# schema class -> {key: Section}: filled by the methods that own the keys (vitkd.methods.*), read by the parser,
+# to_dict, the path checks and the run folder's reuse digest
+SECTIONS: Dict[type, Dict[str, Section]] = {}
+
+
+def register_section(owner: type, key: str, type_: Any, default: Any = None, default_factory=None,
+                     path: bool = False) -> None:
+    """Declare ``key`` on the schema class ``owner`` (e.g. a run config's top-level section, a data key, a
+    teacher's source): parsed, dumped and checked like a field; read with :func:`section`."""
+    fields_ = {f.name for f in dataclasses.fields(owner)}
+    if key in fields_ or key in SECTIONS.get(owner, {}):
+        raise ValueError(f"register_section: {owner.__name__}.{key} is already a key")
+    SECTIONS.setdefault(owner, {})[key] = Section(owner, key, type_, default, default_factory, path)
+
+
+def section(cfg, key: str):
+    """The value of the declared key ``key`` of a config node (its default when not set)."""
+    spec = SECTIONS.get(type(cfg), {}).get(key)
+    if spec is None:
+        raise KeyError(f"{type(cfg).__name__}.{key}: not a declared section")
+    store = cfg.sections
+    if key not in store:
+        store[key] = spec.default_value()
+    return store[key]
+
+
+def key_value(cfg, key: str):
+    """The value of ``key`` of a config node, a field or a declared section alike."""
+    if key in SECTIONS.get(type(cfg), {}):
+        return section(cfg, key)
+    return getattr(cfg, key)
+
+
+def has_key(cls: type, key: str) -> bool:
+    """Whether the schema class ``cls`` has ``key``, a field or a declared section."""
+    return key in SECTIONS.get(cls, {}) or key in {f.name for f in dataclasses.fields(cls)
+                                                    if not f.metadata.get("sections")}
+
+
+def schema_keys(cls):
+    """``(key, type, default, path)`` of every key of a schema class: its fields, then its declared sections."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("sections"):
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        yield f.name, hints[f.name], default, bool(f.metadata.get("path"))
+    for key, spec in SECTIONS.get(cls, {}).items():
+        yield key, spec.type, spec.default_value(), spec.path
+
+
 @dataclass
 class ModelCfg:
     name: str = "vit_tiny_patch16_224"
@@ -120,8 +192,7 @@ class DataCfg:
     hflip: float = 0.0                   # horizontal flip probability (augment: timm or light)
     repeated_aug: int = 1                # repeated augmentation: each image appears this many times per epoch
     aug_strength: float = 1.0            # augment: light: scales its rotation, scale and shift ranges (0 = none)
-    # a synthetic set (``vitkd synthesize`` output folder) replaces the train split; val/test stay real
-    synthetic: Optional[str] = _path_field()
+    sections: Dict[str, Any] = _sections_field()   # keys methods declare (register_section), e.g. a train-split source
 
     def __post_init__(self):
         _choice("data.name", self.name, DATASET_NAMES)
@@ -199,7 +270,7 @@ class TeacherCfg:
     args: Dict[str, Any] = field(default_factory=dict)
     bf16: bool = False                         # run the frozen teacher under bf16 autocast (CPU and CUDA)
     zoo: Optional[str] = None                  # a published zoo entry (downloaded, verified) instead of a checkpoint
-    logits: Optional[str] = _path_field()      # a stored-logits folder (`vitkd logits save`): no teacher is run
+    sections: Dict[str, Any] = _sections_field()   # keys methods declare (register_section): other teacher sources
 
 
 @dataclass
@@ -208,28 +279,8 @@ class DistillCfg:
     terms: List[Dict[str, Any]] = field(default_factory=list)   # checked against the loss registry at build
 
     def __post_init__(self):
-        for key in self.teachers:   # a teacher's key names its logits store (vitkd logits save: OUT/<key>)
+        for key in self.teachers:   # a teacher's key may name a folder (e.g. a store of its outputs)
             check_name(key, f"distill.teachers.{key}", "teacher key")
-
-
-@dataclass
-class M2MCfg:
-    """A stage of module-level distillation (m2mKD; see :mod:`vitkd.m2m`). The models it reads are
-    ``distill.teachers`` entries, named here."""
-    depths: List[int] = field(default_factory=list)   # blocks per module of model.name (summing to its depth)
-    module: Optional[int] = None       # module job / incubation: the module of model.name that trains
-    meta: Optional[str] = None         # the teacher entry holding the frozen meta model (one block per module)
-    teacher_depths: List[int] = field(default_factory=list)   # blocks per module of the distilling teachers
-    init: Optional[str] = None         # incubation: the teacher entry whose weights model.name starts from
-    parts: List[str] = field(default_factory=list)   # assembly: teacher entries holding module runs 0..M-1
-
-    def __post_init__(self):
-        if not self.depths:
-            raise ConfigError("m2m.depths: missing (blocks per module, e.g. [2, 2, 2])")
-        if self.parts and (self.module is not None or self.meta is not None or self.init is not None):
-            raise ConfigError("m2m.parts: an assembly reads finished module runs; it takes no module, meta or init")
-        if not self.parts and (self.module is None or self.meta is None):
-            raise ConfigError("m2m: a module job needs module and meta (or parts, for an assembly)")
 
 
 @dataclass
@@ -240,7 +291,7 @@ class RunCfg:
     train: TrainCfg = field(default_factory=TrainCfg)
     distill: Optional[DistillCfg] = None
     name: Optional[str] = None
-    m2m: Optional[M2MCfg] = None         # a stage of module-level distillation (vitkd.m2m)
+    sections: Dict[str, Any] = _sections_field()   # top-level sections methods declare (register_section)
 
     def __post_init__(self):
         check_seed(self.seed, "seed")
@@ -361,14 +412,19 @@ def _coerce(value, tp, key: str, base: Path, meta: dict):
 
 def _build(cls, data: dict, prefix: str, base: Path):
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("sections")}
+    declared = SECTIONS.get(cls, {})
+    kwargs, sections = {}, {}
     for k, v in data.items():
         key = f"{prefix}.{k}" if prefix else str(k)
+        if k in declared:
+            sections[k] = _coerce(v, declared[k].type, key, base, {"path": declared[k].path})
+            continue
         if k not in fields:
-            hint = difflib.get_close_matches(str(k), list(fields), n=1)
+            valid_keys = list(fields) + list(declared)
+            hint = difflib.get_close_matches(str(k), valid_keys, n=1)
             extra = f" (did you mean '{hint[0]}'?)" if hint else ""
-            valid = "" if extra else f" (valid keys: {', '.join(fields)})"
+            valid = "" if extra else f" (valid keys: {', '.join(valid_keys)})"
             raise ConfigError(f"unknown config key '{key}'{extra}{valid}")
         kwargs[k] = _coerce(v, hints[k], key, base, dict(fields[k].metadata))
     missing = [f.name for f in fields.values() if f.name not in kwargs and f.default is dataclasses.MISSING
@@ -376,6 +432,8 @@ def _build(cls, data: dict, prefix: str, base: Path):
     if missing:
         key = f"{prefix}.{missing[0]}" if prefix else missing[0]
         raise ConfigError(f"{key}: missing (required)")
+    if len(fields) < len(dataclasses.fields(cls)):   # a class that takes declared sections
+        kwargs["sections"] = {k: sections.get(k, spec.default_value()) for k, spec in declared.items()}
     return cls(**kwargs)
 
 
@@ -400,12 +458,20 @@ def parse_config(data: Optional[dict], base: Union[str, Path] = ".", paths: bool
 
 
 def config_paths(node, prefix: str = ""):
-    """``(dotted key, value)`` of every path a config names (fields marked as paths, set)."""
+    """``(dotted key, value)`` of every path a config names (fields and declared sections marked as paths, set)."""
     if dataclasses.is_dataclass(node):
         for f in dataclasses.fields(node):
+            if f.metadata.get("sections"):
+                continue
             key = f"{prefix}.{f.name}" if prefix else f.name
             value = getattr(node, f.name)
             if f.metadata.get("path") and value is not None:
+                yield key, value
+            yield from config_paths(value, key)
+        for k, spec in SECTIONS.get(type(node), {}).items():
+            key = f"{prefix}.{k}" if prefix else k
+            value = section(node, k)
+            if spec.path and value is not None:
                 yield key, value
             yield from config_paths(value, key)
     elif isinstance(node, dict):
@@ -543,5 +609,18 @@ def load_config(path: Union[str, Path], overrides: Optional[List[str]] = None) -
     return parse_config(raw, base=Path(path).parent)
 
 
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+def to_dict(cfg) -> Any:
+    """A config node as plain data (what ``dataclasses.asdict`` gives), declared sections among its keys."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        out = {}
+        for f in dataclasses.fields(cfg):
+            if not f.metadata.get("sections"):
+                out[f.name] = to_dict(getattr(cfg, f.name))
+        for k in SECTIONS.get(type(cfg), {}):
+            out[k] = to_dict(section(cfg, k))
+        return out
+    if isinstance(cfg, dict):
+        return {to_dict(k): to_dict(v) for k, v in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return type(cfg)(to_dict(v) for v in cfg)
+    return copy.deepcopy(cfg)

@@ -22,7 +22,7 @@ import pickle
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from .config import ConfigError, DataCfg, DataError
+from .config import ConfigError, DataCfg, DataError, section
 from .datasets import fashion_mnist
 
-__all__ = ["DIGITS_SPLIT", "SOURCES", "Source", "register_source", "sample_seed", "seeded", "SplitDataset", "EpochSampler", "build_datasets",
+__all__ = ["TRAIN_SPLITS", "TrainSplit", "register_train_split", "replaced_train_split", "DIGITS_SPLIT", "SOURCES", "Source", "register_source", "sample_seed", "seeded", "SplitDataset", "EpochSampler", "build_datasets",
            "DataSpec", "load_digits_arrays", "class_count", "MixSpec", "MixedDataset", "train_view", "mix_partners", "mix_draw"]
 
 DIGITS_SPLIT = {"train": 1197, "val": 200, "test": 400}
@@ -367,6 +367,31 @@ class Source:
 SOURCES: Dict[str, Source] = {}
 
 
+@dataclass(frozen=True)
+class TrainSplit:
+    """A set that replaces a dataset's train split when the data key it was registered under is set (the val and
+    test splits stay the dataset's): ``read(value, num_classes) -> (items, targets)``; ``fingerprint(value)``: what
+    names its images (a store of teacher outputs records it)."""
+    read: Callable[[Any, int], Tuple[Any, Any]]
+    fingerprint: Callable[[Any], Any]
+
+
+# data key (declared with vitkd.config.register_section on DataCfg) -> the set it reads; registered by the method
+# that writes such sets (vitkd.methods.datafree)
+TRAIN_SPLITS: Dict[str, TrainSplit] = {}
+
+
+def register_train_split(key: str, read: Callable[[Any, int], Tuple[Any, Any]],
+                         fingerprint: Callable[[Any], Any]) -> None:
+    """``data.<key>`` names a set that replaces the train split (see :class:`TrainSplit`)."""
+    TRAIN_SPLITS[key] = TrainSplit(read, fingerprint)
+
+
+def replaced_train_split(cfg: DataCfg) -> Optional[str]:
+    """The data key whose set replaces the train split of ``cfg`` (None: the dataset's own)."""
+    return next((k for k in TRAIN_SPLITS if section(cfg, k) is not None), None)
+
+
 def register_source(name: str, num_classes: Optional[int], subset: Optional[Callable] = None, files: bool = False):
     """Register ``fn(cfg) -> (parts, num_classes)`` as ``data.name: name``."""
     def wrap(fn):
@@ -451,9 +476,9 @@ def build_datasets(cfg: DataCfg, spec: DataSpec, seed: int) -> Tuple[Dict[str, S
         return SplitDataset(items, targets, tf, seed, n_cls, f"{cfg.name}/{split}")
 
     parts, n_cls = source.read(cfg)
-    if cfg.synthetic is not None:   # a synthetic set (vitkd synthesize) is the train split; val/test stay real
-        from .datasets.synthetic import read_synthetic
-        parts["train"] = read_synthetic(cfg.synthetic, n_cls)
+    for key, split in TRAIN_SPLITS.items():   # a declared data key that replaces the train split (val/test stay)
+        if section(cfg, key) is not None:
+            parts["train"] = split.read(section(cfg, key), n_cls)
     xtr, ytr = parts["train"]
     if cfg.train_subset is not None:
         if cfg.train_subset > len(ytr):

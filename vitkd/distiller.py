@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from torch import Tensor, nn
 
-from .config import ConfigError, DistillCfg, RunCfg
+from .config import ConfigError, DistillCfg, RunCfg, section
 from .losses import Batch, LossTerm, build_term
 from .teachers import LiveTeacher, TeacherSource, build_teacher_source
 from .taps import TapOutput, TapRequest, Tapped, describe
@@ -115,15 +115,15 @@ class Distiller(nn.Module):
             t.close()
 
 
-# run kinds whose distiller is built their own way, by the run-config section that selects them: the method that owns
-# one registers it (vitkd.m2m: 'm2m', a module of a model placed in a frozen meta model)
+# run kinds whose distiller is built their own way, by the run-config section that selects them (declared with
+# vitkd.config.register_section): the method that owns one registers it here (vitkd.methods registers theirs)
 BUILDERS: Dict[str, Callable[..., "Distiller"]] = {}
 
 
-def register_builder(section: str, build: Callable[..., "Distiller"]) -> None:
-    """Build the distiller of a run whose config sets ``section`` with ``build(cfg, student, num_classes, spec,
+def register_builder(key: str, build: Callable[..., "Distiller"]) -> None:
+    """Build the distiller of a run whose config sets the section ``key`` with ``build(cfg, student, num_classes, spec,
     planned)`` (which assembles it with :func:`make_distiller`)."""
-    BUILDERS[section] = build
+    BUILDERS[key] = build
 
 
 def build_distiller(cfg: RunCfg, student: nn.Module, num_classes: int, img_size: Tuple[int, int],
@@ -131,8 +131,8 @@ def build_distiller(cfg: RunCfg, student: nn.Module, num_classes: int, img_size:
     """The one place a run's distiller is built: its teacher sources (:func:`vitkd.teachers.build_teacher_source`;
     ``planned``: teachers whose run is not trained yet, built untrained from the config that will train it), then
     its terms. A run kind registered in :data:`BUILDERS` builds its own from the same pieces."""
-    for section, build in BUILDERS.items():
-        if getattr(cfg, section, None) is not None:
+    for key, build in BUILDERS.items():
+        if section(cfg, key) is not None:
             return build(cfg, student, num_classes, student_spec, planned or {})
     dcfg = cfg.distill or DistillCfg()
     teachers = {name: build_teacher_source(name, t, num_classes, student_spec, run=cfg, planned=planned)

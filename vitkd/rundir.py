@@ -67,23 +67,21 @@ def _non_default(value: Any, schema) -> Any:
     new config key added with a default does not change the digest of existing runs (a changed default
     is what :data:`BEHAVIOUR_VERSION` records)."""
     import dataclasses
-    import typing
+    from .config import schema_keys
     if not (isinstance(value, dict) and dataclasses.is_dataclass(schema)):
         return value
-    hints = typing.get_type_hints(schema)
-    out = {}
-    for f in dataclasses.fields(schema):
-        if f.name not in value:
+    out, known = {}, set()
+    for name, tp, default, _ in schema_keys(schema):
+        known.add(name)
+        if name not in value:
             continue
-        v = value[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        v = value[name]
         if dataclasses.is_dataclass(default):
             default = dataclasses.asdict(default)
         if v == default:
             continue
-        out[f.name] = _non_default_typed(v, hints[f.name])
-    out.update({k: v for k, v in value.items() if k not in {f.name for f in dataclasses.fields(schema)}})
+        out[name] = _non_default_typed(v, tp)
+    out.update({k: v for k, v in value.items() if k not in known})
     return out
 
 

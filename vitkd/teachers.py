@@ -13,7 +13,7 @@ Implementations: :class:`LiveTeacher`, a frozen timm model run tapped, with its 
 (:func:`teacher_origin`, as timm resolves a pretrained source once): a run folder or weights file, a run not trained
 yet (dry builds), or an origin registered here by the package that owns it (:func:`register_origin`): a zoo entry
 (``{zoo: NAME}``, :mod:`vitkd.zoo`) gives a live model, a store of logits (``{logits: PATH}``,
-:class:`vitkd.stored_logits.replay.StoredTeacher`) a source of its own.
+:class:`vitkd.methods.stored_logits.replay.StoredTeacher`) a source of its own.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import models as model_lib
-from .config import ConfigError, TeacherCfg
+from .config import ConfigError, TeacherCfg, has_key, key_value
 from .data import DataSpec, class_count
 from .taps import TapOutput, TapRequest, Tapped, describe
 
@@ -122,29 +122,29 @@ class TeacherOrigin:
     source: Optional[Callable[..., TeacherSource]] = None
 
 
-# the origins, registered by the packages that own them (vitkd.zoo: 'zoo'; vitkd.stored_logits: 'logits')
+# the origins, registered by the packages that own them (vitkd.zoo: 'zoo'; the methods under vitkd.methods theirs)
 ORIGINS: Dict[str, TeacherOrigin] = {}
 
 
 def register_origin(field: str, model=None, source=None) -> None:
     """Register where a teacher comes from when its config sets ``field`` (see :class:`TeacherOrigin`)."""
-    if not hasattr(TeacherCfg(), field):
-        raise ValueError(f"register_origin: TeacherCfg has no field '{field}'")
+    if not has_key(TeacherCfg, field):
+        raise ValueError(f"register_origin: TeacherCfg has no key '{field}' (declare it with register_section)")
     ORIGINS[field] = TeacherOrigin(field, model, source)
 
 
 def teacher_origin(name: str, cfg: TeacherCfg, planned: Optional[Dict[str, Any]] = None, live: bool = False) -> str:
     """Where teacher ``name`` comes from, decided in this one place: ``planned`` (its run is not trained yet: built
     untrained from the config that will train it, ``planned[name]``), a registered source's field the config sets
-    (``logits``: a store; not when ``live``, a model being wanted), a registered model origin's field (``zoo``),
+    (a store of outputs; not when ``live``, a model being wanted), a registered model origin's field (``zoo``),
     else ``checkpoint`` (a run folder or a weights file)."""
     if planned and name in planned:
         return "planned"
     for o in ORIGINS.values():
-        if o.source is not None and not live and getattr(cfg, o.field) is not None:
+        if o.source is not None and not live and key_value(cfg, o.field) is not None:
             return o.field
     for o in ORIGINS.values():
-        if o.model is not None and getattr(cfg, o.field) is not None:
+        if o.model is not None and key_value(cfg, o.field) is not None:
             return o.field
     return "checkpoint"
 

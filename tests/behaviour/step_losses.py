@@ -78,15 +78,16 @@ def run_all(work: Path) -> dict:
 def run_one(name: str, work: Path, extra=()) -> list:
     """The per-step losses of one digits config (its teachers must already be in ``work``: :func:`run_all`
     trains them first); ``extra``: more overrides, e.g. a changed loss weight."""
-    from vitkd.chain import is_chain, run_chain
+    from vitkd.engine.kinds import run_kind_of
     from vitkd.config import load_config
     from vitkd.engine import train
     teacher_dirs = {ref: work / Path(ref).name for ref in TEACHERS}
     path = CONFIGS / name
     steps, handle = _recording()
     try:
-        if is_chain(path):
-            run_chain(path, work / path.stem, _overrides(extra), log=lambda m: None)
+        kind = run_kind_of(path)
+        if kind is not None:   # a file of stages (a chain)
+            kind.train(path, work / path.stem, _overrides(extra), log=lambda m: None)
         else:
             refs = [f"distill.teachers.{t}.checkpoint={teacher_dirs[c]}" for t, c in _teacher_refs(path).items()]
             cfg = load_config(path, _overrides([*refs, *extra]))

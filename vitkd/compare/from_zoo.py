@@ -17,7 +17,7 @@ from typing import List
 
 from ..config import ConfigError, parse_config, to_dict
 from ..rundir import RunDir, config_digest
-from .jobs import Job, is_done, job_config, register_kind, run_is_done, train_job
+from .jobs import Job, SuitePlan, is_done, job_config, register_kind, run_is_done, train_job
 from .publish import zoo_name
 
 __all__ = ["teachers_from_zoo", "KIND"]
@@ -28,6 +28,14 @@ KIND = "zoo_teacher"
 def _entry_for(index, home: str, teacher: str):
     name = zoo_name(home, "teacher", teacher)
     return next((e for e in index.models if e.name == name and e.suite is not None and e.suite.row == teacher), None)
+
+
+def _plan_restores(plan: SuitePlan) -> None:
+    """Quick mode: the teacher jobs the cache lacks and the zoo publishes become restores (:func:`teachers_from_zoo`)."""
+    if plan.quick:
+        teachers = {j.key for j in plan.with_role("teacher")}
+        restored = {j.key: j for j in teachers_from_zoo(plan.suite, plan.with_role("teacher"), plan.log)}
+        plan.jobs = [restored[j.key] if j.key in teachers else j for j in plan.jobs]
 
 
 def teachers_from_zoo(suite, teacher_jobs: List[Job], log=print) -> List[Job]:
@@ -79,4 +87,5 @@ def _restore(job: Job) -> None:
     run.write_stamp(want, restored_from_zoo=entry.name)   # last: the run is finished
 
 
-register_kind(KIND, run=_restore, is_done=run_is_done)
+# after the teachers are planned, before anything reads them
+register_kind(KIND, run=_restore, is_done=run_is_done, plan=_plan_restores, only_if_read=True, order=10)

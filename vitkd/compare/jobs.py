@@ -1,9 +1,11 @@
-"""What a suite's job is, and the job kinds: for each kind, how it runs in a worker, whether the cache already holds
-its output, and how its config is checked before anything runs.
+"""What a suite's job is, and the job kinds: one registry (:data:`KINDS`) that ``vitkd compare`` loops over.
 
-One registry (:data:`KINDS`) holds them; the built-in kinds are training runs (teachers, tuning runs, rows and
-pipeline stages: every kind not registered) and synthetic sets (``synth``). Modules that add a kind register it
-(:mod:`.stored`: ``logits``; :mod:`.from_zoo`: ``zoo_teacher``); the package ``__init__`` imports them.
+A kind says how its jobs are planned from the suite (``plan``; a kind may also rewrite jobs planned before it, as
+stored logits rewrite rows to read a store), checked before anything runs (``check``), found done in the cache
+(``is_done``), run in a worker (``run``), continued once the first jobs have run (``after``: a pipeline plans its
+stages once its compatibility check is known) and costed (``finish``: table overrides and files of its own). The
+built-in kinds are the suite's teachers and rows (:mod:`.plan`); :mod:`.from_zoo` adds quick mode's restored
+teachers, and each method under :mod:`vitkd.methods` that has suite jobs registers its kinds.
 """
 from __future__ import annotations
 
@@ -15,8 +17,8 @@ from typing import Any, Callable, Dict, List, Optional
 from ..config import ConfigError, parse_config, to_dict
 from ..rundir import RunDir
 
-__all__ = ["Job", "JobKind", "KINDS", "TRAINING", "register_kind", "kind_of", "is_done", "job_config", "run_is_done",
-           "train_job"]
+__all__ = ["Job", "JobKind", "SuitePlan", "KINDS", "register_kind", "kind_of", "kinds_in_order", "is_done",
+           "job_config", "run_is_done", "train_job"]
 
 
 @dataclass
@@ -25,24 +27,73 @@ class Job:
     raw: dict                      # the resolved config mapping
     out: Path
     deps: List[str] = field(default_factory=list)
-    kind: str = "row"
-    row: Optional[str] = None
+    kind: str = "row"              # its entry in KINDS
+    row: Optional[str] = None      # the suite teacher or row it belongs to
     seed: Optional[int] = None
+    role: Optional[str] = None     # "teacher" | "row": its run folder is a line of the table (None: a means to one)
+    stage: Optional[str] = None    # a stage of a row trained by stages: its name, and the phase it belongs to
+    phase: Optional[str] = None
+    planned_inputs: Dict[str, str] = field(default_factory=dict)   # {dotted config key: key of the job writing it}
     like: Optional[str] = None     # the job whose config builds the model this job's output stands for (a store:
                                    # its teacher's job), so runs that read the output can be dry-built before it exists
     source: Optional[str] = None   # where the output comes from when it is not computed here (a zoo entry's name)
     args: Dict[str, Any] = field(default_factory=dict)   # its runner's arguments beyond the config (a store's K)
 
 
+@dataclass
+class SuitePlan:
+    """What planning knows (the suite, its folder, the run cache, quick mode, the tuned knobs and data size,
+    the command's options) and what it builds: the jobs in order, the jobs planned only to be checked (planned for
+    real by a kind's ``after``), table overrides {row: {column: value}}, result files {name: JSON data} and entries
+    of the results' meta record."""
+    suite: Any
+    base: Path
+    cache: Path
+    quick: bool = False
+    tuned: Dict[str, Any] = field(default_factory=dict)
+    sized: Dict[str, Any] = field(default_factory=dict)
+    options: Dict[str, Any] = field(default_factory=dict)
+    log: Callable[[str], None] = print
+    jobs: List[Job] = field(default_factory=list)
+    checked_only: List[Job] = field(default_factory=list)
+    overrides: Dict[str, dict] = field(default_factory=dict)
+    files: Dict[str, Any] = field(default_factory=dict)
+    meta: Dict[str, Any] = field(default_factory=dict)   # what the results' meta.json records of the kinds' settings
+
+    def with_role(self, role: str) -> List[Job]:
+        return [j for j in self.jobs if j.role == role]
+
+    @property
+    def teacher_dirs(self) -> Dict[str, Path]:
+        """{suite teacher: its run folder}."""
+        return {j.row: j.out for j in self.with_role("teacher")}
+
+
 @dataclass(frozen=True)
 class JobKind:
-    """``run(job)``: produce its output, in a worker (a module-level function: the workers import its module);
-    ``is_done(job)``: the cache holds it; ``check(job, planned)``: validate its config before anything runs
-    (None: the job's config is a run config, dry-built with its planned teachers by
-    :func:`vitkd.compare.plan.check_jobs`)."""
+    """A kind of suite job (see the module docstring). ``run(job)``: produce its output, in a worker (a
+    module-level function: the workers import vitkd, which registers every kind); ``is_done(job)``: the cache holds
+    it; ``check(job, planned)``: validate its config before anything runs (None: the job's config is a run config,
+    dry-built with its planned teachers by :func:`vitkd.compare.plan.check_jobs`); ``plan(plan)``: add its jobs to
+    the :class:`SuitePlan` (kinds plan in ``order``); ``after(plan, execute)``: once the planned jobs have run, plan
+    and run more with ``execute(jobs)``; ``finish(plan, walls)``: table overrides and files, after everything ran;
+    ``trains_row(row)``: the suite row is trained by this kind's jobs, not the plain row's; ``row_folder(cache, row,
+    seed)``: the run folder that stands for such a row at a seed; ``touches_row(row)``: the row sets this kind's
+    keys (with ``sweeps`` false, such a row cannot be swept, :mod:`.sweep`); ``only_if_read``: its jobs run only
+    when a job that runs reads them."""
+    name: str
     run: Callable[[Job], None]
     is_done: Callable[[Job], bool]
     check: Optional[Callable[[Job, Dict[str, Any]], None]] = None
+    plan: Optional[Callable[[SuitePlan], None]] = None
+    after: Optional[Callable[[SuitePlan, Callable[[List[Job]], Dict[str, float]]], None]] = None
+    finish: Optional[Callable[[SuitePlan, Dict[str, float]], None]] = None
+    trains_row: Optional[Callable[[Any], bool]] = None
+    row_folder: Optional[Callable[[Path, Any, int], Path]] = None
+    touches_row: Optional[Callable[[Any], bool]] = None
+    sweeps: bool = True
+    only_if_read: bool = False
+    order: int = 100
 
 
 def job_config(job: Job) -> Optional[dict]:
@@ -73,45 +124,29 @@ def train_job(job: Job) -> None:
     train(cfg, job.out, overwrite=True, log=lambda m: None)   # not a reusable run (see run_is_done)
 
 
-def _synth_job(job: Job) -> None:
-    from ..synth import parse_synth_config, synthesize
-    cfg = parse_synth_config(copy.deepcopy(job.raw))
-    cfg.threads = None   # the worker's thread count stands
-    synthesize(cfg, job.out, overwrite=True, log=lambda m: None)   # a partial set of the same fingerprint continues
+# job kind name -> kind, registered by the modules that add one
+KINDS: Dict[str, JobKind] = {}
 
 
-def _synth_is_done(job: Job) -> bool:
-    """A complete synthetic set of this teacher's weights and these settings (its fingerprint)."""
-    from ..synth import parse_synth_config
-    from ..synth.run import is_synthesized
-    try:
-        cfg = parse_synth_config(copy.deepcopy(job.raw))
-    except ConfigError:   # the teacher is not trained yet
-        return False
-    return is_synthesized(cfg, job.out)
-
-
-def _check_synth(job: Job, planned: Dict[str, Any]) -> None:
-    from ..synth import parse_synth_config
-    raw = copy.deepcopy(job.raw)
-    if str(Path((raw.get("teacher") or {}).get("checkpoint", ""))) in planned:
-        raw["teacher"].pop("checkpoint")
-    parse_synth_config(raw)
-
-
-# training runs: every kind that is not registered (teacher, row, tuning runs, pipeline stages)
-TRAINING = JobKind(run=train_job, is_done=run_is_done)
-KINDS: Dict[str, JobKind] = {"synth": JobKind(run=_synth_job, is_done=_synth_is_done, check=_check_synth)}
-
-
-def register_kind(name: str, run: Callable[[Job], None], is_done: Callable[[Job], bool],
-                  check: Optional[Callable[[Job, Dict[str, Any]], None]] = None) -> None:
-    """Register job kind ``name`` (see :class:`JobKind`)."""
-    KINDS[name] = JobKind(run, is_done, check)
+def register_kind(name: str, run: Callable[[Job], None] = train_job, is_done: Callable[[Job], bool] = run_is_done,
+                  **hooks) -> None:
+    """Register job kind ``name`` (see :class:`JobKind` for ``hooks``); ``run`` and ``is_done`` default to a
+    training run's."""
+    if name in KINDS:
+        raise ValueError(f"register_kind: job kind '{name}' registered twice")
+    KINDS[name] = JobKind(name, run, is_done, **hooks)
 
 
 def kind_of(job: Job) -> JobKind:
-    return KINDS.get(job.kind, TRAINING)
+    try:
+        return KINDS[job.kind]
+    except KeyError:
+        raise ConfigError(f"suite {job.key}: unknown job kind '{job.kind}' (known: {', '.join(KINDS)})") from None
+
+
+def kinds_in_order() -> List[JobKind]:
+    """Every kind, in the order they plan."""
+    return sorted(KINDS.values(), key=lambda k: k.order)
 
 
 def is_done(job: Job) -> bool:

@@ -1,6 +1,6 @@
-"""Planning: a suite becomes jobs (teachers, tuning runs, rows x seeds) with their resolved configs,
-dependencies and run folders; every job checked before any trains (what a job is, and what each kind of job
-does: :mod:`.jobs`)."""
+"""Planning: a suite becomes jobs with their resolved configs, dependencies and run folders, every kind of job
+planning its own (:func:`plan_suite`; the kinds: :mod:`.jobs`); every job checked before any trains. The suite's
+teachers and rows are the built-in kinds planned here."""
 from __future__ import annotations
 
 import copy
@@ -10,11 +10,11 @@ from typing import Any, Dict, List, Tuple
 
 
 from ..config import ConfigError, parse_config, path_under, raw_teachers, read_config
-from .jobs import Job, is_done, kind_of
+from .jobs import KINDS, Job, SuitePlan, is_done, kind_of, kinds_in_order, register_kind
 from .suite import SuiteCfg
 
-__all__ = ["Job", "recipe_of", "quick_rows", "plan_teachers", "plan_synth", "plan_rows", "row_folder", "check_jobs",
-           "strip_checkpoints", "synth_dir", "build_key"]
+__all__ = ["Job", "SuitePlan", "recipe_of", "quick_rows", "plan_suite", "row_kind", "row_folder", "check_jobs",
+           "strip_checkpoints", "build_key"]
 
 
 def _set_teacher_checkpoint(raw: dict, key: str, run_dir: Path) -> None:
@@ -38,11 +38,34 @@ def quick_rows(suite: SuiteCfg, quick: bool) -> list:
     return list(suite.rows)
 
 
-def plan_teachers(suite: SuiteCfg, base: Path, cache: Path, quick: bool, tuned: Dict[str, Any],
-                  sized: Dict[str, Any]) -> List[Job]:
+def plan_suite(plan: SuitePlan) -> List[Job]:
+    """Every kind plans its jobs, in order; then the jobs no running job reads are dropped (teachers of rows quick
+    mode skips, ...). Returns the jobs to run first (``plan.jobs``); ``plan.checked_only`` holds those planned to
+    be checked only."""
+    for kind in kinds_in_order():
+        if kind.plan is not None:
+            kind.plan(plan)
+    needed = {j.key for j in plan.jobs + plan.checked_only if not kind_of(j).only_if_read}
+    needed |= {d for j in plan.jobs + plan.checked_only if j.key in needed for d in j.deps}
+    while True:   # what the running jobs read, and what those are made from
+        more = {d for j in plan.jobs if j.key in needed for d in j.deps} - needed
+        if not more:
+            break
+        needed |= more
+    plan.jobs = [j for j in plan.jobs if j.key in needed]
+    return plan.jobs
+
+
+def row_kind(row) -> str:
+    """The kind whose jobs train a suite row: a registered kind that uses it, else the plain row."""
+    return next((k.name for k in kinds_in_order() if k.trains_row is not None and k.trains_row(row)), "row")
+
+
+def _plan_teachers(plan: SuitePlan) -> None:
     """Teacher jobs: the recipe at the tuned data size (``sized``), the tuned knobs for those marked
     ``tuned``, then the teachers' own settings. Quick mode trains the same teachers as the full suite
     unless it sets anything of its own."""
+    suite, base, cache, quick, tuned, sized = plan.suite, plan.base, plan.cache, plan.quick, plan.tuned, plan.sized
     recipe, _ = recipe_of(suite, quick)
     tdir = cache / ("teachers" + ("-quick" if quick and (suite.quick.set or suite.quick.teacher_set) else ""))
     out = {name: path_under(tdir, name, key=f"suite.teachers.{name}") for name in suite.teachers}
@@ -55,55 +78,40 @@ def plan_teachers(suite: SuiteCfg, base: Path, cache: Path, quick: bool, tuned: 
         for key, src in t.distill_from.items():   # a teacher assistant distilled from a bigger teacher
             _set_teacher_checkpoint(raw, key, out[src])
             deps.append(f"teachers/{src}")
-        jobs.append(Job(f"teachers/{name}", raw, out[name], deps, kind="teacher", row=name))
-    return jobs
+        jobs.append(Job(f"teachers/{name}", raw, out[name], deps, kind="teacher", row=name, role="teacher"))
+    plan.jobs.extend(jobs)
 
 
-def plan_synth(suite: SuiteCfg, base: Path, cache: Path, teacher_dirs: Dict[str, Path]) -> List[Job]:
-    """Synthetic train sets (``vitkd synthesize`` configs), each after the suite teacher it inverts."""
-    jobs = []
-    for name, sy in suite.synthetic.items():
-        raw = read_config(sy.config, base, sy.set)
-        raw.setdefault("teacher", {})["checkpoint"] = str(teacher_dirs[sy.teacher])
-        jobs.append(Job(f"synth/{name}", raw, synth_dir(cache, name), [f"teachers/{sy.teacher}"],
-                        kind="synth", row=name))
-    return jobs
-
-
-def synth_dir(cache: Path, name: str) -> Path:
-    return path_under(cache / "synth", name, key=f"suite.synthetic.{name}")
-
-
-def plan_rows(suite: SuiteCfg, base: Path, cache: Path, quick: bool, tuned: Dict[str, Any],
-              sized: Dict[str, Any], teacher_dirs: Dict[str, Path]) -> List[Job]:
+def _plan_rows(plan: SuitePlan) -> None:
     """Row x seed jobs: the recipe, the tuned size and knobs, then the row's own settings. Quick mode's runs
-    are the full suite's runs at its seeds (the same folders) unless it sets anything of its own."""
+    are the full suite's runs at its seeds (the same folders) unless it sets anything of its own. Rows another
+    kind trains (:func:`row_kind`) are planned by that kind."""
+    suite, base, cache, quick, tuned, sized = plan.suite, plan.base, plan.cache, plan.quick, plan.tuned, plan.sized
+    teacher_dirs = plan.teacher_dirs
     recipe, seeds = recipe_of(suite, quick)
     rdir = cache / ("rows" + ("-quick" if quick and suite.quick.set else ""))
     jobs = []
     for r in quick_rows(suite, quick):
-        if r.pipeline:   # its runs are planned stage by stage (vitkd.compare.m2mkd)
+        if row_kind(r) != "row":   # planned by the kind that trains it
             continue
         for seed in seeds:
             raw = read_config(r.config or suite.student, base, recipe, sized, tuned, r.set)
             raw["seed"] = seed
             deps = []
-            if r.synthetic is not None:   # a data-free row trains on a synthetic set of the suite
-                raw.setdefault("data", {})["synthetic"] = str(synth_dir(cache, r.synthetic))
-                deps.append(f"synth/{r.synthetic}")
             for key, t in r.teachers.items():
                 _set_teacher_checkpoint(raw, key, teacher_dirs[t])
                 deps.append(f"teachers/{t}")
             out = path_under(rdir, r.name, f"s{seed}", key=f"suite.rows.{r.name}")
             jobs.append(Job(f"rows/{r.name}/s{seed}", raw, out,
-                            deps, kind="row", row=r.name, seed=seed))
-    return jobs
+                            deps, kind="row", row=r.name, seed=seed, role="row"))
+    plan.jobs.extend(jobs)
 
 
 def row_folder(cache: Path, row, seed: int) -> Path:
-    """The run folder of a (non-quick) row's run at ``seed``: its own, or a pipeline row's last stage."""
-    if row.pipeline:
-        return path_under(cache / "pipelines", row.name, f"s{seed}", "student", key=f"suite.rows.{row.name}")
+    """The run folder of a (non-quick) row's run at ``seed``: its own, or the one the kind that trains it names."""
+    kind = KINDS[row_kind(row)]
+    if kind.row_folder is not None:
+        return kind.row_folder(cache, row, seed)
     return path_under(cache / "rows", row.name, f"s{seed}", key=f"suite.rows.{row.name}")
 
 
@@ -113,11 +121,11 @@ def check_jobs(jobs: List[Job]) -> None:
     here, in one line naming the run."""
     from ..engine.build import dry_build, planned_teachers
     cfgs = {}
-    outs = {str(j.out) for j in jobs}
+    keys = {j.key for j in jobs}
     runs = [j for j in jobs if kind_of(j).check is None]
     for j in runs:
         try:
-            cfgs[j.key] = parse_config(strip_checkpoints(_strip_planned_data(j.raw, outs)))
+            cfgs[j.key] = parse_config(strip_checkpoints(_strip_planned_inputs(j, keys)))
         except ConfigError as e:
             raise ConfigError(f"suite {j.key}: {e}") from None
     planned = {str(j.out): cfgs[j.like or j.key] for j in runs}
@@ -129,7 +137,7 @@ def check_jobs(jobs: List[Job]) -> None:
                 raise ConfigError(f"suite {j.key}: {e}") from None
     built = set()
     for j in runs:
-        stripped, teachers = planned_teachers(_strip_planned_data(j.raw, outs), planned)
+        stripped, teachers = planned_teachers(_strip_planned_inputs(j, keys), planned)
         key = build_key(stripped)
         if key in built or is_done(j):
             continue
@@ -145,21 +153,35 @@ def build_key(raw: dict) -> str:
     return json.dumps({**raw, "seed": None}, sort_keys=True, default=str)
 
 
-def _strip_planned_data(raw: dict, outs) -> dict:
-    """A synthetic train set that a planned job writes does not exist yet: check the run on the real data."""
-    data = raw.get("data") or {}
-    if str(data.get("synthetic")) not in outs:
-        return raw
-    raw = copy.deepcopy(raw)
-    raw["data"].pop("synthetic")
+def _strip_planned_inputs(job: Job, keys) -> dict:
+    """A job's config without the inputs (``job.planned_inputs``) that a planned job writes and that do not exist
+    yet (e.g. a train set to be synthesized): the run is checked without them (on the dataset's own split)."""
+    missing = [k for k, writer in job.planned_inputs.items() if writer in keys]
+    if not missing:
+        return job.raw
+    raw = copy.deepcopy(job.raw)
+    for dotted in missing:
+        *parents, last = dotted.split(".")
+        node = raw
+        for p in parents:
+            node = node.get(p) or {}
+        node.pop(last, None)
     return raw
 
 
 def strip_checkpoints(raw: dict) -> dict:
-    """Teacher checkpoints (and stores) do not exist before the teachers are trained: validate everything else."""
+    """Teacher checkpoints (and any other folder a teacher is read from) do not exist before the teachers are
+    trained: validate everything else."""
+    from ..config import TeacherCfg, schema_keys
     raw = copy.deepcopy(raw)
+    path_keys = [key for key, _, _, path in schema_keys(TeacherCfg) if path]
     for t in raw_teachers(raw).values():
         if isinstance(t, dict):
-            t.pop("checkpoint", None)
-            t.pop("logits", None)
+            for key in path_keys:
+                t.pop(key, None)
     return raw
+
+
+# the built-in kinds: the suite's teachers (planned first) and its plain rows
+register_kind("teacher", plan=_plan_teachers, only_if_read=True, order=0)
+register_kind("row", plan=_plan_rows, order=20)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 
 from ..config import ConfigError, build_dataclass, check_name, check_seed, read_yaml
@@ -23,25 +23,6 @@ class TeacherSpec:
 
 
 @dataclass
-class SynthSpec:
-    """A synthetic train set inverted from a suite teacher (``vitkd synthesize``), cached like a teacher."""
-    config: str                                         # a vitkd synthesize config (relative to the suite file)
-    teacher: str                                        # the suite teacher it is inverted from
-    set: Dict[str, Any] = field(default_factory=dict)   # overrides, dotted keys
-
-
-@dataclass
-class RowLogits:
-    """How a row's logit-only teachers are served (:mod:`vitkd.compare.stored`)."""
-    stored: Optional[bool] = None      # None: the suite's ``stored_logits``; false: live; true: from a store
-    topk: Optional[int] = None         # K of the row's stores (None: every class)
-
-    def __post_init__(self):
-        if self.topk is not None and self.topk < 1:
-            raise ConfigError(f"suite.rows.logits.topk: must be >= 1, got {self.topk}")
-
-
-@dataclass
 class RowSpec:
     name: str
     family: str                                         # none | logit | token | patch | feature | minivit | hetero
@@ -52,9 +33,7 @@ class RowSpec:
     size: Optional[str] = None                          # student size label (for the MACs sweep)
     baseline: Optional[str] = None                      # row compared against (default: no-KD of the same size)
     curve: Optional[str] = None                         # rows sharing a curve are joined in pareto.png (size sweeps)
-    synthetic: Optional[str] = None                     # a suite synthetic set: the row trains on it (data.synthetic)
-    pipeline: Optional[str] = None                      # trained by a pipeline of stages (m2mkd; vitkd.compare.m2mkd)
-    logits: RowLogits = field(default_factory=RowLogits)   # live or stored logit-only teachers, the stores' K
+    sections: Dict[str, Any] = field(default_factory=dict, metadata={"sections": True})   # keys methods declare
     sweep_value: Optional[float] = None                 # set by a suite sweep (vitkd.compare.sweep): the value
     sweep_of: Optional[str] = None                      # ... and the row it was expanded from
 
@@ -151,9 +130,7 @@ class SuiteCfg:
     quick: QuickSpec = field(default_factory=QuickSpec)
     teachers: Dict[str, TeacherSpec] = field(default_factory=dict)
     rows: List[RowSpec] = field(default_factory=list)
-    synthetic: Dict[str, SynthSpec] = field(default_factory=dict)   # data-free rows' train sets
     jobs: int = 2
-    stored_logits: bool = True                          # rows read logit-only teachers from stores (vitkd.compare.stored)
     # families of comparisons, Holm-corrected together: {family: [row, ...]}; rows not named: "main"
     test_families: Dict[str, List[str]] = field(default_factory=dict)
     alpha: float = 0.05
@@ -164,7 +141,7 @@ class SuiteCfg:
     family_colors: Dict[str, str] = field(default_factory=dict)
     baseline_family: str = "none"
     reference_families: List[str] = field(default_factory=list)
-
+    sections: Dict[str, Any] = field(default_factory=dict, metadata={"sections": True})   # keys methods declare
 
     @property
     def home(self) -> str:
@@ -185,6 +162,15 @@ class SuiteCfg:
         return self.tuning_of or self.home
 
 
+# checks of a loaded suite that the methods declaring suite keys register (a name that becomes a folder, a
+# reference to a suite teacher): each raises ConfigError in one line
+SUITE_CHECKS: List[Callable[[SuiteCfg], None]] = []
+
+
+def register_suite_check(check: Callable[[SuiteCfg], None]) -> None:
+    SUITE_CHECKS.append(check)
+
+
 def check_seeds(seeds: List[int], key: str) -> List[int]:
     """A list of run seeds: at least one, each a valid seed (:func:`vitkd.config.check_seed`), none twice."""
     if not seeds:
@@ -198,15 +184,14 @@ def check_seeds(seeds: List[int], key: str) -> List[int]:
 
 
 def _check_names(suite: SuiteCfg) -> None:
-    """Every name of the suite that becomes a folder (results, run cache, teachers, rows, synthetic sets)."""
+    """Every name of the suite that becomes a folder (results, run cache, teachers, rows; the kinds' own names are
+    checked by the kinds, :data:`SUITE_CHECKS`)."""
     check_name(suite.name, "suite.name", "suite name")
     for key in ("shares", "tuning_of"):
         if getattr(suite, key) is not None:
             check_name(getattr(suite, key), f"suite.{key}", "suite name")
     for name in suite.teachers:
         check_name(name, f"suite.teachers.{name}", "teacher name")
-    for name in suite.synthetic:
-        check_name(name, f"suite.synthetic.{name}", "synthetic set name")
     for i, r in enumerate(suite.rows):
         check_name(r.name, f"suite.rows[{i}].name", "row name")
 
@@ -235,13 +220,8 @@ def load_suite(path) -> Tuple[SuiteCfg, Path]:
     for m in suite.quick.rows:
         if m not in names:
             raise ConfigError(f"suite.quick.rows: unknown row '{m}'")
-    for name, sy in suite.synthetic.items():
-        if sy.teacher not in suite.teachers:
-            raise ConfigError(f"suite.synthetic.{name}.teacher: unknown suite teacher '{sy.teacher}'")
-    for r in suite.rows:
-        if r.synthetic is not None and r.synthetic not in suite.synthetic:
-            raise ConfigError(f"suite.rows.{r.name}.synthetic: unknown suite synthetic set '{r.synthetic}' "
-                              f"(defined: {', '.join(suite.synthetic) or 'none'})")
+    for check in SUITE_CHECKS:   # what the keys methods declare refer to
+        check(suite)
     for fam, members in suite.test_families.items():
         for m in members:
             if m not in names:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..config import ConfigError, read_config
+from .jobs import kinds_in_order
 from .plan import recipe_of
 from .suite import RowSpec, SuiteCfg, TeacherSpec
 
@@ -60,8 +61,9 @@ def expand_sweep(suite: SuiteCfg, base: Path, quick: bool, tuned: Dict[str, Any]
         return suite
     recipe, _ = recipe_of(suite, quick)
     for r in suite.rows:
-        if r.pipeline or r.synthetic:
-            raise ConfigError(f"suite.rows.{r.name}: a swept suite cannot hold pipeline or synthetic rows")
+        for kind in kinds_in_order():
+            if not kind.sweeps and kind.touches_row is not None and kind.touches_row(r):
+                raise ConfigError(f"suite.rows.{r.name}: a swept suite cannot hold rows of job kind '{kind.name}'")
     out = copy.deepcopy(suite)
     out.teachers, out.rows = {}, []
     for v in sw.values:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .. import models as model_lib
-from ..config import ConfigError, RunCfg, raw_teachers
+from ..config import ConfigError, RunCfg, TeacherCfg, raw_teachers, schema_keys
 from ..data import DataSpec, build_datasets, class_count, seeded
 from ..distiller import Distiller, build_distiller
 from ..dist import World, resolve_device
@@ -50,7 +50,7 @@ def build_run(cfg: RunCfg, world: Optional[World] = None) -> Run:
         torch.set_num_threads(cfg.train.threads)
     student, datasets, num_classes, spec = _student_and_data(cfg)
     distiller = build_distiller(cfg, student, num_classes, spec.img_size, student_spec=spec)
-    student = distiller.student   # a run kind may train the student inside a larger model (an m2m stage)
+    student = distiller.student   # a run kind may train the student inside a larger model
     distiller.to(device)
     return Run(cfg, student, distiller, datasets, num_classes, spec, device)
 
@@ -68,8 +68,9 @@ def planned_teachers(raw: dict, planned: Dict[str, RunCfg]) -> Tuple[dict, Dict[
     config that will train it): (the raw config without their checkpoints, {teacher name: that config})."""
     raw = copy.deepcopy(raw)
     found = {}
+    path_keys = [key for key, _, _, path in schema_keys(TeacherCfg) if path]
     for name, t in raw_teachers(raw).items():
-        for key in ("checkpoint", "logits"):   # a run folder, or a store, that a planned job writes
+        for key in path_keys:   # a run folder, or any other folder a teacher is read from, that a planned job writes
             ck = t.get(key) if isinstance(t, dict) else None
             if isinstance(ck, str) and str(Path(ck)) in planned:
                 found[name] = planned[str(Path(ck))]

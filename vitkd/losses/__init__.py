@@ -2,4 +2,3 @@
 from .base import LOSSES, Batch, LossTerm, ModelInfo, build_term, register_loss  # noqa: F401
 from . import label  # noqa: F401  (registers the terms)
 from . import logit, patch, feature, minivit, hetero  # noqa: F401,E401  (register the distillation terms)
-from . import m2mkd  # noqa: F401  (registers m2mkd)

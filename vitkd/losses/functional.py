@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = [
+__all__ = ["check_logits", 
     "kd", "deit_soft", "deit_hard", "dkd", "dist", "soft_ce",
     "manifold_intra", "manifold_inter", "manifold_random",
     "hint_mse", "vitkd_mimic", "vitkd_generation",
@@ -46,7 +46,7 @@ def _check_same_shape(a: Tensor, b: Tensor, what: str) -> None:
         raise ValueError(f"{what}: student shape {tuple(a.shape)} != teacher shape {tuple(b.shape)}")
 
 
-def _check_logits(s: Tensor, t: Tensor, what: str) -> None:
+def check_logits(s: Tensor, t: Tensor, what: str) -> None:
     if s.dim() != 2:
         raise ValueError(f"{what}: expected logits [B, C], got {tuple(s.shape)}")
     _check_same_shape(s, t, what)
@@ -113,7 +113,7 @@ def kd(s: Tensor, t: Tensor, T: float = 4.0) -> Tensor:
     Defaults: ``T=4`` (mdistiller CIFAR-100 ``CFG.KD.TEMPERATURE``; its ImageNet configs use T=1).
     Reference loss weights: mdistiller CIFAR-100 CE 0.1 / KD 0.9; ImageNet CE 0.5 / KD 0.5.
     """
-    _check_logits(s, t, "kd")
+    check_logits(s, t, "kd")
     log_p_s = F.log_softmax(s / T, dim=-1)
     log_p_t = F.log_softmax(t / T, dim=-1)
     return _kl_rows(log_p_s, log_p_t).mean() * (T * T)
@@ -133,7 +133,7 @@ def deit_soft(s_dist: Tensor, t: Tensor, T: float = 1.0, reduction: str = "batch
     Reference loss weight: DeiT ``--distillation-alpha 0.5``: total = 0.5*CE(cls head) +
     0.5*distillation loss.
     """
-    _check_logits(s_dist, t, "deit_soft")
+    check_logits(s_dist, t, "deit_soft")
     total = _kl_rows(F.log_softmax(s_dist / T, dim=-1), F.log_softmax(t / T, dim=-1)).sum() * (T * T)
     if reduction == "batchmean":
         return total / s_dist.shape[0]
@@ -149,7 +149,7 @@ def deit_hard(s_dist: Tensor, t: Tensor) -> Tensor:
     Defaults: none (no temperature). Reference loss weight: DeiT ``--distillation-alpha 0.5``
     (0.5*CE(cls head, labels) + 0.5*this); DeiT's published distilled models use ``hard``.
     """
-    _check_logits(s_dist, t, "deit_hard")
+    check_logits(s_dist, t, "deit_hard")
     return F.cross_entropy(s_dist, t.argmax(dim=-1))
 
 
@@ -169,7 +169,7 @@ def dkd(s: Tensor, t: Tensor, target: Tensor, alpha: float = 1.0, beta: float = 
     Reference loss weight: 1.0 on top of CE weight 1.0, linearly warmed up over the first 20
     epochs (``min(epoch / 20, 1)``, mdistiller ``CFG.DKD.WARMUP``); the warm-up is the caller's.
     """
-    _check_logits(s, t, "dkd")
+    check_logits(s, t, "dkd")
     idx = _target_indices(target, s.shape[1], "dkd")
     gt = F.one_hot(idx, s.shape[1]).to(dtype=torch.bool)
     zs, zt = s / T, t / T
@@ -211,7 +211,7 @@ def dist(s: Tensor, t: Tensor, beta: float = 1.0, gamma: float = 1.0, T: float =
     Reference loss weight: 1.0 in the reference code defaults (``--kd-loss-weight 1``); the DIST
     paper's ImageNet recipes may scale it (e.g. 2.0) -- check the recipe being reproduced.
     """
-    _check_logits(s, t, "dist")
+    check_logits(s, t, "dist")
     p_s = F.softmax(s / T, dim=1)
     p_t = F.softmax(t / T, dim=1)
     inter = 1.0 - _pearson_rows(p_s, p_t, eps).mean()
@@ -248,7 +248,7 @@ def ofa_loss(s: Tensor, t: Tensor, target: Tensor, eps: float = 1.0, T: float = 
     Reference loss weights: ``--kd-loss-weight 1`` on the final logits, ``--ofa-loss-weight 1``
     summed over the intermediate-stage branches, ``--gt-loss-weight 1``.
     """
-    _check_logits(s, t, "ofa_loss")
+    check_logits(s, t, "ofa_loss")
     idx = _target_indices(target, s.shape[1], "ofa_loss")
     y = F.one_hot(idx, s.shape[1]).to(s.dtype)
     p_t = F.softmax(t / T, dim=1)
@@ -507,31 +507,3 @@ def minivit_hidden_relation(hs: Tensor, ht: Tensor, relation_heads: int = 1, mod
         r_t = nt @ nt.transpose(-1, -2)
         return (r_s - r_t).pow(2).mean() * cosine_scale
     raise ValueError(f"minivit_hidden_relation: mode must be 'softmax' or 'cosine', got {mode!r}")
-
-
-# --------------------------------------------------------------------------------------------
-# module-level (m2mKD)
-# --------------------------------------------------------------------------------------------
-def m2mkd(s: Tensor, t: Tensor, target: Tensor, alpha: float = 0.5, T: float = 1.0, mode: str = "soft",
-          label_smoothing: float = 0.0) -> Tensor:
-    """m2mKD's module loss (DeiT's ``DistillationLoss`` on the meta model's head, kamanphoebe/m2mKD):
-    ``(1 - alpha) * SoftTargetCE(s, target) + alpha * distillation``.
-
-    ``s``: logits of the student module's path, ``t``: the teacher module's path (both [B, C]); ``target``:
-    the mixed label distribution [B, C] (mixup on) or hard labels [B] (then CE with ``label_smoothing``).
-    Distillation: ``mode='soft'``: ``T^2 * KL(softmax(t/T) || softmax(s/T))`` with DeiT's reduction, summed
-    over batch and classes and divided by B * C; ``mode='hard'``: CE against ``t.argmax(-1)`` (batch mean).
-    Defaults ``alpha=0.5, T=1`` (the reference's).
-    """
-    _check_logits(s, t, "m2mkd")
-    if mode not in ("soft", "hard"):
-        raise ValueError(f"m2mkd: mode must be 'soft' or 'hard', got {mode!r}")
-    if target.dim() == 2:
-        base = torch.sum(-target * F.log_softmax(s, dim=-1), dim=-1).mean()
-    else:
-        base = F.cross_entropy(s, target, label_smoothing=label_smoothing)
-    dist = deit_hard(s, t) if mode == "hard" else deit_soft(s, t, T, reduction="deit")
-    return (1.0 - alpha) * base + alpha * dist
-
-
-__all__ += ["m2mkd"]

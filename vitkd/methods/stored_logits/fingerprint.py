@@ -8,19 +8,23 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from ..config import RunCfg
-from ..data import DataSpec, sample_seed
-from ..io import sha256_file
+from ...config import RunCfg, section
+from ...data import TRAIN_SPLITS, DataSpec, sample_seed
+from ...io import sha256_file
 from .format import StoreError
 
-__all__ = ["data_fingerprint", "check_fingerprint", "weights_sha256", "record_seed", "FINGERPRINT_FIELDS"]
+__all__ = ["data_fingerprint", "check_fingerprint", "weights_sha256", "record_seed", "FINGERPRINT_FIELDS", "fingerprint_fields"]
 
-# the order in which fields are compared (the first that differs is named)
+# the order in which fields are compared (the first that differs is named); then one field per data key that
+# replaces the train split (vitkd.data.TRAIN_SPLITS), present only when set (stores written before it existed keep
+# serving the runs they served)
 FINGERPRINT_FIELDS = ("dataset", "split", "train_subset", "val_size", "input_size", "mean", "std", "transform",
                       "auto_augment", "re_prob", "hflip", "interpolation", "crop_pct", "repeated_aug", "mixup",
-                      "cutmix", "mixup_prob", "seed", "synthetic")
-# fields present only when set (stores written before they existed keep serving the runs they served)
-OPTIONAL_FIELDS = ("synthetic",)
+                      "cutmix", "mixup_prob", "seed")
+
+
+def fingerprint_fields() -> tuple:
+    return FINGERPRINT_FIELDS + tuple(TRAIN_SPLITS)
 
 
 def data_fingerprint(cfg: RunCfg, spec: DataSpec) -> Dict[str, Any]:
@@ -39,18 +43,13 @@ def data_fingerprint(cfg: RunCfg, spec: DataSpec) -> Dict[str, Any]:
         "crop_pct": float(spec.crop_pct) if timm_tf else None,
         "repeated_aug": d.repeated_aug, "mixup": t.mixup, "cutmix": t.cutmix,
         "mixup_prob": t.mixup_prob if (t.mixup > 0 or t.cutmix > 0) else None, "seed": cfg.seed,
-        # a synthetic train set (data.synthetic) replaces the train split: its own fingerprint names its images
-        "synthetic": _synthetic_fingerprint(d.synthetic),
     }
-    return {k: fp[k] for k in FINGERPRINT_FIELDS if not (k in OPTIONAL_FIELDS and fp[k] is None)}
-
-
-def _synthetic_fingerprint(path: Optional[str]) -> Optional[str]:
-    if path is None:
-        return None
-    from ..datasets.synthetic import SyntheticStore
-    m = SyntheticStore(path).manifest()
-    return (m or {}).get("fingerprint") or f"incomplete:{path}"
+    out = {k: fp[k] for k in FINGERPRINT_FIELDS}
+    for key, split in TRAIN_SPLITS.items():   # a set that replaces the train split: its own fingerprint names its images
+        value = section(d, key)
+        if value is not None:
+            out[key] = split.fingerprint(value)
+    return out
 
 
 def check_fingerprint(meta: Dict[str, Any], cfg: RunCfg, spec: DataSpec, where: str,
@@ -58,7 +57,7 @@ def check_fingerprint(meta: Dict[str, Any], cfg: RunCfg, spec: DataSpec, where: 
     """Refuse, in one line naming the first field that differs, a store that did not see this run's images."""
     stored = meta.get("fingerprint") or {}
     want = data_fingerprint(cfg, spec)
-    for k in FINGERPRINT_FIELDS:
+    for k in fingerprint_fields():
         if stored.get(k) != want.get(k):
             raise StoreError(f"{where}: the store was written for {k} = {stored.get(k)!r}, this run has {want.get(k)!r} "
                              f"(a store serves only runs with its data recipe and seed; save one for this config)")
@@ -74,7 +73,7 @@ def check_fingerprint(meta: Dict[str, Any], cfg: RunCfg, spec: DataSpec, where: 
 
 def weights_sha256(checkpoint: str) -> str:
     """sha256 of a teacher's weights file (a run folder's exported student weights, or the file itself)."""
-    from ..models import resolve_weights
+    from ...models import resolve_weights
     return sha256_file(resolve_weights(checkpoint))
 
 

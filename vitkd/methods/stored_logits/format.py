@@ -27,8 +27,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from ..config import ConfigError
-from ..io import atomic_write_bytes, atomic_write_json
+from ...config import ConfigError
+from ...io import atomic_write_bytes, atomic_write_json
 
 __all__ = ["StoreError", "STORE_FILE", "FORMAT_VERSION", "HEADER", "record_dtype", "shard_path", "write_shard",
            "read_shard", "read_store_json", "write_store_json", "VALUE_TYPES"]

@@ -5,7 +5,7 @@ runs it like a chain, each stage a run folder ``DIR/<stage>`` (finished stages r
 
 1. ``teacher`` (a train config, or an existing run folder) and ``meta`` (the meta model: the teacher's family
    and width, one block per module, trained from scratch with CE);
-2. the compatibility check (:func:`vitkd.m2m.compatibility`, written to ``DIR/check.json``): the meta model
+2. the compatibility check (:func:`vitkd.methods.m2m.stage.compatibility`, written to ``DIR/check.json``): the meta model
    with module i swapped for the teacher's module i, for every i, within ``tolerance`` points of the teacher
    on val;
 3. unless it passed, incubation: ``incubate<i>`` (the teacher's module i inside the meta model, CE, only
@@ -14,8 +14,8 @@ runs it like a chain, each stage a run folder ``DIR/<stage>`` (finished stages r
    (incubated) teacher's module i; the M jobs are independent;
 5. ``student``: the student modules assembled and fine-tuned end to end with CE.
 
-:func:`stage_configs` is the one expansion of a pipeline into stages; the chain runner here and the suite
-planner (:mod:`vitkd.compare.m2mkd`) both use it.
+:func:`stage_configs` is the one expansion of a pipeline into stages; the stage runner here and the suite
+planner (:mod:`vitkd.methods.m2m.suite`) both use it.
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .config import ConfigError, apply_mapping, build_dataclass, parse_config, read_config, read_yaml
+from ...config import ConfigError, apply_mapping, build_dataclass, parse_config, read_config, read_yaml
 
-__all__ = ["PipelineSpec", "is_pipeline", "load_pipeline", "stage_configs", "run_pipeline", "CHECK_FILE"]
+__all__ = ["PipelineSpec", "PIPELINE_KEY", "load_pipeline", "stage_configs", "run_pipeline", "train_pipeline", "CHECK_FILE", "INCUBATION", "MODULE", "FINETUNE"]
 
 CHECK_FILE = "check.json"
 COST_FILE = "cost.json"      # training MACs of every stage
@@ -99,9 +99,10 @@ class PipelineFile:
     name: str = "m2mkd"
 
 
-def is_pipeline(path) -> bool:
-    raw = read_yaml(path)
-    return isinstance(raw, dict) and "m2mkd" in raw
+# the top-level key of a pipeline file (its run kind is registered under it)
+PIPELINE_KEY = "m2mkd"
+# the phases of the stages after the teacher and the meta model (stage_configs)
+INCUBATION, MODULE, FINETUNE = "incubation", "module", "finetune"
 
 
 def load_pipeline(path) -> Tuple[PipelineSpec, Path]:
@@ -130,12 +131,13 @@ def _with(raw: dict, epochs: int, sets: Dict[str, Any], distill: dict, m2m: dict
 
 
 def stage_configs(spec: PipelineSpec, teacher_raw: dict, student_raw: dict, incubate: bool,
-                  ref=lambda stage: f"@{stage}") -> List[Tuple[str, dict, List[str]]]:
-    """The stages after ``teacher`` and ``meta``: ``(name, raw config, stages it reads)``, in an order that
-    respects the reads. ``ref(stage)``: how a config points at an earlier stage's run folder (``@stage`` for
+                  ref=lambda stage: f"@{stage}") -> List[Tuple[str, dict, List[str], str]]:
+    """The stages after ``teacher`` and ``meta``: ``(name, raw config, stages it reads, phase)``, in an order that
+    respects the reads; the phase is ``incubation`` (shared by a suite row's seeds), ``module`` (the module jobs,
+    which can run in parallel) or ``finetune`` (the assembled student). ``ref(stage)``: how a config points at an earlier stage's run folder (``@stage`` for
     chains; the suite gives folder paths)."""
     m = spec.num_modules
-    out: List[Tuple[str, dict, List[str]]] = []
+    out: List[Tuple[str, dict, List[str], str]] = []
     teacher = "teacher"
     if incubate:
         for i in range(m):
@@ -144,13 +146,13 @@ def stage_configs(spec: PipelineSpec, teacher_raw: dict, student_raw: dict, incu
                 {"teachers": {"meta": {"checkpoint": ref("meta")}, "init": {"checkpoint": ref("teacher")}},
                  "terms": [{"type": "ce"}]},
                 {"depths": list(spec.teacher_depths), "module": i, "meta": "meta", "init": "init"}),
-                ["meta", "teacher"]))
+                ["meta", "teacher"], INCUBATION))
         out.append(("incubated", _with(
             teacher_raw, spec.incubation.finetune_epochs, spec.incubation.set,
             {"teachers": {f"part{i}": {"checkpoint": ref(f"incubate{i}")} for i in range(m)},
              "terms": [{"type": "ce"}]},
             {"depths": list(spec.teacher_depths), "parts": [f"part{i}" for i in range(m)]}),
-            [f"incubate{i}" for i in range(m)]))
+            [f"incubate{i}" for i in range(m)], INCUBATION))
         teacher = "incubated"
     mk = spec.module
     for i in range(m):
@@ -160,21 +162,21 @@ def stage_configs(spec: PipelineSpec, teacher_raw: dict, student_raw: dict, incu
              "terms": [{"type": "m2mkd", "alpha": mk.alpha, "T": mk.T, "mode": mk.mode}]},
             {"depths": list(spec.student_depths), "teacher_depths": list(spec.teacher_depths), "module": i,
              "meta": "meta"}),
-            ["meta", teacher]))
+            ["meta", teacher], MODULE))
     out.append(("student", _with(
         student_raw, spec.finetune.epochs, spec.finetune.set,
         {"teachers": {f"part{i}": {"checkpoint": ref(f"module{i}")} for i in range(m)}, "terms": [{"type": "ce"}]},
         {"depths": list(spec.student_depths), "parts": [f"part{i}" for i in range(m)]}),
-        [f"module{i}" for i in range(m)]))
+        [f"module{i}" for i in range(m)], FINETUNE))
     return out
 
 
 def check_of(meta_run, teacher_run, spec: PipelineSpec, device: str = "cpu") -> dict:
     """The compatibility check of a trained meta model and teacher (two finished run folders), on val."""
-    from . import models as model_lib
-    from .data import build_datasets
-    from .rundir import RunDir
-    from .m2m import compatibility
+    from ... import models as model_lib
+    from ...data import build_datasets
+    from ...rundir import RunDir
+    from .stage import compatibility
     mname, margs, mcls = RunDir(meta_run).model_spec()
     tname, targs, tcls = RunDir(teacher_run).model_spec()
     meta = model_lib.freeze(model_lib.create(mname, mcls, margs, str(meta_run), where="m2mkd.meta"))
@@ -189,8 +191,8 @@ def check_of(meta_run, teacher_run, spec: PipelineSpec, device: str = "cpu") -> 
 def run_pipeline(path, out, overrides: List[str] = (), overwrite: bool = False, log=print) -> dict:
     """Run a pipeline file's stages into ``out`` (see the module docstring); returns the check and each
     stage's final metrics."""
-    from .chain import run_stages
-    from .io import atomic_write_json
+    from ...engine.stages import run_stages
+    from ...io import atomic_write_json
     spec, base = load_pipeline(path)
     out = Path(out)
     teacher_raw = source_raw(spec.teacher, base) if spec.teacher.config else None
@@ -201,7 +203,7 @@ def run_pipeline(path, out, overrides: List[str] = (), overwrite: bool = False, 
     if teacher_raw is not None:
         first.append(("teacher", teacher_raw))
     else:
-        from .rundir import RunDir
+        from ...rundir import RunDir
         teacher_raw = RunDir(teacher_folder).read_config()
         for k in ("distill", "m2m"):
             teacher_raw.pop(k, None)
@@ -210,7 +212,7 @@ def run_pipeline(path, out, overrides: List[str] = (), overwrite: bool = False, 
 
     def stages(incubate: bool):
         ref = (lambda s: refs.get(s, f"@{s}"))
-        return first + [(n, r) for n, r, _ in stage_configs(spec, teacher_raw, student_raw, incubate, ref)]
+        return first + [(n, r) for n, r, _, _ in stage_configs(spec, teacher_raw, student_raw, incubate, ref)]
 
     names = [n for n, _ in first]
     run_stages(stages(True), out, base, overwrite, log, only=set(names))   # every stage built before any trains
@@ -221,7 +223,7 @@ def run_pipeline(path, out, overrides: List[str] = (), overwrite: bool = False, 
         f"{'passed (no incubation)' if check['passed'] else 'failed (incubation runs)'}")
     later = stages(not check["passed"])
     run_stages(later, out, base, overwrite, log, only={n for n, _ in later} - set(names))
-    from .rundir import RunDir
+    from ...rundir import RunDir
     finals = {n: RunDir(out / n).final() for n, _ in later}
     atomic_write_json(out / COST_FILE, pipeline_cost(out))
     return {"check": check, "stages": finals}
@@ -232,9 +234,9 @@ def training_macs(run_folder) -> dict:
     (:func:`vitkd.profile.distillation_cost`: 3 x the student path's forward + the teachers' forwards +
     overhead; for a module job the student path is the whole meta context around the module, so the frozen
     meta blocks are charged as if trained: an upper bound) x train images x epochs."""
-    from .engine import build_run
-    from .profile import distillation_cost
-    from .rundir import RunDir
+    from ...engine import build_run
+    from ...profile import distillation_cost
+    from ...rundir import RunDir
     run_dir = RunDir(run_folder)
     cfg = parse_config(run_dir.read_config())
     cfg.train.device = "cpu"
@@ -251,7 +253,7 @@ def training_macs(run_folder) -> dict:
 def pipeline_cost(out, scratch: Optional[str] = None) -> dict:
     """Total training MACs of a finished pipeline in ``out`` (meta, incubation, module jobs, fine-tuning; the
     teacher's own training listed apart) and of a scratch student run folder."""
-    from .rundir import RunDir
+    from ...rundir import RunDir
     out = Path(out)
     stages = [p.name for p in sorted(out.iterdir()) if p.is_dir() and RunDir(p).is_finished()]
     per = {s: training_macs(out / s) for s in stages}
@@ -260,3 +262,10 @@ def pipeline_cost(out, scratch: Optional[str] = None) -> dict:
     if scratch is not None:
         res["scratch"] = training_macs(scratch)
     return res
+
+
+def train_pipeline(path, out, overrides: List[str] = (), overwrite: bool = False, log=print) -> dict:
+    """The pipeline's run kind: its stages, then whether the check passed and the student's val/test top-1."""
+    res = run_pipeline(path, out, overrides, overwrite=overwrite, log=log)
+    return {"check_passed": res["check"]["passed"],
+            **{k: res["stages"]["student"].get(k) for k in ("val_top1", "test_top1")}}

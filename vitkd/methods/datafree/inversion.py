@@ -7,7 +7,7 @@ is ``ce * CE(T(x), y) + r_bn * sum_l s_l (||mu_l - mu_l^BN|| + ||var_l - var_l^B
 tv_l1 * TV_1 + l2 * ||x||`` (+ ``competition * (1 - JS)`` with a student, Adaptive DI); Adam with the learning
 rate cosine-decayed to 0; after each step the pixels are clipped to the valid range ([0, 1] before
 normalisation); the batch of the lowest loss seen is kept. ``diversity`` adds vitkd's reading of DearKD's
-intra-divergence term (:func:`vitkd.synth.losses.intra_divergence`). ``grayscale`` optimises one channel and
+intra-divergence term (:func:`vitkd.methods.datafree.losses.intra_divergence`). ``grayscale`` optimises one channel and
 repeats it over the model's channels (the digits are grey).
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data import DataSpec
+from ...data import DataSpec
 from .config import InversionCfg
 from .losses import BNStatistics, competition_loss, intra_divergence, l2_prior, tv_priors
 

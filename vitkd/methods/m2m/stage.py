@@ -14,13 +14,13 @@
 * :func:`assemble` copies each finished module run's module i into one model (the stitches are dropped:
   a timm ViT has one width, so its modules meet without them).
 
-A run config's ``m2m`` section (:class:`vitkd.config.M2MCfg`) makes ``vitkd train`` build one of these
+A run config's ``m2m`` section (:class:`.config.M2MCfg`) makes ``vitkd train`` build one of these
 stages (:func:`build_m2m_distiller`, registered as the distiller builder of the ``m2m`` section): a module
 job (the student's module i, distilled with the ``m2mkd`` term from the teacher's module i in the same meta
 context), an incubation job (the teacher's module i trained with CE inside the meta model) or an assembly
 (+ fine-tuning). Every model a stage reads is a
 ``distill.teachers`` entry (a run folder), so chains, the suite's dependencies and dry builds see it.
-The pipeline that strings the stages together is :mod:`vitkd.m2m_pipeline`.
+The pipeline that strings the stages together is :mod:`vitkd.methods.m2m.pipeline`.
 """
 from __future__ import annotations
 
@@ -31,11 +31,12 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .config import ConfigError, DistillCfg
-from .distiller import make_distiller, register_builder
-from .evaluate import evaluate
-from .models import resolve_weights
-from .teachers import LiveTeacher, load_teacher_model
+from .config import SECTION, m2m_of
+from ...config import ConfigError, DistillCfg
+from ...distiller import make_distiller, register_builder
+from ...evaluate import evaluate
+from ...models import resolve_weights
+from ...teachers import LiveTeacher, load_teacher_model
 
 __all__ = ["ViTModules", "Stitch", "ModulePath", "module_state", "assemble", "compatibility",
            "build_m2m_distiller", "EMBED_ATTRS"]
@@ -258,10 +259,10 @@ def _part_state(name: str, cfg, planned: Dict[str, object]) -> Optional[Dict[str
 
 
 def build_m2m_distiller(cfg, student: nn.Module, num_classes: int, spec, planned: Optional[Dict] = None):
-    """The distiller of an m2m stage (``cfg.m2m``): the student is a :class:`ModulePath` (module and incubation
+    """The distiller of an m2m stage (its ``m2m`` section): the student is a :class:`ModulePath` (module and incubation
     jobs) or ``student`` assembled from the module runs (assembly); the teachers the section names (meta, init,
     parts) are building material, the others are placed in the meta model as frozen paths."""
-    mc = cfg.m2m
+    mc = m2m_of(cfg)
     planned = planned or {}
     dcfg = cfg.distill or DistillCfg()
     named = [mc.meta, mc.init, *mc.parts]
@@ -292,7 +293,7 @@ def build_m2m_distiller(cfg, student: nn.Module, num_classes: int, spec, planned
     return make_distiller(cfg, model, teachers, spec)
 
 
-register_builder("m2m", build_m2m_distiller)
+register_builder(SECTION, build_m2m_distiller)
 
 
 def read_check(path) -> Optional[dict]:

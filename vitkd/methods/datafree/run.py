@@ -15,14 +15,14 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..config import DataCfg, TeacherCfg
-from ..data import class_count, sample_seed
-from ..io import json_digest, sha256_file
-from ..rundir import exclusive
+from ...config import DataCfg, TeacherCfg
+from ...data import class_count, sample_seed
+from ...io import json_digest, sha256_file
+from ...rundir import exclusive
 from .config import SynthCfg
 from .inversion import invert_batch
 from .losses import BNStatistics
-from ..datasets.synthetic import SyntheticStore
+from .store import SyntheticStore
 
 __all__ = ["synthesize", "is_synthesized", "fingerprint", "SYNTH_VERSION"]
 
@@ -30,8 +30,8 @@ SYNTH_VERSION = 1   # bump when the synthesis computes something else for the sa
 
 
 def _model_identity(t: TeacherCfg, model: torch.nn.Module) -> dict:
-    from ..models import resolve_weights
-    from ..taps import model_name
+    from ...models import resolve_weights
+    from ...taps import model_name
     return {"model": model_name(model), "args": t.args, "weights_sha256": sha256_file(resolve_weights(t.checkpoint))}
 
 
@@ -51,13 +51,13 @@ def _data_identity(data: DataCfg) -> dict:
 
 def _models(cfg: SynthCfg):
     """(teacher, its input spec, competing student or None, its spec, class count)."""
-    from .. import models as model_lib
-    from ..teachers import load_teacher_model
+    from ... import models as model_lib
+    from ...teachers import load_teacher_model
     n_cls = class_count(cfg.data)
     teacher = load_teacher_model("teacher", cfg.teacher, n_cls)
     if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in teacher.modules()):
-        from ..config import ConfigError
-        from ..taps import model_name
+        from ...config import ConfigError
+        from ...taps import model_name
         raise ConfigError(f"teacher: {model_name(teacher)} has no BatchNorm layer (DeepInversion matches the "
                           f"statistics of a BN teacher)")
     spec = model_lib.data_spec(teacher, cfg.data.img_size)

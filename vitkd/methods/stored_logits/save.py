@@ -21,14 +21,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import ConfigError, DistillCfg, RunCfg, path_under, step_bf16
-from ..data import build_datasets, train_view
-from ..models import student_spec
-from ..io import json_digest
-from ..dist import World, barrier, current_world, join_from_env, leave, resolve_device
-from ..rundir import exclusive
-from ..taps import TapRequest, describe
-from ..teachers import LiveTeacher, load_teacher_model
+from ...config import ConfigError, DistillCfg, RunCfg, path_under, section, step_bf16
+from ...data import build_datasets, train_view
+from ...models import student_spec
+from ...io import json_digest
+from ...dist import World, barrier, current_world, join_from_env, leave, resolve_device
+from ...rundir import exclusive
+from ...taps import TapRequest, describe
+from ...teachers import LiveTeacher, load_teacher_model
+from .replay import SOURCE_KEY
 from .fingerprint import data_fingerprint, record_seed, weights_sha256
 from .format import (FORMAT_VERSION, STORE_FILE, StoreError, layout, read_shard, read_store_json,
                      record_dtype, shard_path, write_shard, write_store_json)
@@ -75,7 +76,7 @@ def save_logits(cfg: RunCfg, out, topk: Optional[int] = None, epochs: Optional[i
     """One store per live teacher of ``cfg`` under ``out/<teacher name>`` (or, for the teachers named in
     ``stores``, at the folder it gives); returns them by teacher name. One process writes ``out`` (each
     folder of ``stores``) at a time (:func:`vitkd.rundir.exclusive`); under ``torchrun``, rank 0 holds it."""
-    teachers = {k: t for k, t in (cfg.distill or DistillCfg()).teachers.items() if t.logits is None
+    teachers = {k: t for k, t in (cfg.distill or DistillCfg()).teachers.items() if section(t, SOURCE_KEY) is None
                 and (stores is None or k in stores)}
     dest = {k: Path(stores[k]) if stores else path_under(out, k, key=f"distill.teachers.{k}") for k in teachers}
     if not teachers:

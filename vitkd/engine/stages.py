@@ -1,45 +1,18 @@
-"""Teacher-assistant chains: T -> TA -> S as consecutive distillations.
-
-A chain file has a top-level ``chain:`` list; each stage is ``{name, config, set}`` (a vitkd train config,
-relative to the chain file, plus dotted overrides). A teacher checkpoint written ``@<stage>`` means the
-run folder of that earlier stage. Every stage is dry-built before the first trains. Stages run in order into
-``<out>/<stage>/``; a finished stage whose config and teacher stages are unchanged is reused and an unfinished
-one resumed, so an interrupted chain continues where it stopped; any other run in a stage's folder is replaced
-only with ``--overwrite``.
+"""A sequence of runs, each a full run config trained into its own folder (torchdistill's multi-stage box: every
+stage a single-stage config): every stage dry-built before the first trains (teachers of earlier stages built
+untrained), then each reused (finished, unchanged), resumed (unfinished) or trained in order. A teacher checkpoint
+written ``@<stage>`` is that earlier stage's run folder. Run kinds made of stages (a chain of teacher assistants,
+m2mKD's pipeline) train through :func:`run_stages`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from .rundir import RunDir
-from .config import (ConfigError, build_dataclass, check_name, parse_config, path_under, raw_teachers, read_config,
-                     read_yaml, to_dict)
+from ..config import ConfigError, parse_config, path_under, raw_teachers, to_dict
+from ..rundir import RunDir
 
-__all__ = ["is_chain", "run_chain", "run_stages", "resolve_stage_refs", "ChainStage"]
-
-
-@dataclass
-class ChainStage:
-    name: str
-    config: str
-    set: Dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class ChainCfg:
-    chain: List[ChainStage] = field(default_factory=list)
-    name: str = "chain"
-
-
-def is_chain(path) -> bool:
-    raw = read_yaml(path)
-    return isinstance(raw, dict) and "chain" in raw
-
-
-def _stage_raw(stage: ChainStage, base: Path, outs: Dict[str, Path], overrides: List[str]) -> dict:
-    return resolve_stage_refs(stage.name, read_config(stage.config, base, stage.set, overrides=overrides), outs)
+__all__ = ["run_stages", "resolve_stage_refs"]
 
 
 def resolve_stage_refs(name: str, raw: dict, outs: Dict[str, Path]) -> dict:
@@ -49,26 +22,10 @@ def resolve_stage_refs(name: str, raw: dict, outs: Dict[str, Path]) -> dict:
         if isinstance(ck, str) and ck.startswith("@"):
             ref = ck[1:]
             if ref not in outs:
-                raise ConfigError(f"chain stage '{name}': teacher '{tname}' refers to '@{ref}', which is not "
+                raise ConfigError(f"stage '{name}': teacher '{tname}' refers to '@{ref}', which is not "
                                   f"an earlier stage ({', '.join(outs) or 'none before it'})")
             t["checkpoint"] = str(outs[ref])
     return raw
-
-
-def run_chain(path, out, overrides: List[str] = (), overwrite: bool = False, log=print) -> List[dict]:
-    path = Path(path)
-    chain = build_dataclass(ChainCfg, read_yaml(path), "", path.parent)
-    if not chain.chain:
-        raise ConfigError("chain: no stages")
-    names = [check_name(s.name, f"chain[{i}].name", "stage name") for i, s in enumerate(chain.chain)]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"chain: duplicate stage names in {names}")
-    outs: Dict[str, Path] = {}
-    stages = []
-    for stage in chain.chain:
-        stages.append((stage.name, _stage_raw(stage, path.parent, outs, list(overrides))))
-        outs[stage.name] = path_under(out, stage.name, key="chain stage")
-    return run_stages(stages, out, path.parent, overwrite, log)
 
 
 def run_stages(stages: List[Tuple[str, dict]], out, base: Path, overwrite: bool = False, log=print,
@@ -77,8 +34,8 @@ def run_stages(stages: List[Tuple[str, dict]], out, base: Path, overwrite: bool 
     already resolved or resolved here). Every stage is dry-built (teachers of earlier stages untrained) before
     the first trains; finished stages of an unchanged config are reused, unfinished ones resumed. ``only``:
     train just these stages (the others are built and checked, and must not be needed untrained)."""
-    from .engine import train
-    from .engine.build import dry_build, planned_teachers
+    from .build import dry_build, planned_teachers
+    from .loop import train
     out = Path(out)
     outs: Dict[str, Path] = {}
     planned: Dict[str, Any] = {}   # run folder of an earlier stage -> its config
@@ -90,9 +47,9 @@ def run_stages(stages: List[Tuple[str, dict]], out, base: Path, overwrite: bool 
             cfg = parse_config(stripped, base=base)
             dry_build(cfg, teachers)
         except ConfigError as e:
-            raise ConfigError(f"chain stage '{name}': {e}") from None
+            raise ConfigError(f"stage '{name}': {e}") from None
         reads = [s for s, o in outs.items() if any(c is planned.get(str(o)) for c in teachers.values())]
-        outs[name] = path_under(out, name, key="chain stage")
+        outs[name] = path_under(out, name, key="stage")
         if not RunDir(outs[name]).matches(to_dict(cfg)) or teachers:
             planned[str(outs[name])] = cfg
         plans.append((name, raw, reads))
@@ -106,10 +63,10 @@ def run_stages(stages: List[Tuple[str, dict]], out, base: Path, overwrite: bool 
             continue
         run = RunDir(outs[name])
         if actions[name] == "reuse":
-            log(f"chain stage '{name}': reusing {run.path}")
+            log(f"stage '{name}': reusing {run.path}")
             finals.append(run.final())
             continue
-        log(f"chain stage '{name}' -> {run.path}")
+        log(f"stage '{name}' -> {run.path}")
         resume = actions[name] == "resume"
         finals.append(train(parse_config(raw, base=base), run.path, resume=resume, overwrite=not resume, log=log))
     return finals
@@ -131,5 +88,5 @@ def _stage_action(name: str, run: RunDir, raw: dict, base: Path, overwrite: bool
             return "resume"
     if not overwrite:
         why = f"its teacher stage '{retrained[0]}' trains again" if retrained else "it holds a run of another config"
-        raise ConfigError(f"chain stage '{name}': {run.path} would be replaced ({why}; use --overwrite)")
+        raise ConfigError(f"stage '{name}': {run.path} would be replaced ({why}; use --overwrite)")
     return "train"

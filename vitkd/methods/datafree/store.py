@@ -23,8 +23,8 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-from ..config import ConfigError, DataError
-from ..io import atomic_write_bytes, atomic_write_json
+from ...config import ConfigError, DataError
+from ...io import atomic_write_bytes, atomic_write_json
 
 __all__ = ["SyntheticStore", "read_synthetic", "FORMAT"]
 
@@ -142,3 +142,9 @@ def read_synthetic(path: Union[str, Path], num_classes: int, key: str = "data.sy
             raise DataError(f"{key}: cannot read image {f} ({type(e).__name__}: {e})") from None
         labels.append(int(y))
     return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
+def set_fingerprint(path: Union[str, Path]) -> str:
+    """What names a set's images: its manifest's fingerprint (a set not finished yet: its folder)."""
+    m = SyntheticStore(path).manifest()
+    return (m or {}).get("fingerprint") or f"incomplete:{path}"

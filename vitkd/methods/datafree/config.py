@@ -5,8 +5,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Union
 
-from ..config import (ConfigError, DataCfg, TeacherCfg, apply_overrides, build_dataclass, check_name, check_paths,
-                      check_seed, read_yaml)
+from ...config import (ConfigError, DataCfg, TeacherCfg, apply_overrides, build_dataclass, check_name, check_paths,
+                      check_seed, read_yaml, section)
+
+# the data key of a run config that trains on a synthetic set (the train split replaced; val/test stay real)
+DATA_KEY = "synthetic"
 
 __all__ = ["InversionCfg", "SynthCfg", "load_synth_config", "parse_synth_config"]
 
@@ -63,8 +66,9 @@ class SynthCfg:
     def __post_init__(self):
         if self.synth.competition > 0 and self.student is None:
             raise ConfigError("student: synth.competition > 0 needs a student to compete with (student.checkpoint)")
-        if self.data.synthetic is not None:
-            raise ConfigError("data.synthetic: a synthesis config names the teacher's real dataset, not a synthetic set")
+        if section(self.data, DATA_KEY) is not None:
+            raise ConfigError(f"data.{DATA_KEY}: a synthesis config names the teacher's real dataset, not a synthetic "
+                              f"set")
         if self.threads is not None and self.threads <= 0:
             raise ConfigError(f"threads: must be > 0, got {self.threads}")
         check_seed(self.seed, "seed")

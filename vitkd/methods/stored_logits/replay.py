@@ -20,15 +20,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import ConfigError, RunCfg, TeacherCfg
-from ..data import DataSpec
-from ..io import json_digest
-from ..taps import ModelInfo, TapOutput, TapRequest
-from ..teachers import TeacherSource
+from ...config import ConfigError, RunCfg, TeacherCfg, section
+from ...data import DataSpec
+from ...io import json_digest
+from ...taps import ModelInfo, TapOutput, TapRequest
+from ...teachers import TeacherSource
 from .fingerprint import check_fingerprint, record_seed
 from .format import StoreError, layout, read_shard, read_store_json, record_dtype, shard_path
 
-__all__ = ["StoredTeacher", "dense_log_probs", "open_store"]
+__all__ = ["StoredTeacher", "dense_log_probs", "open_store", "SOURCE_KEY"]
+
+# the teacher key that reads a store: distill.teachers.<name>: {logits: PATH}
+SOURCE_KEY = "logits"
 
 
 def dense_log_probs(idx: Tensor, val: Tensor, num_classes: int) -> Tensor:
@@ -70,7 +73,7 @@ class StoredTeacher(TeacherSource):
     def __init__(self, path: str, name: str = "teacher", where: Optional[str] = None):
         super().__init__()
         self.path, self.name = str(path), name
-        self.where = where or f"distill.teachers.{name}.logits"
+        self.where = where or f"distill.teachers.{name}.{SOURCE_KEY}"
         self.meta, self.dtype, self._fsha = open_store(self.path, self.where)
         fp = self.meta["fingerprint"]
         self.num_classes, self.topk, self.epochs = int(self.meta["num_classes"]), int(fp["topk"]), int(fp["epochs"])
@@ -81,7 +84,7 @@ class StoredTeacher(TeacherSource):
     @classmethod
     def from_config(cls, name: str, cfg: TeacherCfg, num_classes: int, run: Optional[RunCfg] = None,
                     student_spec: Optional[DataSpec] = None) -> "StoredTeacher":
-        src = cls(cfg.logits, name)
+        src = cls(section(cfg, SOURCE_KEY), name)
         if src.num_classes != num_classes:
             raise StoreError(f"{src.where}: the store's teacher predicts {src.num_classes} classes, the data has "
                              f"{num_classes}")
@@ -157,7 +160,7 @@ class StoredTeacher(TeacherSource):
 def store_serves(path: str, cfg: RunCfg, teacher: TeacherCfg) -> bool:
     """Whether the store at ``path`` is complete and was written for ``cfg``'s recipe and seed by the weights of
     ``teacher`` (a live teacher config): what decides that a suite's store job is already done."""
-    from ..models import student_spec
+    from ...models import student_spec
     try:
         meta, _, _ = open_store(path, "logits")
         check_fingerprint(meta, cfg, student_spec(cfg), "logits", teacher.checkpoint)

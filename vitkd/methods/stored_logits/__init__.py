@@ -4,10 +4,15 @@ teacher (:mod:`.replay`). A store serves runs with its data recipe and seed (:mo
 
 A teacher read from a store (``distill.teachers.<name>: {logits: PATH}``) is registered here as an origin of
 :mod:`vitkd.teachers`."""
-from ..teachers import register_origin
+from typing import Optional
+
+from ...config import TeacherCfg, register_section
+from ...teachers import register_origin
 from .format import StoreError
-from .replay import StoredTeacher
+from .replay import SOURCE_KEY, StoredTeacher
 
 __all__ = ["StoreError", "StoredTeacher"]
 
-register_origin("logits", source=StoredTeacher.from_config)
+register_section(TeacherCfg, SOURCE_KEY, Optional[str], path=True)   # a store folder (`vitkd logits save`)
+register_origin(SOURCE_KEY, source=StoredTeacher.from_config)
+from . import suite  # noqa: F401,E402  (a suite's stores: their job kind and suite keys)

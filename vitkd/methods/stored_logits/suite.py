@@ -3,30 +3,47 @@
 For every row, each suite teacher that the row's terms read for logits only (what a dry build of the row
 reports) is served from a store: one ``logits`` job per (suite teacher, seed, data recipe), which depends on
 the teacher's job and runs the teacher once over every epoch's augmented images of that recipe
-(:mod:`vitkd.stored_logits.save`). The row then reads ``distill.teachers.<key>: {logits: <store>}`` and depends on
+(:mod:`vitkd.methods.stored_logits.save`). The row then reads ``distill.teachers.<key>: {logits: <store>}`` and depends on
 that job. A teacher a term reads for tokens, attention or stages stays live. Rows of one seed and recipe share
 a store whatever their student, so a store's augmentation stream is the one its rows and their no-KD baseline
 see at that seed. The suite option ``stored_logits: false`` (or ``vitkd compare --live-teachers``) turns it off;
-a row's ``logits: {stored: false}`` keeps its own teachers live, and rows on a synthetic train set always do.
+a row's ``logits: {stored: false}`` keeps its own teachers live, and so do rows whose train images another job
+writes (a synthetic train set): their images are not known when the stores are planned.
 """
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..config import ConfigError, parse_config, path_under, raw_teachers
-from .jobs import Job, register_kind
-from .plan import build_key, strip_checkpoints
+from ...config import ConfigError, parse_config, path_under, raw_teachers, register_section, section
+from ...compare.jobs import Job, SuitePlan, register_kind
+from ...compare.plan import build_key, strip_checkpoints
+from ...compare.suite import RowSpec, SuiteCfg
+from .replay import SOURCE_KEY
 
-__all__ = ["plan_stored_logits", "KIND"]
+__all__ = ["plan_stored_logits", "RowLogits", "KIND", "SUITE_KEY", "ROW_KEY"]
 
 KIND = "logits"
+SUITE_KEY = "stored_logits"   # the suite's switch (default on)
+ROW_KEY = "logits"            # a row's settings (RowLogits)
+
+
+@dataclass
+class RowLogits:
+    """How a row's logit-only teachers are served."""
+    stored: Optional[bool] = None      # None: the suite's ``stored_logits``; false: live; true: from a store
+    topk: Optional[int] = None         # K of the row's stores (None: every class)
+
+    def __post_init__(self):
+        if self.topk is not None and self.topk < 1:
+            raise ConfigError(f"suite.rows.{ROW_KEY}.topk: must be >= 1, got {self.topk}")
 
 
 def _logit_only_teachers(job: Job, planned: Dict[str, object], seen: Dict[str, set]) -> set:
     """The teacher keys of a row that its terms read for logits only (dry build with planned teachers)."""
-    from ..engine.build import dry_build, planned_teachers
+    from ...engine.build import dry_build, planned_teachers
     stripped, teachers = planned_teachers(job.raw, planned)
     key = build_key(stripped)
     if key not in seen:
@@ -43,11 +60,11 @@ def plan_stored_logits(row_jobs: List[Job], teacher_jobs: List[Job], cache: Path
                        ) -> Tuple[List[Job], List[Job]]:
     """(the rows, rewritten to read stores where they can, the ``logits`` jobs that write those stores).
 
-    ``options``: {row name: its :class:`~vitkd.compare.suite.RowLogits`}: whether the row reads stores
-    (None: ``default``) and their K (None: every class)."""
-    from ..stored_logits.fingerprint import data_fingerprint
-    from ..io import json_digest
-    from ..models import student_spec
+    ``options``: {row name: its :class:`RowLogits`}: whether the row reads stores (None: ``default``) and their K
+    (None: every class)."""
+    from .fingerprint import data_fingerprint
+    from ...io import json_digest
+    from ...models import student_spec
     by_out = {str(j.out): j for j in teacher_jobs}
     planned = {}
     for j in teacher_jobs:
@@ -64,9 +81,9 @@ def plan_stored_logits(row_jobs: List[Job], teacher_jobs: List[Job], cache: Path
         opt = (options or {}).get(job.row)
         stored = default if opt is None or opt.stored is None else opt.stored
         topk = None if opt is None else opt.topk
-        # a row on a synthetic train set keeps its teachers live: its images are not known before the set is
-        # written, so no store can be planned for them (and one of the real split would be the wrong images)
-        if not stored or (job.raw.get("data") or {}).get("synthetic"):
+        # a row whose train images a planned job writes keeps its teachers live: its images are not known before
+        # they are written, so no store can be planned for them (and one of the dataset's split would be wrong)
+        if not stored or any(k.startswith("data.") for k in job.planned_inputs):
             rows.append(job)
             continue
         teachers = raw_teachers(job.raw)
@@ -93,14 +110,14 @@ def plan_stored_logits(row_jobs: List[Job], teacher_jobs: List[Job], cache: Path
                     folder = path_under(cache / "logits", name, tag, key=f"suite.teachers.{name}")
                     stores[lkey] = Job(lkey, raw, folder, [tjob.key], kind=KIND,
                                        row=name, seed=cfg.seed, like=tjob.key, args={"topk": topk})
-                teachers[k] = {"logits": str(stores[lkey].out)}
+                teachers[k] = {SOURCE_KEY: str(stores[lkey].out)}
                 job.deps = [d for d in job.deps if d != tjob.key] + [lkey]
         rows.append(job)
     return rows, list(stores.values())
 
 
 def _store_done(job: Job) -> bool:
-    from ..stored_logits.replay import store_serves
+    from .replay import store_serves
     try:
         cfg = parse_config(copy.deepcopy(job.raw))
     except ConfigError:   # its teacher is not trained yet
@@ -110,7 +127,7 @@ def _store_done(job: Job) -> bool:
 
 
 def _write_store(job: Job) -> None:
-    from ..stored_logits.save import save_logits
+    from .save import save_logits
     raw = copy.deepcopy(job.raw)
     raw.setdefault("train", {})["progress"] = False
     cfg = parse_config(raw)
@@ -120,4 +137,22 @@ def _write_store(job: Job) -> None:
                 log=lambda m: None, replace=True)
 
 
-register_kind(KIND, run=_write_store, is_done=_store_done)
+def _plan(plan: SuitePlan) -> None:
+    """The plain rows read logit-only teachers from stores unless the suite (or the row's ``logits.stored``, or
+    ``vitkd compare --live-teachers``) turns it off; the stores' jobs join the plan."""
+    live = bool(plan.options.get("live_teachers"))
+    default = bool(section(plan.suite, SUITE_KEY)) and not live
+    plan.meta[SUITE_KEY] = default
+    options = {r.name: (RowLogits(stored=False) if live else section(r, ROW_KEY)) for r in plan.suite.rows}
+    if not default and not any(o.stored for o in options.values()):
+        return
+    rows = [j for j in plan.jobs if j.kind == "row"]
+    rewritten, stores = plan_stored_logits(rows, plan.with_role("teacher"), plan.cache, options, default=default)
+    by_key = {j.key: j for j in rewritten}
+    plan.jobs = [by_key.get(j.key, j) for j in plan.jobs] + stores
+
+
+register_section(SuiteCfg, SUITE_KEY, bool, default=True)
+register_section(RowSpec, ROW_KEY, RowLogits, default_factory=RowLogits)
+# after the rows and their train sets are planned
+register_kind(KIND, run=_write_store, is_done=_store_done, plan=_plan, only_if_read=True, order=40)

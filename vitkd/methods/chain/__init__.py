@@ -1,0 +1,7 @@
+"""Teacher-assistant chains: a file of stages (``chain:``), each a full run config whose teacher may be an earlier
+stage's run (``checkpoint: "@stage"``), trained in order (TAKD; born-again generations are a chain of one
+architecture). :mod:`.stages` holds the file's schema and the runner."""
+from ...engine.kinds import register_run_kind
+from .stages import SECTION, train_chain
+
+register_run_kind("chain", SECTION, train_chain, one_process=True, takes_resume=True)
