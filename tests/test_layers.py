@@ -20,7 +20,7 @@ FLOORS = [
     ("files, taps, formats", [
         "vitkd.download", "vitkd.rundir", "vitkd.taps", "vitkd.evaluate", "vitkd.datasets.idx",
         "vitkd.methods.datafree.store", "vitkd.methods.stored_logits.format", "vitkd.profile.throughput",
-        "vitkd.methods.m2m.config"]),
+        "vitkd.methods.m2m.config", "vitkd.commands"]),
     ("datasets, the zoo's index, loss terms", [
         "vitkd.datasets", "vitkd.datasets.fashion_mnist", "vitkd.zoo.index", "vitkd.zoo.fetch", "vitkd.losses"]),
     ("the data pipeline, loss terms that methods register", ["vitkd.data", "vitkd.methods.m2m.loss"]),
@@ -35,7 +35,8 @@ FLOORS = [
     ("the comparison: the job kinds' registry, the built-in kinds, the loop over kinds", ["vitkd.compare"]),
     ("the suite job kinds of methods", [
         "vitkd.methods.datafree.suite", "vitkd.methods.stored_logits.suite", "vitkd.methods.m2m.suite"]),
-    ("the commands of a package or method", ["vitkd.zoo.commands", "vitkd.datasets.commands"]),
+    ("the commands of a package or method", ["vitkd.zoo.commands", "vitkd.datasets.commands",
+                                             "vitkd.methods.stored_logits.commands", "vitkd.methods.datafree.commands"]),
     ("the methods' registrations (each method package's __init__)", ["vitkd.methods"]),
     ("the command line", ["vitkd.cli"]),
     ("the composition root", ["vitkd", "vitkd.__main__"]),

@@ -186,7 +186,8 @@ def test_suite_plans_a_pipeline_row_as_jobs_with_dependencies(tmp_path):
     """A pipeline row: incubation shared by the seeds (dropped when the check passed), M module jobs per seed
     reading the meta and the (incubated) teacher, then the row's run reading that seed's module jobs."""
     from vitkd.methods.m2m.suite import plan_pipelines
-    from vitkd.compare.plan import plan_rows, plan_teachers
+    from vitkd.compare.jobs import SuitePlan
+    from vitkd.compare.plan import plan_suite
     from vitkd.compare.suite import load_suite
     student = {"seed": 0, "model": {"name": "vit_tiny_patch16_224", "args": {**T_ARGS, "embed_dim": 16, "depth": 2}},
                "data": {"name": "digits", "train_subset": 32, "batch_size": 16}, "train": {"epochs": 7}}
@@ -200,9 +201,13 @@ def test_suite_plans_a_pipeline_row_as_jobs_with_dependencies(tmp_path):
         "rows": [{"name": "no_kd", "family": "none"},
                  {"name": "m2m", "family": "module", "pipeline": "pipe.yaml", "teachers": {"teacher": "t", "meta": "meta"}}]}))
     suite, base = load_suite(tmp_path / "suite.yaml")
-    teachers = plan_teachers(suite, base, tmp_path / "c", False, {}, {})
-    dirs = {j.row: j.out for j in teachers}
-    assert [j.row for j in plan_rows(suite, base, tmp_path / "c", False, {}, {}, dirs)] == ["no_kd", "no_kd"]
+    plan = SuitePlan(suite, base, tmp_path / "c")
+    plan_suite(plan)
+    teachers = plan.with_role("teacher")
+    assert [j.row for j in plan.jobs if j.kind == "row"] == ["no_kd", "no_kd"]   # the pipeline row is not a plain row
+    # before anything runs, the pipeline's stages are planned (incubation included) to be checked, not run
+    assert sorted(j.key for j in plan.checked_only) == sorted(
+        j.key for j in plan_pipelines(suite, base, tmp_path / "c", False, {}, {}, teachers))
     jobs = {j.key: j for j in plan_pipelines(suite, base, tmp_path / "c", False, {}, {}, teachers)}
     assert sorted(jobs) == sorted(["pipelines/m2m/incubate0", "pipelines/m2m/incubate1", "pipelines/m2m/incubated",
                                    *[f"pipelines/m2m/s{s}/module{i}" for s in (0, 1) for i in (0, 1)],
@@ -210,9 +215,13 @@ def test_suite_plans_a_pipeline_row_as_jobs_with_dependencies(tmp_path):
     assert jobs["pipelines/m2m/incubate1"].deps == ["teachers/meta", "teachers/t"]
     assert jobs["pipelines/m2m/s1/module0"].deps == ["teachers/meta", "pipelines/m2m/incubated"]
     assert jobs["rows/m2m/s1"].deps == ["pipelines/m2m/s1/module0", "pipelines/m2m/s1/module1"]
-    assert (jobs["rows/m2m/s1"].kind, jobs["rows/m2m/s1"].seed, jobs["rows/m2m/s1"].raw["train"]["epochs"]) == ("row", 1, 2)
+    assert (jobs["rows/m2m/s1"].role, jobs["rows/m2m/s1"].seed, jobs["rows/m2m/s1"].raw["train"]["epochs"]) == ("row", 1, 2)
     assert jobs["pipelines/m2m/s0/module1"].raw["m2m"]["module"] == 1
+    # a stage's identity is a field of its job, not read back from its key
+    assert {(j.stage, j.phase) for j in jobs.values() if j.row == "m2m"} == {
+        ("incubate0", "incubation"), ("incubate1", "incubation"), ("incubated", "incubation"),
+        ("module0", "module"), ("module1", "module"), ("student", "finetune")}
     passed = {j.key: j for j in plan_pipelines(suite, base, tmp_path / "c", False, {}, {}, teachers,
                                                {"m2m": {"passed": True}})}
-    assert not any("incubat" in k for k in passed)
+    assert not any(j.phase == "incubation" for j in passed.values())
     assert passed["pipelines/m2m/s0/module0"].deps == ["teachers/meta", "teachers/t"]

@@ -254,8 +254,8 @@ def test_a_save_killed_midway_resumes_to_the_same_bytes(env, tmp_path):
 
 
 def test_the_suite_plans_one_store_per_teacher_seed_and_recipe_for_logit_only_rows(tmp_path):
-    from vitkd.compare.plan import check_jobs, plan_rows, plan_teachers
-    from vitkd.methods.stored_logits.suite import plan_stored_logits
+    from vitkd.compare.jobs import SuitePlan
+    from vitkd.compare.plan import check_jobs, plan_suite
     from vitkd.compare.suite import load_suite
     common = {"data": {"name": "digits", "train_subset": 32, "batch_size": 8}, "train": {"epochs": 1, "progress": False}}
     (tmp_path / "student.yaml").write_text(yaml.safe_dump({"model": {"name": "vit_digits_tiny"}, **common}))
@@ -272,9 +272,10 @@ def test_the_suite_plans_one_store_per_teacher_seed_and_recipe_for_logit_only_ro
     (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
     s, base = load_suite(tmp_path / "suite.yaml")
     cache = tmp_path / "cache"
-    teachers = plan_teachers(s, base, cache, False, {}, {})
-    rows, stores = plan_stored_logits(plan_rows(s, base, cache, False, {}, {}, {j.row: j.out for j in teachers}),
-                                      teachers, cache)
+    plan = SuitePlan(s, base, cache)
+    plan_suite(plan)
+    teachers, rows = plan.with_role("teacher"), plan.with_role("row")
+    stores = [j for j in plan.jobs if j.kind == "logits"]
     assert sorted(j.key.split("/")[2][:2] for j in stores) == ["s0", "s1"]   # kd and kd_b share a store per seed
     assert all(j.kind == "logits" and j.deps == ["teachers/cnn"] for j in stores)
     by = {j.key: j for j in rows}

@@ -32,6 +32,20 @@ def _suite(tmp_path, **extra):
     return load_suite(tmp_path / "suite.yaml")
 
 
+def _plan(suite, base, cache, **options):
+    """Every job kind's plan of ``suite`` (what ``vitkd compare`` plans before it runs anything)."""
+    from vitkd.compare.jobs import SuitePlan
+    from vitkd.compare.plan import plan_suite
+    plan = SuitePlan(suite, base, cache, options=options)
+    plan_suite(plan)
+    return plan
+
+
+def _rows_and_stores(suite, base, cache, **options):
+    plan = _plan(suite, base, cache, **options)
+    return plan.with_role("row"), [j for j in plan.jobs if j.kind == "logits"]
+
+
 def test_held_steps_rescale_epochs_and_warmup_by_batches_per_epoch():
     raw = {"data": {"train_subset": 100, "batch_size": 32}, "train": {"epochs": 300, "warmup_epochs": 10}}
     # 100 images = 4 batches of 32: 1,200 steps; 200 = 7 batches -> 171 epochs (1,197 steps); 1,197 = 38 -> 32
@@ -60,9 +74,8 @@ def test_a_sweep_repeats_rows_and_teachers_per_value_and_pairs_within_a_value(tm
     assert out.test_families == {"study": ["kd_100", "kd2_100", "kd_400", "kd2_400"]}
     assert expand_sweep(out, base, False, {}, {}) is out   # expanded once
     # the rows of one value read that value's teacher, and their configs carry the value
-    from vitkd.compare.plan import plan_rows, plan_teachers
-    teachers = plan_teachers(out, base, tmp_path / "cache", False, {}, {})
-    rows = plan_rows(out, base, tmp_path / "cache", False, {}, {}, {j.row: j.out for j in teachers})
+    plan = _plan(out, base, tmp_path / "cache", live_teachers=True)   # rows read their teachers themselves
+    teachers, rows = plan.with_role("teacher"), plan.with_role("row")
     j = next(r for r in rows if r.key == "rows/kd_400/s1")
     assert j.raw["data"]["train_subset"] == 400 and j.deps == ["teachers/cnn_400"]
     assert next(t for t in teachers if t.row == "cnn_400").raw["data"]["train_subset"] == 400
@@ -74,32 +87,31 @@ def test_sweep_errors(tmp_path):
     with pytest.raises(ConfigError, match="suite.sweep.hold"):
         _suite(tmp_path, sweep={"key": "train.lr", "values": [1, 2]})
     suite, base = _suite(tmp_path, sweep={"key": "data.train_subset", "values": [100, 200]})
-    suite.rows[1].pipeline = "m2m.yaml"
-    with pytest.raises(ConfigError, match="suite.rows.kd: a swept suite"):
+    suite.rows[1].sections["pipeline"] = "m2m.yaml"
+    with pytest.raises(ConfigError, match="suite.rows.kd: a swept suite cannot hold rows of job kind 'pipeline'"):
         expand_sweep(suite, base, False, {}, {})
 
 
 def test_rows_choose_live_or_stored_teachers_and_the_stores_k(tmp_path):
-    from vitkd.compare import _stored
-    from vitkd.compare.plan import plan_rows, plan_teachers
+    from vitkd.config import section
     suite, base = _suite(tmp_path)
-    suite.rows[1].logits.stored = False            # kd: live
-    suite.rows[2].logits.topk = 2                  # kd2: stores of the top 2
+    section(suite.rows[1], "logits").stored = False     # kd: live
+    section(suite.rows[2], "logits").topk = 2           # kd2: stores of the top 2
     cache = tmp_path / "cache"
-    teachers = plan_teachers(suite, base, cache, False, {}, {})
-    rows, stores = _stored(suite, plan_rows(suite, base, cache, False, {}, {}, {j.row: j.out for j in teachers}),
-                           teachers, cache)
+    rows, stores = _rows_and_stores(suite, base, cache)
     by = {j.key: j for j in rows}
     assert "checkpoint" in by["rows/kd/s0"].raw["distill"]["teachers"]["t"]
     assert "logits" in by["rows/kd2/s0"].raw["distill"]["teachers"]["t"]
     assert sorted(j.args["topk"] for j in stores) == [2, 2]
     # without a K the store keeps the tag it had before K was an option (committed caches stay valid)
-    suite.rows[2].logits.topk = None
-    _, plain = _stored(suite, plan_rows(suite, base, cache, False, {}, {}, {j.row: j.out for j in teachers}),
-                       teachers, cache)
+    section(suite.rows[2], "logits").topk = None
+    _, plain = _rows_and_stores(suite, base, cache)
     assert {j.out.name for j in plain}.isdisjoint({j.out.name for j in stores})
-    suite.stored_logits, suite.rows[2].logits.stored = False, None
-    assert _stored(suite, rows, teachers, cache)[1] == []
+    suite.sections["stored_logits"], section(suite.rows[2], "logits").stored = False, None
+    assert _rows_and_stores(suite, base, cache)[1] == []
+    # vitkd compare --live-teachers: no row reads a store, whatever the suite and the rows say
+    suite.sections["stored_logits"], section(suite.rows[2], "logits").stored = True, True
+    assert _rows_and_stores(suite, base, cache, live_teachers=True)[1] == []
     with pytest.raises(ConfigError, match="topk"):
         _suite(tmp_path, rows=[{"name": "a", "family": "none", "logits": {"topk": 0}}])
 
@@ -109,12 +121,15 @@ def test_a_pipeline_row_is_charged_for_all_its_stages():
     from vitkd.compare.plan import Job
     stage = {"macs_per_image": 1e6, "train_images": 100}
     costs = {"m2m": {"total_macs": 3e12, "stages": {
-        "teachers/meta": {**stage, "epochs": 300}, "pipelines/m2m/incubate0": {**stage, "epochs": 50},
-        "pipelines/m2m/s0/module0": {**stage, "epochs": 200}, "pipelines/m2m/s0/module1": {**stage, "epochs": 200},
-        "rows/m2m/s0": {**stage, "epochs": 100}}}}
-    jobs = [Job(k, {}, Path(k), row=r, seed=s) for k, r, s in [
-        ("pipelines/m2m/s0/module0", "m2m/module0", 0), ("pipelines/m2m/s0/module1", "m2m/module1", 0),
-        ("pipelines/m2m/s1/module0", "m2m/module0", 1), ("pipelines/m2m/s1/module1", "m2m/module1", 1)]]
+        "teachers/meta": {**stage, "epochs": 300, "phase": None},
+        "pipelines/m2m/incubate0": {**stage, "epochs": 50, "phase": "incubation"},
+        "pipelines/m2m/s0/module0": {**stage, "epochs": 200, "phase": "module"},
+        "pipelines/m2m/s0/module1": {**stage, "epochs": 200, "phase": "module"},
+        "rows/m2m/s0": {**stage, "epochs": 100, "phase": "finetune"}}}}
+    jobs = [Job(k, {}, Path(k), row="m2m", seed=s, stage=st, phase=ph) for k, s, st, ph in [
+        ("pipelines/m2m/s0/module0", 0, "module0", "module"), ("pipelines/m2m/s0/module1", 0, "module1", "module"),
+        ("pipelines/m2m/s1/module0", 1, "module0", "module"), ("pipelines/m2m/s1/module1", 1, "module1", "module"),
+        ("rows/m2m/s0", 0, "student", "finetune"), ("rows/m2m/s1", 1, "student", "finetune")]]
     walls = {"teachers/meta": 40.0, "pipelines/m2m/incubate0": 20.0, "pipelines/m2m/s0/module0": 10.0,
              "pipelines/m2m/s0/module1": 10.0, "pipelines/m2m/s1/module0": 12.0, "pipelines/m2m/s1/module1": 12.0,
              "rows/m2m/s0": 5.0, "rows/m2m/s1": 7.0}
@@ -248,8 +263,6 @@ def test_the_study_plots_are_drawn_from_result_rows(tmp_path):
 def test_rows_on_a_synthetic_set_keep_their_teachers_live_and_a_real_store_refuses_them(tmp_path):
     """A row trained on a synthetic set may not read a store of the real train split (other images): the suite
     keeps its teachers live, and the store's fingerprint names the synthetic set, so a direct run is refused."""
-    from vitkd.compare import _stored
-    from vitkd.compare.plan import plan_rows, plan_teachers
     from vitkd.config import parse_config
     from vitkd.methods.stored_logits.fingerprint import check_fingerprint, data_fingerprint
     from vitkd.methods.stored_logits.format import StoreError
@@ -257,9 +270,7 @@ def test_rows_on_a_synthetic_set_keep_their_teachers_live_and_a_real_store_refus
     suite, base = _suite(tmp_path)
     suite.rows[1].set = {**suite.rows[1].set, "data.synthetic": str(tmp_path)}
     cache = tmp_path / "cache"
-    teachers = plan_teachers(suite, base, cache, False, {}, {})
-    rows, stores = _stored(suite, plan_rows(suite, base, cache, False, {}, {}, {j.row: j.out for j in teachers}),
-                           teachers, cache)
+    rows, stores = _rows_and_stores(suite, base, cache)
     assert "checkpoint" in next(j for j in rows if j.key == "rows/kd/s0").raw["distill"]["teachers"]["t"]
     assert "logits" in next(j for j in rows if j.key == "rows/kd2/s0").raw["distill"]["teachers"]["t"]
     real = parse_config({"model": {"name": "vit_digits_tiny"}, **COMMON})

@@ -201,7 +201,8 @@ def test_the_gpsa_vit_runs_timms_gpsa_on_patch_tokens_and_leaves_the_prefix_alon
 # ---------------------------------------------------------------------------------------------- the suite
 def test_a_suite_synthesises_after_its_teacher_and_its_data_free_row_trains_on_the_set(tmp_path):
     from vitkd.compare.jobs import is_done
-    from vitkd.compare.plan import check_jobs, plan_rows, plan_synth, plan_teachers
+    from vitkd.compare.jobs import SuitePlan
+    from vitkd.compare.plan import check_jobs, plan_suite
     from vitkd.compare.runner import run_job
     from vitkd.compare.suite import load_suite
     from vitkd.rundir import RunDir
@@ -221,10 +222,10 @@ def test_a_suite_synthesises_after_its_teacher_and_its_data_free_row_trains_on_t
                   "set": {"distill.terms": [{"type": "ce", "weight": 0.5}, {"type": "kd", "weight": 0.5}]}}]}))
     suite, base = load_suite(tmp_path / "suite.yaml")
     cache = tmp_path / "cache"
-    teachers = plan_teachers(suite, base, cache, False, {}, {})
-    dirs = {j.row: j.out for j in teachers}
-    synth = plan_synth(suite, base, cache, dirs)
-    (row,) = plan_rows(suite, base, cache, False, {}, {}, dirs)
+    plan = SuitePlan(suite, base, cache)
+    plan_suite(plan)
+    teachers, (row,) = plan.with_role("teacher"), plan.with_role("row")
+    synth = [j for j in plan.jobs if j.kind == "synth"]
     (job,) = synth
     assert job.kind == "synth" and job.deps == ["teachers/cnn"] and job.raw["teacher"]["checkpoint"] == str(teachers[0].out)
     assert set(row.deps) == {"synth/di", "teachers/cnn"} and row.raw["data"]["synthetic"] == str(job.out)

@@ -9,45 +9,14 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .config import ConfigError, path_under
+from .commands import COMMANDS, EXIT_USAGE, Parser, add_overrides, default_out
+from .config import ConfigError
 
-EXIT_USAGE = 2
 EXIT_NUMERICS = 3
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)   # no space, over quota, over the file-size limit
-AFTER_DISK_FULL = {   # what running the command again keeps, by command
+AFTER_DISK_FULL = {   # what running the command again keeps, by command (registered commands say their own)
     "train": "--resume continues from the last checkpoint",
-    "logits": "the same command keeps the shards written and continues",
-    "synthesize": "the same command keeps the batches written and continues",
     "compare": "the runs finished are reused", "tune": "the runs finished are reused"}
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(EXIT_USAGE, f"vitkd: error: {message}\n")
-
-
-class _Overrides(argparse.Action):
-    """``--set a=1 b=2 --set c=3``: every KEY=VALUE pair after each ``--set``, in order (as mmengine's
-    ``--cfg-options``)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        for kv in values:
-            if "=" not in kv:
-                parser.error(f"{option_string} {kv}: expected KEY=VALUE")
-        setattr(namespace, self.dest, list(getattr(namespace, self.dest) or []) + list(values))
-
-
-def add_overrides(parser, help: str) -> None:
-    """The ``--set KEY=VALUE [KEY=VALUE ...]`` option (repeatable)."""
-    parser.add_argument("--set", action=_Overrides, nargs="+", default=[], metavar="KEY=VALUE", help=help)
-
-
-def _default_out(root: Path, name: Optional[str], config) -> Path:
-    """A command's default output folder: ``root/<the config's name>``, else ``root/<config file stem>``; either
-    checked as a name (:func:`vitkd.config.path_under`), so a file ``..yaml`` or ``.x.yaml`` is refused."""
-    if name:
-        return path_under(root, name, key="name")
-    return path_under(root, Path(config).stem, key=f"{config}: the default --out (its file name; give --out)")
 
 
 def _cmd_train(args) -> int:
@@ -69,7 +38,7 @@ def _cmd_train(args) -> int:
         if args.resume and not kind.takes_resume:
             raise ConfigError(f"a {kind.name} reuses finished stages and resumes unfinished ones by itself "
                               f"(no --resume)")
-        out = out or _default_out(Path("runs"), None, args.config)
+        out = out or default_out(Path("runs"), None, args.config)
         with exclusive(out):   # each stage's run folder is held by its own run too
             summary = kind.train(args.config, out, args.set, overwrite=args.overwrite,
                                  log=lambda m: print(m, flush=True))
@@ -79,7 +48,7 @@ def _cmd_train(args) -> int:
         return _launch_torchrun(args, out)
     cfg = load_config(args.config, args.set)
     if out is None:
-        out = _default_out(Path("runs"), cfg.name, args.config)
+        out = default_out(Path("runs"), cfg.name, args.config)
     final = train(cfg, out, resume=args.resume, overwrite=args.overwrite, log=lambda m: print(m, flush=True))
     if int(os.environ.get("RANK", "0") or 0) == 0:   # under torchrun: rank 0 alone reports
         print(json.dumps({"out": str(out), **{k: final[k] for k in ("val_top1", "test_top1") if k in final}}))
@@ -98,7 +67,7 @@ def _launch_torchrun(args, out: Optional[Path]) -> int:
     if env_world_size() > 1:
         raise ConfigError("--nproc: this process is already one rank of a torchrun launch")
     cfg = load_config(args.config, args.set)
-    out = out or _default_out(Path("runs"), cfg.name, args.config)
+    out = out or default_out(Path("runs"), cfg.name, args.config)
     with exclusive(out):   # released before the launch: rank 0 takes the folder for the run
         check_target(RunDir(out), args.resume, args.overwrite, cfg)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
@@ -226,55 +195,9 @@ def _profile_config(args) -> int:
     return 0
 
 
-def _cmd_synthesize(args) -> int:
-    """A labelled synthetic set from a BN teacher (DeepInversion), reused or continued when --out holds it."""
-    from .methods.datafree import load_synth_config, synthesize
-    cfg = load_synth_config(args.config, args.set)
-    out = Path(args.out) if args.out else _default_out(Path("runs") / "synth", cfg.name, args.config)
-    from .rundir import ensure_writable
-    ensure_writable(out, "--out")
-    m = synthesize(cfg, out, overwrite=args.overwrite, log=lambda msg: print(msg, flush=True))
-    print(json.dumps({"out": str(out), "count": m["count"], "teacher_top1": m["teacher_top1"],
-                      "fingerprint": m["fingerprint"]}))
-    return 0
-
-
-
-def _cmd_logits_save(args) -> int:
-    """Run the config's teachers over every epoch's augmented train images once; one store per teacher."""
-    from .config import load_config
-    from .methods.stored_logits.save import save_logits
-    cfg = load_config(args.config, args.set)
-    out = Path(args.out) if args.out else _default_out(Path("logits"), cfg.name, args.config)
-    stores = save_logits(cfg, out, topk=args.topk, epochs=args.epochs, bf16=args.bf16, values=args.values,
-                         chunk=args.chunk, batch_size=args.batch_size, progress=cfg.train.progress,
-                         log=lambda m: print(m, file=sys.stderr, flush=True))
-    if int(os.environ.get("RANK", "0") or 0) == 0:
-        print(json.dumps({"out": str(out), "stores": {k: str(v) for k, v in stores.items()}}))
-    return 0
-
-
-def _add_logits_parser(sub) -> None:
-    lg = sub.add_parser("logits", help="stored teacher logits (TinyViT style): save once, distil without the teacher")
-    lsub = lg.add_subparsers(dest="logits_command", required=True, parser_class=_Parser)
-    s = lsub.add_parser("save", help="run CONFIG's teachers over every epoch's augmented (and mixed) train images "
-                                     "and store their top-K logits; resumable")
-    s.add_argument("config")
-    s.add_argument("--out", help="folder of the stores, one per teacher: OUT/<teacher> (default logits/<config name>)")
-    s.add_argument("--topk", type=int, help="logits kept per sample (default 10, at most the class count)")
-    s.add_argument("--epochs", type=int, help="epochs to store (default train.epochs; a store serves runs of at "
-                                              "most that many epochs)")
-    s.add_argument("--bf16", action="store_true", help="run the teachers under bf16 autocast")
-    s.add_argument("--values", choices=["fp16", "fp32"], default="fp16", help="stored logit precision")
-    s.add_argument("--chunk", type=int, default=4096, help="sample keys per shard file (default 4096)")
-    s.add_argument("--batch-size", type=int, help="teacher batch (default data.eval_batch_size)")
-    add_overrides(s, "override config keys")
-    s.set_defaults(fn=_cmd_logits_save)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="vitkd", description="Knowledge distillation for Vision Transformers on any timm backbone.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = Parser(prog="vitkd", description="Knowledge distillation for Vision Transformers on any timm backbone.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     t = sub.add_parser("train", help="train a model (optionally distilled) from a YAML config")
     t.add_argument("config")
@@ -342,7 +265,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run every teacher live in every row (default: rows whose terms read a teacher's logits "
                         "only read them from a store written once per teacher, seed and recipe)")
     c.set_defaults(fn=_cmd_compare)
-    _add_logits_parser(sub)
 
     rp = sub.add_parser("report", help="fill a README's results block from committed suite results: the paired "
                         "main table, the studies, the claims and what the evidence says of each")
@@ -362,19 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--cpus-per-job", type=int, metavar="N", help="as for `vitkd compare`")
     tu.set_defaults(fn=_cmd_tune)
 
-    sy = sub.add_parser("synthesize", help="a labelled synthetic train set from a BatchNorm CNN teacher "
-                                           "(DeepInversion); a run config trains on it with data.synthetic: DIR")
-    sy.add_argument("config")
-    sy.add_argument("--out", help="the set's folder (default runs/synth/<config name>); a partial set there is "
-                                  "continued, a complete one of the same teacher and settings reused")
-    add_overrides(sy, "override config keys, e.g. --set synth.iterations=100 (repeatable)")
-    sy.add_argument("--overwrite", action="store_true", help="replace a set of another teacher or settings")
-    sy.set_defaults(fn=_cmd_synthesize)
-
     from .zoo.commands import add_zoo_parser
-    add_zoo_parser(sub, _Parser)
+    add_zoo_parser(sub, Parser)
     from .datasets.commands import add_data_parser
-    add_data_parser(sub, _Parser)
+    add_data_parser(sub, Parser)
+    for command in COMMANDS.values():   # the commands methods add (vitkd.methods registers them)
+        command.add(sub, Parser)
     return p
 
 
@@ -388,7 +303,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OSError as e:   # a full disk or quota: one line; atomic writes leave no partial file, the last checkpoint stays
         if e.errno not in DISK_FULL:
             raise
-        after = AFTER_DISK_FULL.get(args.command)
+        after = AFTER_DISK_FULL.get(args.command) or getattr(COMMANDS.get(args.command), "after_disk_full", None)
         print(f"vitkd: error: {e.filename or 'a file'}: {os.strerror(e.errno)} (free space and run again"
               f"{f'; {after}' if after else ''})", file=sys.stderr)
         return EXIT_USAGE

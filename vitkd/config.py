@@ -543,7 +543,7 @@ def _merge(base: dict, child: dict) -> dict:
     return out
 
 
-def read_yaml(path: Union[str, Path], _chain: tuple = ()) -> dict:
+def read_yaml(path: Union[str, Path], _reading: tuple = ()) -> dict:
     """A YAML mapping, with ``base:`` inheritance resolved: ``base: other.yaml`` (or a list of files, applied
     in order; paths relative to this file) is read first and this file's keys are merged over it."""
     data = _read_yaml_file(path)
@@ -551,13 +551,13 @@ def read_yaml(path: Union[str, Path], _chain: tuple = ()) -> dict:
     if bases is None:
         return data
     path = Path(path).resolve()
-    if path in _chain:
-        raise ConfigError(f"{path}: base: inheritance cycle ({' -> '.join(p.name for p in _chain + (path,))})")
+    if path in _reading:
+        raise ConfigError(f"{path}: base: inheritance cycle ({' -> '.join(p.name for p in _reading + (path,))})")
     merged: dict = {}
     for b in [bases] if isinstance(bases, str) else bases if isinstance(bases, list) else [None]:
         if not isinstance(b, str):
             raise ConfigError(f"{path}: base: expected a file name or a list of them, got {bases!r}")
-        merged = _merge(merged, read_yaml(path.parent / b, _chain + (path,)))
+        merged = _merge(merged, read_yaml(path.parent / b, _reading + (path,)))
     return _merge(merged, data)
 
 

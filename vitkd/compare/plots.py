@@ -178,12 +178,12 @@ def teacher_sizes(suite, teachers, results, curves, path: Path):
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for r in rows:
         t = by_label[r["teachers"]]
-        chain = bool(t.get("distilled_from"))
-        ax.errorbar(t["macs_m"], r["test_top1_mean"], yerr=r["test_top1_std"], fmt="s" if chain else "o",
-                    color="tab:red" if chain else "tab:brown", capsize=3, ms=7)
+        assisted = bool(t.get("distilled_from"))
+        ax.errorbar(t["macs_m"], r["test_top1_mean"], yerr=r["test_top1_std"], fmt="s" if assisted else "o",
+                    color="tab:red" if assisted else "tab:brown", capsize=3, ms=7)
         ax.annotate(f"{r['row']} ({t['label']}: {t['test_top1']:.1f}%)", (t["macs_m"], r["test_top1_mean"]),
                     fontsize=7, xytext=(6, 4), textcoords="offset points")
-        if chain:
+        if assisted:
             src = next((x for x in teachers if x["teacher"] == t["distilled_from"]), None)
             via = next((x for x in rows if src and x["teachers"] == src["label"]), None)
             if via is not None:

@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..config import ConfigError, path_under, read_config
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text, json_digest
 from ..rundir import RunDir, ensure_writable, exclusive
-from .jobs import Job
+from .jobs import Job, register_kind
 from .plan import recipe_of
 from .suite import KnobSpec, TuneSpec
 
@@ -272,3 +272,7 @@ def _markdown(record: dict, rows: List[dict]) -> str:
                   f"reference >= min_gap above no-KD, on val)" + ("" if s["qualifies"] else "; the closest was chosen") + "."]
     L.append(f"\nWall: {record['wall_s']:.0f} s, {record['runs_trained_now']} runs trained now of {record['runs']}.")
     return "\n".join(L) + "\n"
+
+
+# tuning runs: training runs that `vitkd tune` plans itself (no suite planning hook)
+register_kind("tune")

@@ -22,3 +22,4 @@ __all__ = ["InversionCfg", "SynthCfg", "load_synth_config", "parse_synth_config"
 register_section(DataCfg, DATA_KEY, Optional[str], path=True)
 register_train_split(DATA_KEY, read_synthetic, set_fingerprint)
 from . import suite  # noqa: F401,E402  (a suite's synthetic sets: their job kind and suite keys)
+from . import commands  # noqa: F401,E402  (vitkd synthesize)

@@ -16,3 +16,4 @@ __all__ = ["StoreError", "StoredTeacher"]
 register_section(TeacherCfg, SOURCE_KEY, Optional[str], path=True)   # a store folder (`vitkd logits save`)
 register_origin(SOURCE_KEY, source=StoredTeacher.from_config)
 from . import suite  # noqa: F401,E402  (a suite's stores: their job kind and suite keys)
+from . import commands  # noqa: F401,E402  (vitkd logits save)

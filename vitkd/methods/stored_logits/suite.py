@@ -21,6 +21,7 @@ from ...config import ConfigError, parse_config, path_under, raw_teachers, regis
 from ...compare.jobs import Job, SuitePlan, register_kind
 from ...compare.plan import build_key, strip_checkpoints
 from ...compare.suite import RowSpec, SuiteCfg
+from ...data import TRAIN_SPLITS
 from .replay import SOURCE_KEY
 
 __all__ = ["plan_stored_logits", "RowLogits", "KIND", "SUITE_KEY", "ROW_KEY"]
@@ -81,9 +82,10 @@ def plan_stored_logits(row_jobs: List[Job], teacher_jobs: List[Job], cache: Path
         opt = (options or {}).get(job.row)
         stored = default if opt is None or opt.stored is None else opt.stored
         topk = None if opt is None else opt.topk
-        # a row whose train images a planned job writes keeps its teachers live: its images are not known before
-        # they are written, so no store can be planned for them (and one of the dataset's split would be wrong)
-        if not stored or any(k.startswith("data.") for k in job.planned_inputs):
+        # a row on a set that replaces the train split (vitkd.data.TRAIN_SPLITS) keeps its teachers live: its images
+        # are not known before the set is written, so no store can be planned for them (and one of the dataset's
+        # split would hold the wrong images)
+        if not stored or any(k in (job.raw.get("data") or {}) for k in TRAIN_SPLITS):
             rows.append(job)
             continue
         teachers = raw_teachers(job.raw)
