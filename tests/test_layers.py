@@ -27,9 +27,9 @@ FLOORS = [
     ("teacher sources, profiles", ["vitkd.teachers", "vitkd.profile", "vitkd.stored_logits.fingerprint"]),
     ("the distiller, the sources that register", [
         "vitkd.distiller", "vitkd.zoo", "vitkd.zoo.load", "vitkd.zoo.evaluate", "vitkd.stored_logits",
-        "vitkd.synth"]),
+        "vitkd.synth", "vitkd.methods.online"]),
     ("the engine", ["vitkd.engine"]),
-    ("methods beyond a loss term", ["vitkd.chain", "vitkd.m2m"]),
+    ("methods beyond a loss term", ["vitkd.chain", "vitkd.m2m", "vitkd.methods"]),
     ("pipelines of methods, publishing", ["vitkd.m2m_pipeline", "vitkd.zoo.publish"]),
     ("the comparison", ["vitkd.compare"]),
     ("the commands of a package", ["vitkd.zoo.commands", "vitkd.datasets.commands"]),
@@ -149,7 +149,8 @@ def test_no_private_name_is_imported_across_modules():
 def test_the_engine_imports_no_method_and_names_none():
     """The engine trains whatever distiller it is given: it imports no method (a run kind registers its distiller
     builder in :mod:`vitkd.distiller`) and reads no method's config section."""
-    methods = ("vitkd.m2m", "vitkd.chain", "vitkd.stored_logits", "vitkd.synth", "vitkd.zoo", "vitkd.compare")
+    methods = ("vitkd.m2m", "vitkd.chain", "vitkd.stored_logits", "vitkd.synth", "vitkd.zoo", "vitkd.compare",
+               "vitkd.methods")
     bad = [(m, t) for m, edges in EDGES.items() if m.startswith("vitkd.engine") for t, _, _ in edges
            if t.startswith(methods)]
     assert not bad

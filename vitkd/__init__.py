@@ -13,3 +13,4 @@ from . import archs  # noqa: F401,E402  (registers vitkd's models in timm)
 from .taps import TapError, TapOutput, TapRequest, Tapped  # noqa: F401,E402
 from . import m2m  # noqa: F401,E402  (the distiller builder of m2m stages: vitkd.distiller.BUILDERS)
 from . import stored_logits, zoo  # noqa: F401,E402  (teacher origins 'logits' and 'zoo': vitkd.teachers.ORIGINS)
+from . import methods  # noqa: F401,E402  (every method's registrations: vitkd.methods)

@@ -200,6 +200,8 @@ class TeacherCfg:
     bf16: bool = False                         # run the frozen teacher under bf16 autocast (CPU and CUDA)
     zoo: Optional[str] = None                  # a published zoo entry (downloaded, verified) instead of a checkpoint
     logits: Optional[str] = _path_field()      # a stored-logits folder (`vitkd logits save`): no teacher is run
+    peer: Optional[Dict[str, Any]] = None      # a model trained with the student, from scratch (vitkd.methods.online)
+    ema: Optional[Dict[str, Any]] = None       # the engine's EMA of the student, read as a teacher (vitkd.methods.online)
 
 
 @dataclass
