@@ -289,3 +289,15 @@ def test_digits_config_trains_a_few_steps(path, tmp_path):
             assert torch.equal(peer.eval()(x), ref.eval()(x))
     if cfg.train.ema_decay is not None:
         assert "ema_val_top1" in final and run.ema_weights_path.is_file()
+
+
+def test_a_peer_with_batchnorm_is_named_world_size_dependent_and_sits_in_the_ddp_part():
+    from vitkd.dist import TrainablePart
+    from vitkd.engine.loop import world_size_notes
+    run = build_run(load_config(DIGITS / "dml_cnn_vit.yaml"))
+    notes = world_size_notes(run.distiller, run.student)
+    assert "teacher cnn BatchNorm" in notes and "student BatchNorm" not in notes
+    part = TrainablePart(run.distiller)
+    ids = {id(p) for p in part.parameters()}
+    assert all(id(p) in ids for p in run.distiller.teachers["cnn"].model.parameters())
+    run.distiller.close()
