@@ -301,3 +301,32 @@ def test_a_peer_with_batchnorm_is_named_world_size_dependent_and_sits_in_the_ddp
     ids = {id(p) for p in part.parameters()}
     assert all(id(p) in ids for p in run.distiller.teachers["cnn"].model.parameters())
     run.distiller.close()
+
+
+@pytest.mark.parametrize("kind", ["peer", "ema"])
+def test_feature_and_relation_terms_read_an_online_teacher_unchanged(kind):
+    """Token, attention and relation terms read a peer (either way round) and the EMA teacher like a live one."""
+    from timm.utils import ModelEmaV3
+    if kind == "peer":
+        raw, name = dml(), "peer1"
+        raw["distill"]["terms"] += [{"type": "dist", "teacher": "peer1"},
+                                    {"type": "attn_kl", "student": "peer1", "student_blocks": 1, "teacher_blocks": 1},
+                                    {"type": "manifold", "student": "peer1", "pairs": [[0, 0]]}]
+    else:
+        raw, name = ema(), "mean"
+        raw["distill"]["terms"] += [{"type": "dist"}, {"type": "attn_kl", "student_blocks": 1, "teacher_blocks": 1},
+                                    {"type": "manifold", "pairs": [[0, 0]]}]
+    run = build_run(parse_config(raw))
+    d = run.distiller
+    if kind == "ema":
+        model_ema = ModelEmaV3(run.student, decay=0.9)
+        d.bind(ema=model_ema.module)
+        with torch.no_grad():
+            for p in run.student.parameters():   # the student moves off its EMA
+                p.add_(0.1 * torch.randn_like(p))
+    d.train()
+    total, parts = d(first_batch(run, progress=0.5))
+    assert torch.isfinite(total) and all(torch.isfinite(v) and v > 0 for v in parts.values()), parts
+    total.backward()
+    assert d.requests[name].attn   # the attention of the online teacher was tapped
+    d.close()

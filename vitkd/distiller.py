@@ -26,7 +26,8 @@ from .losses import STUDENT_AS_TARGET, Batch, LossTerm, build_term
 from .teachers import LiveTeacher, TeacherSource, build_teacher_source
 from .taps import TapOutput, TapRequest, Tapped, describe
 
-__all__ = ["Distiller", "ProbabilityEnsemble", "build_distiller", "make_distiller", "register_builder", "BUILDERS", "term_defaults"]
+__all__ = ["Distiller", "ProbabilityEnsemble", "build_distiller", "make_distiller", "register_builder", "BUILDERS",
+           "term_defaults"]
 
 
 class Distiller(nn.Module):
