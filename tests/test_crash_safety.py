@@ -5,6 +5,9 @@
   same per-epoch metrics, and no stray temp file.
 * An ``--overwrite`` killed part-way never leaves a folder that loads as the old run.
 * A suite (``vitkd compare``) killed after its first run finished does not train that run again.
+* A deep-mutual-learning run (a ``peer`` teacher trained with the student) and a run distilling from the student's
+  EMA (an ``ema`` teacher), each killed twice and resumed, end bit-identical to their uninterrupted runs: the student,
+  the peer's and the EMA's weights, and the metrics (issue 31).
 """
 from __future__ import annotations
 
@@ -236,3 +239,57 @@ def test_a_killed_suite_does_not_train_its_finished_runs_again(tmp_path, capsys)
     assert "run rows/b/s0 done" in out and "rows/a/s0 done" not in out
     assert (first / RunDir.WEIGHTS).stat().st_mtime_ns == mtime
     assert (tmp_path / "results" / "results.csv").is_file()
+
+
+# issue 31: the online teacher sources (vitkd.methods.online); both runs have drop-path in every model they train
+ONLINE = {
+    "dml": {"distill": {"teachers": {"peer1": {"peer": {"model": "vit_tiny_patch16_224", "args": {
+        "img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2, "drop_path_rate": 0.1}}}},
+        "terms": [{"type": "ce"}, {"type": "kd", "teacher": "peer1", "T": 1.0}, {"type": "ce", "student": "peer1"},
+                  {"type": "kd", "student": "peer1", "teacher": "student", "T": 1.0}]}},
+    "ema": {"train": {**CFG["train"], "ema_decay": 0.9},
+            "distill": {"teachers": {"mean": {"ema": {"warmup": 0.2}}},
+                        "terms": [{"type": "ce", "weight": 0.5}, {"type": "kd", "weight": 0.5, "T": 2.0}]}},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ONLINE))
+def test_killed_online_distillation_resumes_bit_exactly(tmp_path, kind):
+    from vitkd.config import parse_config
+    from vitkd.engine import train
+    raw = {**yaml.safe_load(yaml.safe_dump(CFG)), **ONLINE[kind]}
+    threads = torch.get_num_threads()
+    try:
+        train(parse_config(yaml.safe_load(yaml.safe_dump(raw))), tmp_path / "reference", log=lambda m: None)
+    finally:
+        torch.set_num_threads(threads)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    run, rng, logs = tmp_path / "run", random.Random(SEED), []
+    for k in range(2):   # after the process's n-th checkpoint, plus a random part of a step
+        logs.append(tmp_path / f"segment{k}.log")
+        proc = launch(cfg, run, logs[-1], *(["--resume"] if k else []))
+        n_checkpoints, delay, seen, last = rng.randint(1, 3), rng.uniform(0.0, 0.03), 0, checkpoint_id(run)
+
+        def nth_checkpoint():
+            nonlocal seen, last
+            now = checkpoint_id(run)
+            if now is not None and now != last:
+                seen, last = seen + 1, now
+            return seen >= n_checkpoints
+        assert wait_for(nth_checkpoint, proc), logs[-1].read_text()
+        time.sleep(delay)
+        kill(proc)
+        assert proc.returncode == -signal.SIGKILL, logs[-1].read_text()
+    logs.append(tmp_path / "last.log")
+    assert launch(cfg, run, logs[-1], "--resume").wait(timeout=300) == 0, logs[-1].read_text()
+    ref = tmp_path / "reference"
+    files = [RunDir.WEIGHTS] + ([RunDir.EMA_WEIGHTS] if kind == "ema" else ["teachers/peer1.safetensors"])
+    for name in files:
+        assert sha256(run / name) == sha256(ref / name), name
+    extra = ["peer1_val_top1", "peer1_test_top1", "ensemble_test_top1"] if kind == "dml" else ["ema_test_top1"]
+    got, want = (json.loads((r / RunDir.METRICS_JSON).read_text())["epochs"] for r in (run, ref))
+    assert epochs_of(run) == epochs_of(ref)
+    assert [[e.get(k) for k in extra] for e in got] == [[e.get(k) for k in extra] for e in want]
+    assert all(want[-1][k] is not None for k in extra)   # evaluated in the last epoch
+    assert temp_files(run) == [] and all("resumed " in p.read_text() for p in logs[1:])

@@ -194,7 +194,8 @@ def test_digits_configs_build_and_step(path, fake_teachers):
     from vitkd.engine import build_run
     raw = yaml.safe_load((DIGITS / path).read_text())
     teachers = (raw.get("distill") or {}).get("teachers", {})
-    sets = [f"distill.teachers.{k}.checkpoint={fake_teachers[k]}" for k in teachers]
+    sets = [f"distill.teachers.{k}.checkpoint={fake_teachers[k]}" for k, v in teachers.items()
+            if "checkpoint" in (v or {})]   # peers and EMA teachers read no run
     run = build_run(load_config(DIGITS / path, sets))
     x, y, idx = next(iter(torch.utils.data.DataLoader(run.datasets["train"], batch_size=8)))
     run.distiller.train()

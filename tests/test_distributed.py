@@ -163,3 +163,37 @@ def test_sync_bn_key_keeps_older_stamps_and_resumes():
     assert config_digest(synced) != config_digest(new)
     with pytest.raises(ConfigError, match="train.sync_bn"):
         resume_changes(old, synced)
+
+
+def test_two_gloo_ranks_of_deep_mutual_learning_match_one_process(tmp_path):
+    """Deep mutual learning (issue 31): the peer is in the DDP-wrapped trainable part, so 2 processes x batch 8
+    train the student and the peer as 1 process x batch 16 does (per-epoch losses within 1e-4 relative, both
+    models' final weights within 1e-5); the terms between peers are per-sample (no world-size dependence)."""
+    raw = yaml.safe_load(yaml.safe_dump(STUDENT))
+    raw["distill"] = {"teachers": {"peer1": {"peer": {"model": "vit_tiny_patch16_224", "args": {
+        "img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}}}},
+        "terms": [{"type": "ce"}, {"type": "kd", "teacher": "peer1", "T": 1.0}, {"type": "ce", "student": "peer1"},
+                  {"type": "kd", "student": "peer1", "teacher": "student", "T": 1.0}]}
+    cfg_file = _write(tmp_path / "dml.yaml", raw)
+    one = tmp_path / "one"
+    train(parse_config(yaml.safe_load(cfg_file.read_text())), one, log=lambda m: None)
+    two = tmp_path / "two"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "vitkd", "train", str(cfg_file), "--out", str(two), "--set", "data.batch_size=8"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    meta = yaml.safe_load((two / "run.yaml").read_text())
+    assert meta["global_batch"] == 16 and meta["world_size_dependent"] == {}
+    m1 = json.loads((one / "metrics.json").read_text())["epochs"]
+    m2 = json.loads((two / "metrics.json").read_text())["epochs"]
+    for a, b in zip(m1, m2):
+        for key in ("train_loss", "train_ce", "train_kd", "train_ce_peer1", "train_kd_peer1"):
+            assert abs(a[key] - b[key]) <= 1e-4 * abs(a[key]), (key, a[key], b[key])
+        assert a["peer1_val_top1"] == pytest.approx(b["peer1_val_top1"], abs=1e-9)
+    for name in ("model.safetensors", "teachers/peer1.safetensors"):
+        w1, w2 = load_file(one / name), load_file(two / name)
+        assert set(w1) == set(w2)
+        worst = max((w1[k] - w2[k]).abs().max().item() for k in w1)
+        assert worst <= 1e-5, (name, worst)

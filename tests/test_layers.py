@@ -28,7 +28,8 @@ FLOORS = [
     ("teacher sources, profiles", ["vitkd.teachers", "vitkd.profile", "vitkd.methods.stored_logits.fingerprint"]),
     ("the distiller, the sources and writers of methods", [
         "vitkd.distiller", "vitkd.zoo", "vitkd.zoo.load", "vitkd.zoo.evaluate", "vitkd.methods.stored_logits.replay",
-        "vitkd.methods.stored_logits.save", "vitkd.methods.datafree.run"]),
+        "vitkd.methods.stored_logits.save", "vitkd.methods.datafree.run", "vitkd.methods.online.common",
+        "vitkd.methods.online.peer", "vitkd.methods.online.ema"]),
     ("the engine: one run, run kinds, stages", ["vitkd.engine"]),
     ("methods beyond a loss term", ["vitkd.methods.chain.stages", "vitkd.methods.m2m.stage"]),
     ("pipelines of methods, publishing", ["vitkd.methods.m2m.pipeline", "vitkd.zoo.publish"]),

@@ -31,6 +31,7 @@ METHOD_NAMES = {
     "m2m": [r"m2m", r"incubat"],
     "stored_logits": [r"stored_logits", r"logits_store"],
     "datafree": [r"synth"],
+    "online": [r"(?<![a-z])peer"],
 }
 # the config keys (and file keys, commands) each method declares: a string literal equal to one is the method's
 METHOD_KEYS = {
@@ -38,11 +39,14 @@ METHOD_KEYS = {
     "m2m": {"m2m", "m2mkd", "pipeline"},
     "stored_logits": {"logits", "stored_logits"},
     "datafree": {"synthetic", "synthesize"},
+    "online": {"peer", "ema"},
 }
 # string literals outside a method's folder that equal one of its keys and mean something else
 OTHER_MEANING = {
     ("vitkd/engine/loop.py", "logits"): "the predictions file's tensor of a model's logits",
     ("vitkd/rundir.py", "logits"): "the predictions file's tensor of a model's logits",
+    ("vitkd/engine/loop.py", "ema"): "the checkpoint's model EMA (train.ema_decay), an engine feature",
+    ("vitkd/engine/checkpoint.py", "ema"): "the checkpoint's model EMA (train.ema_decay), an engine feature",
 }
 REGISTRATION = "vitkd/methods/__init__.py"   # imports the method packages: each registers what it adds
 
@@ -129,10 +133,10 @@ def test_the_registries_hold_what_the_methods_add():
     from vitkd.teachers import ORIGINS
     assert {k: v.name for k, v in RUN_KINDS.items()} == {"chain": "chain", "m2mkd": "m2mkd pipeline"}
     assert not RUN_KINDS["m2mkd"].takes_resume and RUN_KINDS["chain"].takes_resume
-    assert set(ORIGINS) == {"zoo", "logits"} and set(BUILDERS) == {"m2m"} and set(TRAIN_SPLITS) == {"synthetic"}
+    assert set(ORIGINS) == {"zoo", "logits", "peer", "ema"} and set(BUILDERS) == {"m2m"} and set(TRAIN_SPLITS) == {"synthetic"}
     assert "m2mkd" in LOSSES and {"logits", "synthesize"} <= set(COMMANDS)
     assert set(SECTIONS[RunCfg]) == {"m2m"} and set(SECTIONS[DataCfg]) == {"synthetic"}
-    assert set(SECTIONS[TeacherCfg]) == {"logits"}
+    assert set(SECTIONS[TeacherCfg]) == {"logits", "peer", "ema"}
     assert set(SECTIONS[SuiteCfg]) == {"synthetic", "stored_logits"}
     assert set(SECTIONS[RowSpec]) == {"synthetic", "logits", "pipeline"}
     # one registry of suite job kinds, planned in this order: teachers, restored teachers, rows, what rewrites rows

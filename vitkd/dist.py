@@ -6,8 +6,8 @@ Only rank 0 writes the run folder.
 
 :func:`join_from_env` joins the group that ``torchrun`` describes in the environment (gloo on CPU, nccl
 on CUDA); :func:`wrap_for_ranks` puts the trainable part of a distiller (the student and the terms'
-connectors, exits and stitches) under ``DistributedDataParallel``. The teachers stay outside it: frozen,
-replicated on every rank, never broadcast or all-reduced.
+connectors, exits and stitches, and the teachers that train with it) under ``DistributedDataParallel``. The
+frozen teachers stay outside it: replicated on every rank, never broadcast or all-reduced.
 """
 from __future__ import annotations
 
@@ -126,15 +126,16 @@ def barrier(world: World) -> None:
 
 # ---------------------------------------------------------------------- DDP
 class TrainablePart(nn.Module):
-    """What DDP wraps: the student and the loss terms (their connectors, exits, stitches), as
-    submodules, so DDP broadcasts and all-reduces exactly these. The forward is the distiller's own (the
-    teachers run inside it), but the distiller is held as a plain attribute, not a submodule: the teachers
-    are frozen, replicated by every rank from the same weights, and stay outside DDP."""
+    """What DDP wraps: the student, the loss terms (their connectors, exits, stitches) and the trainable teacher
+    sources (``distiller.trained_teachers()``), as submodules, so DDP broadcasts and all-reduces exactly these. The
+    forward is the distiller's own (the teachers run inside it), but the distiller is held as a plain attribute, not
+    a submodule: the frozen teachers are replicated by every rank from the same weights, and stay outside DDP."""
 
     def __init__(self, distiller: nn.Module):
         super().__init__()
         self.student = distiller.student
         self.terms = distiller.terms
+        self.trained_teachers = nn.ModuleDict(distiller.trained_teachers())
         object.__setattr__(self, "distiller", distiller)   # not registered: teachers are not DDP's
 
     def forward(self, batch):

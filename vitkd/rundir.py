@@ -8,6 +8,7 @@ A run folder holds:
 ``metrics.csv/.json``       one row per epoch; ``metrics.json["final"]`` is the last
 ``checkpoint.pt``           the latest training state (atomic; resume continues from it)
 ``model.safetensors``       the exported student (and ``model_ema.safetensors`` with EMA)
+``teachers/<name>.*``       the final weights of each teacher that trained with the student (e.g. a peer)
 ``predictions_<split>.*``   per-image logits, predictions and targets of the final evaluation
 ``stamp.json``              written LAST: the run finished; what made it (config digest, versions)
 ==========================  ==========================================================================
@@ -31,7 +32,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Tuple, Union
 
-from .config import ConfigError, load_yaml, yaml_dump
+from .config import ConfigError, check_name, load_yaml, yaml_dump
 from .io import (LockBusy, atomic_save_safetensors, atomic_write_csv, atomic_write_json, atomic_write_text,
                  held_lock, json_digest)
 
@@ -114,6 +115,7 @@ class RunDir:
     CHECKPOINT = "checkpoint.pt"
     WEIGHTS = "model.safetensors"
     EMA_WEIGHTS = "model_ema.safetensors"
+    TEACHER_WEIGHTS = "teachers/{name}.safetensors"
     STAMP = "stamp.json"
     PREDICTIONS = "predictions_{split}.safetensors"
 
@@ -142,6 +144,10 @@ class RunDir:
     @property
     def ema_weights_path(self) -> Path:
         return self.path / self.EMA_WEIGHTS
+
+    def teacher_weights_path(self, name: str) -> Path:
+        """The final weights of teacher ``name``, trained with the student."""
+        return self.path / self.TEACHER_WEIGHTS.format(name=check_name(name, f"distill.teachers.{name}", "teacher key"))
 
     def predictions_path(self, split: str) -> Path:
         return self.path / self.PREDICTIONS.format(split=split)
@@ -173,6 +179,12 @@ class RunDir:
         for name in self.run_files():
             with contextlib.suppress(FileNotFoundError):
                 (self.path / name).unlink()
+        teachers = self.teacher_weights_path("x").parent
+        for p in sorted(teachers.glob("*.safetensors")) + sorted(teachers.glob(".*.tmp")):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        with contextlib.suppress(OSError):
+            teachers.rmdir()
         self.remove_stray_temp_files()
 
     def remove_stray_temp_files(self) -> int:
@@ -223,6 +235,11 @@ class RunDir:
     # ------------------------------------------------------------------ weights
     def save_weights(self, state_dict: dict, metadata: dict, ema: bool = False) -> None:
         atomic_save_safetensors(state_dict, self.ema_weights_path if ema else self.weights_path, metadata)
+
+    def save_teacher_weights(self, name: str, state_dict: dict, metadata: dict) -> None:
+        path = self.teacher_weights_path(name)
+        path.parent.mkdir(exist_ok=True)
+        atomic_save_safetensors(state_dict, path, metadata)
 
     def finished_weights(self, key: str = "checkpoint") -> Path:
         """The weights of a finished run; ``key`` names the config key that pointed here in the error."""

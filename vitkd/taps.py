@@ -26,6 +26,8 @@ block's attention module is running.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import operator
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
@@ -233,6 +235,21 @@ class TapOutput:
     final_patches: Optional[Tensor] = None                          # ViTs: forward_features' patch tokens
     grid_size: Optional[Tuple[int, int]] = None
     num_prefix: int = 0                                             # prefix tokens before the patch tokens
+
+    def detach(self) -> "TapOutput":
+        """The same outputs cut from the graph (a prediction used as another model's target gives it no gradient)."""
+        def cut(v):
+            if isinstance(v, Tensor):
+                return v.detach()
+            if isinstance(v, dict):
+                out = copy.copy(v)   # keeps a BlockDict's negative indices
+                for k in out:
+                    dict.__setitem__(out, k, cut(v[k]))
+                return out
+            if isinstance(v, (tuple, list)):
+                return type(v)(cut(x) for x in v)
+            return v
+        return dataclasses.replace(self, **{f.name: cut(getattr(self, f.name)) for f in dataclasses.fields(self)})
 
     def grid(self, block: int) -> Tensor:
         """Patch tokens of ``block`` as a map [B, D, H, W] on the model's own patch grid."""

@@ -8,6 +8,15 @@ The distiller knows sources only through this interface:
 * ``forward(images, batch) -> TapOutput``: one batch, no gradient;
 * ``data_spec``: the input the teacher expects; ``close()``.
 
+Generic hooks a source may override (the distiller and the engine call them for every source alike, naming none):
+
+* ``trainable``: the source trains with the student (its parameters join the optimizer, the checkpoint, the
+  DDP-wrapped part and its train/eval mode; its forward keeps the graph; its cost counts a backward);
+  ``exported()``: its model and the metadata of its final weights, saved in the run folder;
+* ``active(progress)``: whether terms may read it at this point of training (a warm-up: its readers are off before);
+* ``bind(**engine)``: called once by the engine after it has built its training state (e.g. ``ema``: the
+  engine's model EMA), for a source that reads part of it.
+
 Implementations: :class:`LiveTeacher`, a frozen timm model run tapped, with its own input adaptation
 (normalisation, fixed input size) and optional bf16 autocast. Where a teacher comes from is decided once
 (:func:`teacher_origin`, as timm resolves a pretrained source once): a run folder or weights file, a run not trained
@@ -38,6 +47,7 @@ class TeacherSource(nn.Module):
     """Base of every teacher source (see the module docstring)."""
 
     data_spec: Optional[DataSpec] = None
+    trainable: bool = False   # trained with the student, by its own terms (see the module docstring)
 
     def describe(self, img_size: Tuple[int, int]):  # pragma: no cover - interface
         raise NotImplementedError
@@ -58,8 +68,20 @@ class TeacherSource(nn.Module):
     def check_request(self, term: str, request: TapRequest) -> None:
         """Refuse (ConfigError, one line naming ``term``) what this source cannot give; a live model gives all."""
 
+    def active(self, progress: float) -> bool:
+        """Whether terms may read this source at ``progress`` (fraction of training done); a warm-up says no."""
+        return True
+
+    def bind(self, **engine) -> None:
+        """The engine's training state (e.g. ``ema``), given once after it is built; most sources ignore it."""
+
+    def exported(self) -> Optional[Tuple[nn.Module, Dict[str, Any]]]:
+        """A trainable source's model and the metadata of its weights file (saved in the run folder), else None."""
+        return None
+
     def train(self, mode: bool = True):
-        return super().train(False)   # teachers stay in eval mode (no dropout, frozen BN statistics)
+        # a frozen teacher stays in eval mode (no dropout, frozen BN statistics); a trainable one follows the run
+        return super().train(mode and self.trainable)
 
 
 class LiveTeacher(TeacherSource):

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional
 from ..config import ConfigError, read_config
 from .jobs import kinds_in_order
 from .plan import recipe_of
-from .suite import RowSpec, SuiteCfg, TeacherSpec
+from .suite import SuiteCfg, TeacherSpec
 
 __all__ = ["expand_sweep", "held_settings"]
 

@@ -74,19 +74,22 @@ def check_target(run: RunDir, resume: bool, overwrite: bool, cfg: RunCfg) -> boo
 
 def world_size_notes(distiller, student: nn.Module) -> Dict[str, str]:
     """What makes this run's trajectory depend on the number of processes, by name: the loss terms that
-    declare it (``LossTerm.world_size_dependent``), a student with (unsynchronised) BatchNorm, and a
-    student with active dropout / drop-path (each rank draws its own masks)."""
+    declare it (``LossTerm.world_size_dependent``), a student (or a teacher trained with it) with unsynchronised
+    BatchNorm, and one with active dropout / drop-path (each rank draws its own masks)."""
     notes = {}
     for i, term in enumerate(distiller.terms):
         if getattr(term, "world_size_dependent", False):
             notes[f"terms[{i}] {term.label}"] = term.world_size_reason or "declared world-size dependent"
-    bn = [m for m in student.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if any(not isinstance(m, nn.SyncBatchNorm) for m in bn):
-        notes["student BatchNorm"] = "batch statistics of each rank's batch (train.sync_bn: true syncs them)"
-    drops = [m for m in student.modules() if (isinstance(m, nn.Dropout) and m.p > 0)
-             or (type(m).__name__ == "DropPath" and getattr(m, "drop_prob", 0.0) > 0)]
-    if drops:
-        notes["student dropout/drop-path"] = "each rank draws its own masks"
+    trained = {"student": student, **{f"teacher {k}": t for k, t in distiller.trained_teachers().items()}}
+    for who, model in trained.items():
+        bn = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if any(not isinstance(m, nn.SyncBatchNorm) for m in bn):
+            notes[f"{who} BatchNorm"] = "batch statistics of each rank's batch" + \
+                (" (train.sync_bn: true syncs them)" if who == "student" else "")
+        drops = [m for m in model.modules() if (isinstance(m, nn.Dropout) and m.p > 0)
+                 or (type(m).__name__ == "DropPath" and getattr(m, "drop_prob", 0.0) > 0)]
+        if drops:
+            notes[f"{who} dropout/drop-path"] = "each rank draws its own masks"
     return notes
 
 
@@ -161,7 +164,8 @@ class _Training:
         rngs = self.reducer.gather(rng_state())
         return {"config": to_dict(cfg), "epoch": epoch, "epoch_done": epoch_done, "step_in_epoch": step_in_epoch,
                 "sums": dict(self.sums), "seen": self.seen, "student": self.run.student.state_dict(),
-                "connectors": distiller.connector_state_dict(), "optimizer": self.optimizer.state_dict(),
+                "connectors": distiller.connector_state_dict(), "teachers": distiller.teacher_state_dict(),
+                "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.sched.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None,
                 "rng": rngs if world.size > 1 else rngs[0], "history": self.history,
                 "num_classes": self.run.num_classes,
@@ -219,6 +223,7 @@ def _prepare(cfg: RunCfg, out_dir, resume: bool, overwrite: bool, log: Callable[
     if tc.ema_decay is not None:
         from timm.utils import ModelEmaV3
         ema = ModelEmaV3(run.student, decay=tc.ema_decay)
+    run.distiller.bind(ema=ema.module if ema is not None else None)   # a teacher source may read the EMA
     meta = _run_meta(cfg, run, train_ds, world)
     amp = step_bf16(tc.precision, tc.amp, run.device.type)
     t = _Training(cfg, run_dir, world, log, run, train_ds, sampler, loader, optimizer, sched, model, ema, reducer,
@@ -249,6 +254,7 @@ def _restore_or_start(t: _Training, ckpt, changes: dict, resume: bool) -> None:
     if ckpt is not None:
         t.run.student.load_state_dict(ckpt["student"])
         t.run.distiller.terms.load_state_dict(ckpt["connectors"])
+        t.run.distiller.load_teacher_state_dict(ckpt.get("teachers"))
         t.optimizer.load_state_dict(ckpt["optimizer"])
         t.sched.load_state_dict(ckpt["scheduler"])
         if t.ema is not None and ckpt.get("ema") is not None:
@@ -338,8 +344,8 @@ def _train_epoch(t: _Training, epoch: int) -> dict:
 
 
 def _evaluate_epoch(t: _Training, epoch: int, row: dict) -> None:
-    """Val and test top-1 and loss of the student (and of its EMA) into ``row``; after the last epoch, every
-    image's predictions into the run folder."""
+    """Val and test top-1 and loss of the student (and top-1 of its EMA, of each teacher trained with it and of
+    their ensemble) into ``row``; after the last epoch, every image's predictions into the run folder."""
     dc, run = t.cfg.data, t.run
     last = epoch + 1 == t.cfg.train.epochs
     for split in ("val", "test"):
@@ -352,6 +358,10 @@ def _evaluate_epoch(t: _Training, epoch: int, row: dict) -> None:
             r = evaluate(t.ema.module, run.datasets[split], dc.eval_batch_size, run.device, dc.num_workers, t.amp,
                          t.world, t.reducer)
             row[f"ema_{split}_top1"] = r["top1"]
+        for name, model in run.distiller.evaluated_models().items():   # trained teachers and their ensemble
+            r = evaluate(model, run.datasets[split], dc.eval_batch_size, run.device, dc.num_workers, t.amp,
+                         t.world, t.reducer)
+            row[f"{name}_{split}_top1"] = r["top1"]
 
 
 def _end_epoch(t: _Training, epoch: int, row: dict) -> None:
@@ -366,7 +376,8 @@ def _end_epoch(t: _Training, epoch: int, row: dict) -> None:
 
 
 def _finish(t: _Training) -> None:
-    """The finished run folder: metrics, the student's (and EMA's) weights, then the stamp, last."""
+    """The finished run folder: metrics, the student's (and EMA's, and each trained teacher's) weights, then the
+    stamp, last."""
     cfg, run_dir = t.cfg, t.run_dir
     if t.world.is_main:
         run_dir.write_metrics(t.history, t.meta)   # again: a kill after the last checkpoint may have cut its write
@@ -374,5 +385,8 @@ def _finish(t: _Training) -> None:
         run_dir.save_weights(t.run.student.state_dict(), weights_meta)
         if t.ema is not None:
             run_dir.save_weights(t.ema.module.state_dict(), weights_meta, ema=True)
+        for name, source in t.run.distiller.trained_teachers().items():
+            model, meta = source.exported()
+            run_dir.save_teacher_weights(name, model.state_dict(), {**meta, "num_classes": t.run.num_classes})
         run_dir.write_stamp(to_dict(cfg))   # last: the run is finished
     t.run.distiller.close()

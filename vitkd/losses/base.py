@@ -21,9 +21,13 @@ from torch import Tensor, nn
 from ..config import ConfigError
 from ..taps import ModelInfo, TapOutput, TapRequest
 
-__all__ = ["LOSSES", "register_loss", "LossTerm", "Batch", "build_term", "WeightSchedule", "ModelInfo"]
+__all__ = ["LOSSES", "register_loss", "LossTerm", "Batch", "build_term", "WeightSchedule", "ModelInfo",
+           "STUDENT_AS_TARGET"]
 
 LOSSES: Dict[str, Type["LossTerm"]] = {}
+
+# a term's name for the run's student when another model learns from it (``teacher: student``); never a teacher key
+STUDENT_AS_TARGET = "student:target"
 
 
 def register_loss(name: str):
@@ -109,7 +113,13 @@ class LossTerm(nn.Module):
     """Base of every registered loss term.
 
     Common config keys (handled here, not by subclasses): ``type``, ``weight``, ``schedule``,
-    ``student`` (always the student), ``teacher`` (name of a teacher, for terms that read one).
+    ``student`` (the model that learns from the term: the run's student, or a trainable teacher such as a peer;
+    default ``student``), ``teacher`` (name of a teacher, for terms that read one; ``student`` where another model
+    learns from the student).
+
+    A term always calls its learner ``"student"``: the distiller shows it the learner's output under that key and
+    every other model's output detached, under the name :meth:`reads` maps it to (the run's student, when it is the
+    target, under :data:`STUDENT_AS_TARGET`). So every term works for any learner, unchanged.
     """
 
     type_name: str = "?"
@@ -122,12 +132,19 @@ class LossTerm(nn.Module):
     # Recorded in run.yaml when a run has several processes; listed in docs/scale_out.md.
     world_size_dependent: bool = False
     world_size_reason: str = ""
+    learner: str = "student"   # the model this term trains (``student:`` in its config)
 
     def __init__(self, teacher: Optional[str] = None):
         super().__init__()
         self.teacher = teacher
         self.label = self.type_name
         self.schedule = WeightSchedule(1.0)
+
+    def reads(self, key: str) -> str:
+        """The configured model behind this term's name ``key`` for it (its learner is always ``"student"``)."""
+        if key == "student":
+            return self.learner
+        return "student" if key == STUDENT_AS_TARGET else key
 
     # what each model must return: {"student": TapRequest, "<teacher>": TapRequest}
     def requests(self) -> Dict[str, TapRequest]:
@@ -182,6 +199,10 @@ def build_term(spec: Dict[str, Any], index: int, teacher_names, defaults: Option
     weight = spec.pop("weight", 1.0)
     schedule = spec.pop("schedule", None)
     label = spec.pop("name", None)
+    learner = spec.pop("student", "student")
+    if learner != "student" and learner not in teacher_names:
+        raise ConfigError(f"{where}.student: '{learner}' is not a configured teacher (the model that learns from "
+                          f"this term: 'student' or a trainable teacher)")
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
         raise ConfigError(f"{where}.weight: expected a number, got {weight!r}")
     if not weight >= 0 or not math.isfinite(weight):
@@ -198,9 +219,16 @@ def build_term(spec: Dict[str, Any], index: int, teacher_names, defaults: Option
             raise ConfigError(f"{where}: missing argument '{k}'")
     if cls.needs_teacher:
         t = spec.get("teacher")
+        if t is None and learner != "student":
+            t = "student"   # a teacher that learns learns from the student unless told otherwise
         if t is None and len(teacher_names) == 1:
             spec["teacher"] = t = next(iter(teacher_names))
-        if t not in teacher_names:
+        if t == learner:
+            raise ConfigError(f"{where}.teacher: '{t}' is also the model that learns from this term (student: "
+                              f"{learner}); a model does not distil from itself")
+        if t == "student" and learner != "student":
+            spec["teacher"] = STUDENT_AS_TARGET
+        elif t not in teacher_names:
             raise ConfigError(f"{where}.teacher: '{t}' is not a configured teacher "
                               f"({', '.join(teacher_names) or 'no teachers configured under distill.teachers'})")
     for k, v in (defaults or {}).items():
@@ -212,6 +240,7 @@ def build_term(spec: Dict[str, Any], index: int, teacher_names, defaults: Option
         raise
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {e}") from None
-    term.label = label or (kind if not cls.needs_teacher else f"{kind}")
+    term.label = label or (kind if learner == "student" else f"{kind}_{learner}")
+    term.learner = learner
     term.schedule = WeightSchedule(weight, schedule, where)
     return term

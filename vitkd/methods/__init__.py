@@ -4,4 +4,4 @@ Each method registers what it adds (a run kind, a teacher-source kind, a suite j
 reads) in the registries that the lower modules own; importing this package imports every method, so every registry
 is complete. Nothing below this floor names a method.
 """
-from . import chain, datafree, m2m, stored_logits  # noqa: F401,E402  (each registers what it adds)
+from . import chain, datafree, m2m, online, stored_logits  # noqa: F401,E402  (each registers what it adds)

@@ -1,5 +1,6 @@
 """Training cost per image of one distillation step: student forward + backward, teachers' forwards
-(through the distiller's teacher sources, at each teacher's real input), and the distillation overhead."""
+(through the distiller's teacher sources, at each teacher's real input; a teacher trained with the student also
+its backward), and the distillation overhead."""
 from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
@@ -34,11 +35,13 @@ def training_cost_per_image(
     input_size: InputSpec = (3, 224, 224),
     connectors_trained: bool = True,
     backward_factor: float = BACKWARD_FACTOR,
+    teachers_trained: Sequence[str] = (),
 ) -> Dict[str, Any]:
     """Per-image training MACs of one distillation step.
 
     ``student forward x (1 + backward_factor)`` + each teacher's forward (no
-    backward: teachers are frozen) + connectors.
+    backward: teachers are frozen; those named in ``teachers_trained``, trained with
+    the student, also pay their backward) + connectors.
 
     Convention: backward = 2 x forward (``backward_factor``), so a trained
     module costs 3 x its forward.  ``connectors_macs`` is the connectors'
@@ -55,15 +58,18 @@ def training_cost_per_image(
     s_fwd, _ = _forward_macs(student, input_size)
     s_bwd = s_fwd * backward_factor
     t_macs = {name: _forward_macs(spec, input_size)[0] for name, spec in teachers.items()}
+    t_bwd = {name: t_macs[name] * backward_factor for name in teachers_trained}
     conn_factor = (1.0 + backward_factor) if connectors_trained else 1.0
     conn = float(connectors_macs) * conn_factor
-    total = s_fwd + s_bwd + sum(t_macs.values()) + conn
+    t_total = sum(t_macs.values()) + sum(t_bwd.values())
+    total = s_fwd + s_bwd + t_total + conn
     return {
         "student_forward_macs": s_fwd,
         "student_backward_macs": s_bwd,
         "student_train_macs": s_fwd + s_bwd,
         "teachers_forward_macs": t_macs,
-        "teachers_total_macs": sum(t_macs.values()),
+        "teachers_backward_macs": t_bwd,
+        "teachers_total_macs": t_total,
         "connectors_forward_macs": float(connectors_macs),
         "connectors_macs": conn,
         "total_macs_per_image": total,
@@ -80,7 +86,7 @@ def distillation_cost(distiller: nn.Module, input_size: Sequence[int]) -> Dict[s
     measured with torch's flop counter (attention counted with vitkd's formula, see
     ``SDPA_FLOP_FORMULAS``) as (whole distiller forward) - (student forward) - (teachers' forwards)
     on the same batch. Training cost = (1 + backward) x (student + overhead) + teachers'
-    forwards, with backward = 2 x forward.
+    forwards (+ the backward of each teacher trained with the student), with backward = 2 x forward.
     """
     from ..losses import Batch  # local import: profile stays usable without the training stack
 
@@ -103,6 +109,8 @@ def distillation_cost(distiller: nn.Module, input_size: Sequence[int]) -> Dict[s
     parts = macs(lambda: distiller.student(x)) + sum(macs(lambda t=t: t(x, batch)) for t in distiller.teachers.values())
     distiller.train(was)
     overhead = max(0.0, whole - parts)
-    cost = training_cost_per_image(student.total_macs, teachers, connectors_macs=overhead, input_size=input_size)
+    trained = list(getattr(distiller, "trained_teachers", dict)())
+    cost = training_cost_per_image(student.total_macs, teachers, connectors_macs=overhead, input_size=input_size,
+                                   teachers_trained=trained)
     cost.update({"student_params": student.params, "overhead_forward_macs": overhead})
     return cost

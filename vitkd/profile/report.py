@@ -142,6 +142,8 @@ def format_report(report: Union[Dict[str, Any], Sequence[Dict[str, Any]], MacRep
         ]
         for n, v in report["teachers_forward_macs"].items():
             rows.append((f"teacher {n} (forward)", _g(v)))
+            if n in report.get("teachers_backward_macs", {}):   # trained with the student
+                rows.append((f"teacher {n} (backward, trained)", _g(report["teachers_backward_macs"][n])))
         rows.append((f"connectors/overhead (forward {_g(report['connectors_forward_macs'])}, trained)",
                      _g(report["connectors_macs"])))
         rows.append(("total per image", _g(report["total_macs_per_image"])))
