@@ -17,7 +17,7 @@ from safetensors import safe_open
 
 from vitkd import models as model_lib
 from vitkd.cli import main
-from vitkd.config import ConfigError, load_config, parse_config
+from vitkd.config import ConfigError, load_config, parse_config, section
 from vitkd.engine import build_run, train
 from vitkd.engine.build import build_student, dry_build
 from vitkd.engine.checkpoint import load_checkpoint
@@ -268,7 +268,7 @@ def test_digits_config_trains_a_few_steps(path, tmp_path):
     assert run.is_finished()
     teachers = cfg.distill.teachers
     for name, t in teachers.items():
-        if t.peer is None:
+        if section(t, "peer") is None:
             assert not run.teacher_weights_path(name).exists()
             continue
         # the peer and the ensemble are reported beside the student (the row)
@@ -289,6 +289,21 @@ def test_digits_config_trains_a_few_steps(path, tmp_path):
             assert torch.equal(peer.eval()(x), ref.eval()(x))
     if cfg.train.ema_decay is not None:
         assert "ema_val_top1" in final and run.ema_weights_path.is_file()
+
+
+def test_vitkd_train_prints_the_peers_and_the_ensembles_top1_beside_the_students(tmp_path, capsys):
+    from vitkd.cli import main
+    out = tmp_path / "run"
+    assert main(["train", str(DIGITS / "dml_vit.yaml"), "--out", str(out), "--set", "train.epochs=1",
+                 "data.train_subset=32", "data.batch_size=16", "train.device=cpu", "train.progress=false",
+                 "train.warmup_epochs=0"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    final = json.loads((out / "metrics.json").read_text())["final"]
+    peers = [k for k, t in yaml.safe_load((DIGITS / "dml_vit.yaml").read_text())["distill"]["teachers"].items()
+             if "peer" in t]
+    keys = {"val_top1", "test_top1", "ensemble_val_top1", "ensemble_test_top1",
+            *(f"{p}_{s}_top1" for p in peers for s in ("val", "test"))}
+    assert peers and keys <= set(printed) and all(printed[k] == final[k] for k in keys)
 
 
 def test_a_peer_with_batchnorm_is_named_world_size_dependent_and_sits_in_the_ddp_part():

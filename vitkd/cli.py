@@ -51,7 +51,8 @@ def _cmd_train(args) -> int:
         out = default_out(Path("runs"), cfg.name, args.config)
     final = train(cfg, out, resume=args.resume, overwrite=args.overwrite, log=lambda m: print(m, flush=True))
     if int(os.environ.get("RANK", "0") or 0) == 0:   # under torchrun: rank 0 alone reports
-        print(json.dumps({"out": str(out), **{k: final[k] for k in ("val_top1", "test_top1") if k in final}}))
+        # the student's top-1, and beside it any other model the run evaluates (its EMA, models trained with it)
+        print(json.dumps({"out": str(out), **{k: final[k] for k in final if k.endswith(("val_top1", "test_top1"))}}))
     return 0
 
 

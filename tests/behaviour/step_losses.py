@@ -155,7 +155,7 @@ def main(argv) -> int:
         Path(argv[2]).write_text(json.dumps(now, indent=1) + "\n")
         return 0
     if mode == "record":
-        REFERENCE.write_text(json.dumps({"versions": versions(), "steps": now}, indent=1) + "\n")
+        REFERENCE.write_text(json.dumps({"versions": versions(), "steps": now}, indent=1, sort_keys=True) + "\n")
         print(f"recorded {sum(len(v) for v in now.values())} steps of {len(now)} configs -> {REFERENCE}")
         return 0
     ref = json.loads(REFERENCE.read_text())
