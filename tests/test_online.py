@@ -155,6 +155,17 @@ def test_bad_peer_configs_are_one_line_naming_the_key(teacher, term, match):
     assert "\n" not in str(e.value)
 
 
+def test_a_teacher_named_like_the_ensembles_metrics_is_refused_beside_a_peer():
+    raw = dml()
+    raw["distill"]["teachers"]["ensemble"] = raw["distill"]["teachers"].pop("peer1")
+    for term in raw["distill"]["terms"]:
+        for key in ("student", "teacher"):
+            if term.get(key) == "peer1":
+                term[key] = "ensemble"
+    with pytest.raises(ConfigError, match=r"distill.teachers.ensemble: the name of the trained models' ensemble"):
+        dry_build(parse_config(raw, paths=False))
+
+
 def test_kd_of_a_peer_defaults_to_the_student_as_its_target():
     terms = DML_TERMS[:3] + [{"type": "kd", "student": "peer1", "T": 1.0}]
     d = build_run(parse_config(dml(terms=terms))).distiller

@@ -30,6 +30,10 @@ __all__ = ["Distiller", "ProbabilityEnsemble", "build_distiller", "make_distille
            "term_defaults"]
 
 
+# the metrics name of the ensemble of the student and the teachers trained with it
+ENSEMBLE = "ensemble"
+
+
 class Distiller(nn.Module):
     def __init__(self, student: nn.Module, teachers: Dict[str, nn.Module], terms: List[LossTerm],
                  img_size: Tuple[int, int], student_spec=None):
@@ -43,6 +47,9 @@ class Distiller(nn.Module):
         self.student = student
         self.teachers = nn.ModuleDict({k: t if isinstance(t, TeacherSource) else LiveTeacher(t, student_spec)
                                        for k, t in teachers.items()})
+        if ENSEMBLE in self.teachers and any(t.trainable for t in self.teachers.values()):
+            raise ConfigError(f"distill.teachers.{ENSEMBLE}: the name of the trained models' ensemble in the metrics "
+                              f"(name this teacher otherwise)")
         self.terms = nn.ModuleList(terms)
         self.img_size = tuple(img_size)
         self.student_spec = student_spec
@@ -102,7 +109,7 @@ class Distiller(nn.Module):
         them (softmax average), by name."""
         models = {k: t.exported()[0] for k, t in self.trained_teachers().items()}
         if models:
-            models["ensemble"] = ProbabilityEnsemble([self.student, *models.values()])
+            models[ENSEMBLE] = ProbabilityEnsemble([self.student, *models.values()])
         return models
 
     def no_weight_decay(self) -> set:
