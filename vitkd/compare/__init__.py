@@ -101,11 +101,16 @@ def _run_suite(suite, base, path, out_dir: Path, quick, cache, n_jobs, progress,
     ensure_writable(out_dir, "--out")
     t0 = time.perf_counter()
     walls = execute(first, n_jobs, progress, log, train=not plan_seeds, executor=runner)
+
+    def run_more(jobs):
+        """A kind's jobs planned after the first ones ran (those are done by now)."""
+        walls.update(execute(jobs, n_jobs, progress, log, done_before=[j.key for j in plan.jobs],
+                             train=not plan_seeds, executor=runner))
+        return walls
+
     for kind in kinds_in_order():   # kinds that plan more once the first jobs have run (a pipeline's stages)
         if kind.after is not None:
-            done = [j.key for j in plan.jobs]
-            kind.after(plan, lambda jobs: walls.update(execute(jobs, n_jobs, progress, log, done_before=done,
-                                                                train=not plan_seeds, executor=runner)) or walls)
+            kind.after(plan, run_more)
     for kind in kinds_in_order():   # table overrides and files of the kinds' own
         if kind.finish is not None:
             kind.finish(plan, run_walls(out_dir, walls))
