@@ -89,6 +89,19 @@ def checkpoint_id(run: Path):
         return None
 
 
+def after_checkpoints(run: Path, n: int):
+    """A condition for :func:`wait_for`: the run has written ``n`` more checkpoints since this call."""
+    seen, last = 0, checkpoint_id(run)
+
+    def cond() -> bool:
+        nonlocal seen, last
+        now = checkpoint_id(run)
+        if now is not None and now != last:
+            seen, last = seen + 1, now
+        return seen >= n
+    return cond
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The uninterrupted run, in this process (same single thread and CPU as the killed ones)."""
@@ -135,15 +148,7 @@ def test_killed_three_times_then_resumed_equals_an_uninterrupted_run(tmp_path, r
             proven += inside
             kills.append("inside a checkpoint write" if inside else "just after a checkpoint write")
         else:                 # after this process's n-th checkpoint, plus a random part of a step
-            seen, last = 0, checkpoint_id(run)
-
-            def nth_checkpoint():
-                nonlocal seen, last
-                now = checkpoint_id(run)
-                if now is not None and now != last:
-                    seen, last = seen + 1, now
-                return seen >= n_checkpoints
-            caught = wait_for(nth_checkpoint, proc)
+            caught = wait_for(after_checkpoints(run, n_checkpoints), proc)
             assert caught, f"the run ended before its checkpoint {n_checkpoints}:\n{logs[-1].read_text()}"
             time.sleep(delay)
             kill(proc)
@@ -269,15 +274,8 @@ def test_killed_online_distillation_resumes_bit_exactly(tmp_path, kind):
     for k in range(2):   # after the process's n-th checkpoint, plus a random part of a step
         logs.append(tmp_path / f"segment{k}.log")
         proc = launch(cfg, run, logs[-1], *(["--resume"] if k else []))
-        n_checkpoints, delay, seen, last = rng.randint(1, 3), rng.uniform(0.0, 0.03), 0, checkpoint_id(run)
-
-        def nth_checkpoint():
-            nonlocal seen, last
-            now = checkpoint_id(run)
-            if now is not None and now != last:
-                seen, last = seen + 1, now
-            return seen >= n_checkpoints
-        assert wait_for(nth_checkpoint, proc), logs[-1].read_text()
+        n_checkpoints, delay = rng.randint(1, 3), rng.uniform(0.0, 0.03)
+        assert wait_for(after_checkpoints(run, n_checkpoints), proc), logs[-1].read_text()
         time.sleep(delay)
         kill(proc)
         assert proc.returncode == -signal.SIGKILL, logs[-1].read_text()

@@ -72,6 +72,17 @@ def _write(path: Path, raw: dict) -> Path:
     return path
 
 
+def two_ranks(cfg_file: Path, out: Path, *sets: str) -> subprocess.CompletedProcess:
+    """``vitkd train`` as 2 ranks of the real torchrun (gloo, loopback, one thread each); it must succeed."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "vitkd", "train", str(cfg_file), "--out", str(out)] + [a for s in sets for a in ("--set", s)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
+
+
 def test_two_gloo_ranks_through_torchrun_match_one_process(tmp_path):
     """2 processes x batch 8 (the real torchrun, gloo, loopback) against 1 process x batch 16, 2 epochs of KD:
     per-epoch train loss within 1e-4 relative, final weights within 1e-5 absolute."""
@@ -85,12 +96,7 @@ def test_two_gloo_ranks_through_torchrun_match_one_process(tmp_path):
     train(parse_config(yaml.safe_load(cfg_file.read_text())), one, log=lambda m: None)
 
     two = tmp_path / "two"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "vitkd", "train", str(cfg_file), "--out", str(two), "--set", "data.batch_size=8"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    proc = two_ranks(cfg_file, two, "data.batch_size=8")
     # rank 0 alone prints its epoch lines and the result
     assert proc.stdout.count("epoch 1/2 ") == 1 and proc.stdout.count("epoch 2/2 ") == 1, proc.stdout
     assert proc.stdout.count('"out"') == 1
@@ -178,12 +184,7 @@ def test_two_gloo_ranks_of_deep_mutual_learning_match_one_process(tmp_path):
     one = tmp_path / "one"
     train(parse_config(yaml.safe_load(cfg_file.read_text())), one, log=lambda m: None)
     two = tmp_path / "two"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "vitkd", "train", str(cfg_file), "--out", str(two), "--set", "data.batch_size=8"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    two_ranks(cfg_file, two, "data.batch_size=8")
     meta = yaml.safe_load((two / "run.yaml").read_text())
     assert meta["global_batch"] == 16 and meta["world_size_dependent"] == {}
     m1 = json.loads((one / "metrics.json").read_text())["epochs"]
