@@ -1,0 +1,91 @@
+"""Born-again generations (Furlanello et al. 2018) as a shorthand of the teacher-assistant chain: ``generations: N``
+expands into ordinary stages ``<name>0 .. <name>N-1``, generation k+1 distilling from generation k's finished run
+folder; a re-run retrains nothing finished; bad entries are one line."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+import vitkd  # noqa: F401  (registers the chain's run kind and the digits archs)
+from vitkd.cli import main
+from vitkd.config import ConfigError
+from vitkd.methods.chain.stages import ChainStage, expand_generations
+from vitkd.rundir import RunDir
+
+DIGITS = Path(__file__).parents[1] / "configs" / "digits"
+STUDENT = {"seed": 0, "model": {"name": "vit_digits_tiny"},
+           "data": {"name": "digits", "train_subset": 32, "batch_size": 16},
+           "train": {"epochs": 1, "warmup_epochs": 0, "progress": False, "device": "cpu", "threads": 1}}
+KD = [{"type": "ce", "weight": 0.5}, {"type": "kd", "weight": 0.5, "T": 4.0}]
+
+
+def _write(tmp_path, entry) -> Path:
+    (tmp_path / "student.yaml").write_text(yaml.safe_dump(STUDENT))
+    path = tmp_path / "ban.yaml"
+    path.write_text(yaml.safe_dump({"name": "ban", "chain": [entry]}, sort_keys=False))
+    return path
+
+
+def _stamps(out: Path) -> dict:
+    return {p.relative_to(out).as_posix(): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_generation_k_plus_1_distils_from_generation_k_and_a_rerun_retrains_nothing(tmp_path):
+    chain = _write(tmp_path, {"name": "gen", "config": "student.yaml", "generations": 3, "distill": {"terms": KD}})
+    out = tmp_path / "run"
+    assert main(["train", str(chain), "--out", str(out)]) == 0
+    cfgs = {g: yaml.safe_load((out / g / "config.yaml").read_text()) for g in ("gen0", "gen1", "gen2")}
+    assert not (cfgs["gen0"].get("distill") or {}).get("teachers")   # CE alone, as its config says
+    for k in (1, 2):   # the one teacher of generation k is generation k-1's finished run folder
+        teachers = cfgs[f"gen{k}"]["distill"]["teachers"]
+        assert list(teachers) == ["previous"] and teachers["previous"]["checkpoint"] == str(out / f"gen{k - 1}")
+    assert [t["type"] for t in cfgs["gen2"]["distill"]["terms"]] == ["ce", "kd"]
+    for g in cfgs:   # one architecture, one recipe: only the teacher differs
+        assert cfgs[g]["model"] == cfgs["gen0"]["model"] and cfgs[g]["train"] == cfgs["gen0"]["train"]
+        assert (out / g / "model.safetensors").is_file()
+    before = _stamps(out)
+    assert main(["train", str(chain), "--out", str(out)]) == 0   # every generation finished: all reused
+    assert _stamps(out) == before
+
+
+def test_an_unfinished_last_generation_is_the_only_one_trained_again(tmp_path, capsys):
+    chain = _write(tmp_path, {"name": "g", "config": "student.yaml", "generations": 2, "distill": {"terms": KD}})
+    out = tmp_path / "run"
+    assert main(["train", str(chain), "--out", str(out)]) == 0
+    (out / "g1" / RunDir.STAMP).unlink()   # as if killed before its stamp
+    kept = _stamps(out / "g0")
+    capsys.readouterr()
+    assert main(["train", str(chain), "--out", str(out)]) == 0
+    log = capsys.readouterr().out
+    assert "stage 'g0': reusing" in log and "stage 'g1' ->" in log
+    assert _stamps(out / "g0") == kept
+
+
+def test_a_generation_entry_expands_into_ordinary_stages():
+    entry = ChainStage("ban", "student.yaml", {"train.lr": 0.001}, 3, {"terms": KD}, "prev")
+    stages = expand_generations([ChainStage("teacher", "t.yaml"), entry])
+    assert [(s.name, p) for s, p in stages] == [("teacher", None), ("ban0", None), ("ban1", "ban0"), ("ban2", "ban1")]
+    assert all(s.config == "student.yaml" and s.set == {"train.lr": 0.001} for s, _ in stages[1:])
+
+
+@pytest.mark.parametrize("entry,match", [
+    ({"generations": 0, "distill": {"terms": KD}}, r"chain\[0\].generations: expected an integer >= 1"),
+    ({"generations": 2}, r"chain\[0\].distill.terms: generations >= 1 distil"),
+    ({"generations": 2, "distill": {"terms": KD, "teachers": {"t": {}}}}, r"chain\[0\].distill.teachers"),
+    ({"distill": {"terms": KD}}, r"chain\[0\].distill: .* needs generations"),
+    ({"generations": 2, "distill": {"terms": [{"type": "kd", "TT": 1}]}}, r"stage 'gen1'.*'TT'"),
+])
+def test_bad_generation_entries_are_one_line(tmp_path, capsys, entry, match):
+    chain = _write(tmp_path, {"name": "gen", "config": "student.yaml", **entry})
+    assert main(["train", str(chain), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and pytest.importorskip("re").search(match, err), err
+    assert not (tmp_path / "run" / "gen0" / "model.safetensors").exists()   # refused before anything trained
+
+
+def test_the_digits_born_again_file_expands_to_one_architecture():
+    raw = yaml.safe_load((DIGITS / "born_again.yaml").read_text())
+    stages = expand_generations([ChainStage(**s) for s in raw["chain"]])
+    assert [p for _, p in stages] == [None] + [s.name for s, _ in stages[:-1]]
+    assert len(stages) >= 2
