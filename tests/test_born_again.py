@@ -89,3 +89,38 @@ def test_the_digits_born_again_file_expands_to_one_architecture():
     stages = expand_generations([ChainStage(**s) for s in raw["chain"]])
     assert [p for _, p in stages] == [None] + [s.name for s, _ in stages[:-1]]
     assert len(stages) >= 2
+
+
+# ---------------------------------------------------------------------- the suite: configs/compare/digits_online.yaml
+def _online_plan():
+    from vitkd.compare.jobs import SuitePlan
+    from vitkd.compare.plan import check_jobs, plan_suite
+    from vitkd.compare.suite import load_suite
+    from vitkd.compare.tune import read_tuned
+    suite, base = load_suite(Path(__file__).parents[1] / "configs" / "compare" / "digits_online.yaml")
+    tuned, sized = read_tuned(suite, None)
+    plan = SuitePlan(suite, base, Path("runs/compare") / suite.home, False, tuned, sized, {}, lambda m: None)
+    first = plan_suite(plan)
+    check_jobs(first + plan.checked_only)   # every run dry-built (nothing trains)
+    return suite, plan
+
+
+def test_the_online_suite_plans_its_generations_and_counts_their_training():
+    from vitkd.methods.chain.suite import chain_costs, generation_teachers
+    suite, plan = _online_plan()
+    assert suite.home == "digits" and suite.seeds == [0, 1, 2, 3, 4]
+    teachers = {j.row: j for j in plan.with_role("teacher")}
+    rows = {(j.row, j.seed): j for j in plan.with_role("row")}
+    # generation 0 is the no-KD student at seed 0; generation 1's teacher is generation 0
+    assert teachers["vit_s"].raw == rows[("no_kd", 0)].raw
+    assert teachers["ban_g1"].deps == ["teachers/vit_s"]
+    assert generation_teachers(suite, next(r for r in suite.rows if r.name == "ban_gen2")) == ["ban_g1", "vit_s"]
+    assert {r for r, _ in rows} == {"no_kd", "kd_cnn", "dml_vit", "dml_cnn_vit", "ema_self", "byot", "kd_vit_static",
+                                    "ban_gen2"}
+
+    def cost(raw):   # a stand-in: 10 per distilled run, 4 per run alone
+        return {"train_macs_per_image": 10.0 if (raw.get("distill") or {}).get("teachers") else 4.0}
+    costs = chain_costs(suite, plan.with_role("row"), plan.with_role("teacher"), cost=cost)
+    assert set(costs) == {"kd_vit_static", "ban_gen2"}   # the rows with count_generations
+    assert costs["kd_vit_static"]["total"] == 10.0 + 4.0
+    assert costs["ban_gen2"]["teachers"] == {"ban_g1": 10.0, "vit_s": 4.0} and costs["ban_gen2"]["total"] == 24.0
