@@ -41,7 +41,8 @@ def test_generation_k_plus_1_distils_from_generation_k_and_a_rerun_retrains_noth
         teachers = cfgs[f"gen{k}"]["distill"]["teachers"]
         assert list(teachers) == ["previous"] and teachers["previous"]["checkpoint"] == str(out / f"gen{k - 1}")
     assert [t["type"] for t in cfgs["gen2"]["distill"]["terms"]] == ["ce", "kd"]
-    for g in cfgs:   # one architecture, one recipe: only the teacher differs
+    assert [cfgs[g]["seed"] for g in cfgs] == [0, 1, 2]   # each generation a new network (reseed, the default)
+    for g in cfgs:   # one architecture, one recipe: only the teacher and the seed differ
         assert cfgs[g]["model"] == cfgs["gen0"]["model"] and cfgs[g]["train"] == cfgs["gen0"]["train"]
         assert (out / g / "model.safetensors").is_file()
     before = _stamps(out)
@@ -50,7 +51,8 @@ def test_generation_k_plus_1_distils_from_generation_k_and_a_rerun_retrains_noth
 
 
 def test_an_unfinished_last_generation_is_the_only_one_trained_again(tmp_path, capsys):
-    chain = _write(tmp_path, {"name": "g", "config": "student.yaml", "generations": 2, "distill": {"terms": KD}})
+    chain = _write(tmp_path, {"name": "g", "config": "student.yaml", "generations": 2, "distill": {"terms": KD},
+                              "reseed": False})
     out = tmp_path / "run"
     assert main(["train", str(chain), "--out", str(out)]) == 0
     (out / "g1" / RunDir.STAMP).unlink()   # as if killed before its stamp
@@ -60,13 +62,15 @@ def test_an_unfinished_last_generation_is_the_only_one_trained_again(tmp_path, c
     log = capsys.readouterr().out
     assert "stage 'g0': reusing" in log and "stage 'g1' ->" in log
     assert _stamps(out / "g0") == kept
+    assert yaml.safe_load((out / "g1" / "config.yaml").read_text())["seed"] == 0   # reseed: false keeps the seed
 
 
 def test_a_generation_entry_expands_into_ordinary_stages():
     entry = ChainStage("ban", "student.yaml", {"train.lr": 0.001}, 3, {"terms": KD}, "prev")
     stages = expand_generations([ChainStage("teacher", "t.yaml"), entry])
-    assert [(s.name, p) for s, p in stages] == [("teacher", None), ("ban0", None), ("ban1", "ban0"), ("ban2", "ban1")]
-    assert all(s.config == "student.yaml" and s.set == {"train.lr": 0.001} for s, _ in stages[1:])
+    assert [(s.name, k, p) for s, k, p in stages] == [("teacher", None, None), ("ban0", 0, None), ("ban1", 1, "ban0"),
+                                                      ("ban2", 2, "ban1")]
+    assert all(s.config == "student.yaml" and s.set == {"train.lr": 0.001} for s, _, _ in stages[1:])
 
 
 @pytest.mark.parametrize("entry,match", [
@@ -87,7 +91,7 @@ def test_bad_generation_entries_are_one_line(tmp_path, capsys, entry, match):
 def test_the_digits_born_again_file_expands_to_one_architecture():
     raw = yaml.safe_load((DIGITS / "born_again.yaml").read_text())
     stages = expand_generations([ChainStage(**s) for s in raw["chain"]])
-    assert [p for _, p in stages] == [None] + [s.name for s, _ in stages[:-1]]
+    assert [p for _, _, p in stages] == [None] + [s.name for s, _, _ in stages[:-1]]
     assert len(stages) >= 2
 
 

@@ -11,8 +11,9 @@ Born-again generations (Furlanello et al., ICML 2018) are a shorthand for a chai
 ``{name: gen, generations: N, config: ..., set: ..., distill: {terms: [...]}}`` expands into the ordinary stages
 ``gen0 .. gen<N-1>``. ``gen0`` trains as its config (and ``set``) says; generation k+1 is the same config whose
 ``distill.teachers`` is replaced by the one teacher ``teacher`` (default ``previous``) read from ``@gen<k>``, with
-the entry's ``distill`` mapping (its terms, e.g. CE + KD) merged over the config's ``distill`` section. Nothing else
-is new: the expanded stages are dry-built, reused and resumed as any stage, so a re-run retrains no finished
+the entry's ``distill`` mapping (its terms, e.g. CE + KD) merged over the config's ``distill`` section, and (with
+``reseed``, the default) trained at the config's seed + k: each generation a new network, its own initialisation and
+data order, as in the paper (``reseed: false`` keeps one seed). Nothing else is new: the expanded stages are dry-built, reused and resumed as any stage, so a re-run retrains no finished
 generation.
 """
 from __future__ import annotations
@@ -36,6 +37,7 @@ class ChainStage:
     generations: Optional[int] = None                       # born-again: this many stages <name>0 .. <name>N-1
     distill: Dict[str, Any] = field(default_factory=dict)   # born-again: the distill section of generations >= 1
     teacher: str = "previous"                               # born-again: the previous generation's teacher key
+    reseed: bool = True                                     # born-again: generation k trains at the seed + k
 
 
 @dataclass
@@ -52,17 +54,17 @@ def _stage_raw(stage: ChainStage, base: Path, outs: Dict[str, Path], overrides: 
     return resolve_stage_refs(stage.name, read_config(stage.config, base, stage.set, overrides=overrides), outs)
 
 
-def expand_generations(stages: List[ChainStage]) -> List[Tuple[ChainStage, Optional[str]]]:
-    """Each entry as ``(stage, None)``, a born-again entry as its generations ``(<name>k, previous stage name)``:
-    generation k+1 reads generation k (see the module docstring)."""
-    out: List[Tuple[ChainStage, Optional[str]]] = []
+def expand_generations(stages: List[ChainStage]) -> List[Tuple[ChainStage, Optional[int], Optional[str]]]:
+    """Each entry as ``(stage, None, None)``, a born-again entry as its generations ``(<name>k, k, previous stage
+    name)``: generation k+1 reads generation k (see the module docstring)."""
+    out: List[Tuple[ChainStage, Optional[int], Optional[str]]] = []
     for i, s in enumerate(stages):
         where = f"chain[{i}]"
         if s.generations is None:
             if s.distill:
                 raise ConfigError(f"{where}.distill: the distill section of born-again generations >= 1; it needs "
                                   f"generations: N")
-            out.append((s, None))
+            out.append((s, None, None))
             continue
         if isinstance(s.generations, bool) or not isinstance(s.generations, int) or s.generations < 1:
             raise ConfigError(f"{where}.generations: expected an integer >= 1, got {s.generations!r}")
@@ -75,22 +77,28 @@ def expand_generations(stages: List[ChainStage]) -> List[Tuple[ChainStage, Optio
         check_name(s.teacher, f"{where}.teacher", "teacher key")
         prev = None
         for k in range(s.generations):
-            gen = ChainStage(f"{s.name}{k}", s.config, dict(s.set), None, dict(s.distill), s.teacher)
-            out.append((gen, prev))
+            gen = ChainStage(f"{s.name}{k}", s.config, dict(s.set), None, dict(s.distill), s.teacher, s.reseed)
+            out.append((gen, k, prev))
             prev = gen.name
     return out
 
 
-def _generation_raw(stage: ChainStage, previous: str, base: Path, outs: Dict[str, Path],
+def _generation_raw(stage: ChainStage, generation: int, previous: Optional[str], base: Path, outs: Dict[str, Path],
                     overrides: List[str]) -> dict:
-    """A born-again generation >= 1: its config with the previous generation as its one teacher and the entry's
-    distill section merged over the config's, then the ``--set`` overrides."""
+    """A born-again generation: its config (generations >= 1: with the previous generation as its one teacher and the
+    entry's distill section merged over the config's), the ``--set`` overrides, then (``reseed``) the seed + k."""
     raw = read_config(stage.config, base, stage.set)
-    distill = dict(raw.get("distill") or {})
-    distill.update(copy.deepcopy(stage.distill))
-    distill["teachers"] = {stage.teacher: {"checkpoint": f"@{previous}"}}
-    raw["distill"] = distill
+    if previous is not None:
+        distill = dict(raw.get("distill") or {})
+        distill.update(copy.deepcopy(stage.distill))
+        distill["teachers"] = {stage.teacher: {"checkpoint": f"@{previous}"}}
+        raw["distill"] = distill
     raw = apply_overrides(raw, list(overrides)) if overrides else raw
+    if stage.reseed and generation:
+        seed = raw.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError(f"stage '{stage.name}': seed: expected an integer to add the generation to, got {seed!r}")
+        raw["seed"] = seed + generation
     return resolve_stage_refs(stage.name, raw, outs)
 
 
@@ -102,14 +110,14 @@ def run_chain(path, out, overrides: List[str] = (), overwrite: bool = False, log
     for i, s in enumerate(chain.chain):
         check_name(s.name, f"chain[{i}].name", "stage name")
     expanded = expand_generations(chain.chain)
-    names = [s.name for s, _ in expanded]
+    names = [s.name for s, _, _ in expanded]
     if len(set(names)) != len(names):
         raise ConfigError(f"chain: duplicate stage names in {names}")
     outs: Dict[str, Path] = {}
     stages = []
-    for stage, previous in expanded:
-        raw = (_stage_raw(stage, path.parent, outs, list(overrides)) if previous is None
-               else _generation_raw(stage, previous, path.parent, outs, list(overrides)))
+    for stage, generation, previous in expanded:
+        raw = (_stage_raw(stage, path.parent, outs, list(overrides)) if generation is None
+               else _generation_raw(stage, generation, previous, path.parent, outs, list(overrides)))
         stages.append((stage.name, raw))
         outs[stage.name] = path_under(out, stage.name, key="chain stage")
     return run_stages(stages, out, path.parent, overwrite, log)
