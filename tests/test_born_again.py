@@ -128,3 +128,13 @@ def test_the_online_suite_plans_its_generations_and_counts_their_training():
     assert set(costs) == {"kd_vit_static", "ban_gen2"}   # the rows with count_generations
     assert costs["kd_vit_static"]["total"] == 10.0 + 4.0
     assert costs["ban_gen2"]["teachers"] == {"ban_g1": 10.0, "vit_s": 4.0} and costs["ban_gen2"]["total"] == 24.0
+
+
+def test_count_generations_needs_a_suite_teacher(tmp_path):
+    from vitkd.compare.suite import load_suite
+    (tmp_path / "student.yaml").write_text(yaml.safe_dump(STUDENT))
+    suite = {"name": "s", "student": "student.yaml", "rows": [{"name": "no_kd", "family": "none",
+                                                               "count_generations": True}]}
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
+    with pytest.raises(ConfigError, match=r"suite.rows.no_kd.count_generations: the row reads no suite teacher"):
+        load_suite(tmp_path / "suite.yaml")
