@@ -35,7 +35,8 @@ FLOORS = [
     ("pipelines of methods, publishing", ["vitkd.methods.m2m.pipeline", "vitkd.zoo.publish"]),
     ("the comparison: the job kinds' registry, the built-in kinds, the loop over kinds", ["vitkd.compare"]),
     ("the suite job kinds of methods", [
-        "vitkd.methods.datafree.suite", "vitkd.methods.stored_logits.suite", "vitkd.methods.m2m.suite"]),
+        "vitkd.methods.datafree.suite", "vitkd.methods.stored_logits.suite", "vitkd.methods.m2m.suite",
+        "vitkd.methods.chain.suite"]),
     ("the commands of a package or method", ["vitkd.zoo.commands", "vitkd.datasets.commands",
                                              "vitkd.methods.stored_logits.commands", "vitkd.methods.datafree.commands"]),
     ("the methods' registrations (each method package's __init__)", ["vitkd.methods"]),

@@ -82,8 +82,9 @@ def test_term_through_distiller_is_finite_scalar(name):
 
 
 def test_every_registered_term_is_covered():
-    # cit: below; m2mkd reads an m2m stage's two paths (tests/test_m2m.py checks it against its formula)
-    covered = {s["type"] for _, _, specs in CASES.values() for s in specs} | {"cit", "m2mkd"}
+    # cit: below; m2mkd reads an m2m stage's two paths (tests/test_m2m.py checks it against its formula); byot reads
+    # the student alone (tests/test_byot.py)
+    covered = {s["type"] for _, _, specs in CASES.values() for s in specs} | {"cit", "m2mkd", "byot"}
     assert covered == set(LOSSES)
 
 

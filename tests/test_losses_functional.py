@@ -532,3 +532,52 @@ def test_gradients_reach_student_only(case):
     loss2 = fn(s, t_leaf.detach().clone())
     loss2.backward()
     assert torch.isfinite(s.grad).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# byot (Zhang et al. 2019; mmrazor SelfDistill: CE 0.7, soft KL at T=3 0.3, feature L2 0.03 per shallow section)
+# ---------------------------------------------------------------------------------------------
+def ref_byot(zs, fs, zt, ft, y, T, ce, kl, feature, eps=0.0):
+    """sum over sections k of ce * CE_eps(z_k, y) + kl * T^2 * KL(softmax(z_t/T) || softmax(z_k/T))
+    + feature * sum_b ||f_k[b] - f_t[b]||^2 / B, with explicit loops over images and classes."""
+    zt, ft, y = npy(zt), npy(ft), y.numpy()
+    B, C = zt.shape
+    total = 0.0
+    for z, f in zip(zs, fs):
+        z, f = npy(z), npy(f)
+        for b in range(B):
+            logp = np.log(np_softmax(z[b]))
+            q = np.full(C, eps / C)
+            q[y[b]] += 1.0 - eps                      # label smoothing as torch's cross_entropy
+            total += ce * -(q * logp).sum() / B
+            pt = np_softmax(zt[b] / T)
+            ps = np_softmax(z[b] / T)
+            total += kl * T * T * sum(pt[c] * math.log(pt[c] / ps[c]) for c in range(C)) / B
+            total += feature * ((f[b] - ft[b]) ** 2).sum() / B
+    return total
+
+
+@pytest.mark.parametrize("T,ce,kl,feature,eps", [(3.0, 0.7, 0.3, 0.03, 0.0), (1.5, 1.0, 0.0, 0.5, 0.1),
+                                                 (4.0, 0.0, 1.0, 0.0, 0.0)])
+def test_byot_matches_reference(T, ce, kl, feature, eps):
+    B, C, D = 5, 7, 6
+    zs, fs = [rnd(B, C, scale=2) for _ in range(3)], [rnd(B, D) for _ in range(3)]
+    zt, ft, y = rnd(B, C, scale=2), rnd(B, D), torch.randint(0, C, (B,))
+    got = L.byot(zs, fs, zt, ft, y, T=T, ce=ce, kl=kl, feature=feature, label_smoothing=eps)
+    close(got, ref_byot(zs, fs, zt, ft, y, T, ce, kl, feature, eps))
+    # the defaults are mmrazor's BYOT weights
+    close(L.byot(zs, fs, zt, ft, y), ref_byot(zs, fs, zt, ft, y, 3.0, 0.7, 0.3, 0.03))
+
+
+def test_byot_soft_targets_and_its_fixed_point():
+    B, C, D = 4, 5, 3
+    z, f = rnd(B, C), rnd(B, D)
+    soft = torch.softmax(rnd(B, C), -1)
+    # a label distribution [B, C]: soft-target CE; at z_k == z_t and f_k == f_t only the CE remains
+    want = -(soft * torch.log_softmax(z, -1)).sum(-1).mean()
+    close(L.byot([z], [f], z.clone(), f.clone(), soft, ce=1.0, kl=0.3, feature=0.03), want)
+    z_leaf = z.clone().requires_grad_(True)
+    L.byot([z_leaf], [f], z.clone(), f.clone(), soft, ce=0.0).backward()
+    assert float(z_leaf.grad.abs().max()) < 1e-12   # KL and hint vanish with zero gradient there
+    with pytest.raises(ValueError, match="one of each per section"):
+        L.byot([z], [], z, f, soft)

@@ -35,7 +35,7 @@ METHOD_NAMES = {
 }
 # the config keys (and file keys, commands) each method declares: a string literal equal to one is the method's
 METHOD_KEYS = {
-    "chain": {"chain"},
+    "chain": {"chain", "count_generations"},
     "m2m": {"m2m", "m2mkd", "pipeline"},
     "stored_logits": {"logits", "stored_logits"},
     "datafree": {"synthetic", "synthesize"},
@@ -138,9 +138,10 @@ def test_the_registries_hold_what_the_methods_add():
     assert set(SECTIONS[RunCfg]) == {"m2m"} and set(SECTIONS[DataCfg]) == {"synthetic"}
     assert set(SECTIONS[TeacherCfg]) == {"logits", "peer", "ema"}
     assert set(SECTIONS[SuiteCfg]) == {"synthetic", "stored_logits"}
-    assert set(SECTIONS[RowSpec]) == {"synthetic", "logits", "pipeline"}
+    assert set(SECTIONS[RowSpec]) == {"synthetic", "logits", "pipeline", "count_generations"}
     # one registry of suite job kinds, planned in this order: teachers, restored teachers, rows, what rewrites rows
-    assert [k.name for k in kinds_in_order()] == ["teacher", "zoo_teacher", "row", "synth", "logits", "pipeline", "tune"]
+    assert [k.name for k in kinds_in_order()] == ["teacher", "zoo_teacher", "row", "synth", "logits", "pipeline", "generations",
+                                                  "tune"]
     assert all(k.run is not None and k.is_done is not None for k in KINDS.values())
 
 

@@ -285,3 +285,21 @@ def test_rows_on_a_synthetic_set_keep_their_teachers_live_and_a_real_store_refus
     with pytest.raises(StoreError, match="synthetic = None, this run has 'abc'"):
         check_fingerprint({"fingerprint": {**fp, "epochs": 300}}, synth, spec, "store")
     check_fingerprint({"fingerprint": {**fp, "epochs": 300}}, real, spec, "store")   # the real run is served
+
+
+def test_awaiting_claims_wait_for_their_suite_then_are_judged(tmp_path, monkeypatch):
+    """A claim under ``awaiting`` names a suite that has not run: the report lists it as awaiting that folder's
+    results (and still works from what is there); once the folder holds results it is judged like any claim."""
+    from vitkd.compare.evidence import compose, load_readme_spec
+    monkeypatch.chdir(tmp_path)
+    _results(tmp_path / "results" / "main", [{"row": "no_kd", "baseline": "", "test_top1_mean": 80}], wall=100.0)
+    spec = {"main": "results/main",
+            "awaiting": [{"title": "Peers help", "kind": "direction", "expect": "better",
+                          "evidence": [{"results": "results/new", "rows": ["peer"]}]}]}
+    (tmp_path / "readme.yaml").write_text(yaml.safe_dump(spec))
+    text = compose(load_readme_spec(tmp_path / "readme.yaml"), tmp_path / "README.md", "vitkd report")
+    assert "- **Peers help.** Verdict: awaiting results (`results/new` has none yet)." in text
+    _results(tmp_path / "results" / "new", [{"row": "no_kd", "baseline": "", "test_top1_mean": 80},
+                                            _cmp("peer", 4.0, "better")])
+    text = compose(load_readme_spec(tmp_path / "readme.yaml"), tmp_path / "README.md", "vitkd report")
+    assert "- **Peers help.** Verdict: supported." in text and "`peer` vs `no_kd` (new, 3 seeds)" in text

@@ -15,6 +15,10 @@ computed from those verdicts, never written by hand:
 * ``sweep`` (the data-size study): per method, the sizes at which its gain is significant; supported when a
   method's gain is significant at the smallest size, not at the largest, and smaller at the largest.
 
+Claims whose suite has not run yet are declared under ``awaiting`` (the same schema): each is judged like the others
+once every results folder it names holds results, and until then listed as awaiting them (the suite's folder named),
+so a new suite's claims are written down before it runs and ``vitkd report`` still works from what is committed.
+
 ``vitkd report configs/compare/readme.yaml --readme README.md`` writes the block between the
 ``<!-- results:start -->`` / ``<!-- results:end -->`` markers.
 """
@@ -72,6 +76,8 @@ class ReadmeSpec:
     more: List[str] = field(default_factory=list)    # suites whose new rows join the main table
     studies: List[StudySpec] = field(default_factory=list)
     claims: List[ClaimSpec] = field(default_factory=list)
+    # claims of suites that may not have run yet: judged once every results folder they name holds results
+    awaiting: List[ClaimSpec] = field(default_factory=list)
 
 
 def load_readme_spec(path) -> ReadmeSpec:
@@ -317,6 +323,16 @@ def compose(spec: ReadmeSpec, readme: Path, command: str) -> str:
     L += ["### What the evidence says", ""]
     for c in spec.claims:
         verdict, lines = judge(c, suites)
+        L.append(f"- **{c.title}.** Verdict: {verdict}.")
+        L += [f"  - {line}" for line in lines]
+    for c in spec.awaiting:
+        missing = [f for f in dict.fromkeys(e.results for e in c.evidence) if not (Path(f) / "results.csv").is_file()]
+        if missing:
+            L.append(f"- **{c.title}.** Verdict: awaiting results ({', '.join(f'`{f}`' for f in missing)} has none "
+                     f"yet).")
+            continue
+        verdict, lines = judge(c, {**suites, **{e.results: Suite(e.results) for e in c.evidence
+                                                if e.results not in suites}})
         L.append(f"- **{c.title}.** Verdict: {verdict}.")
         L += [f"  - {line}" for line in lines]
     return "\n".join(L) + "\n"

@@ -18,7 +18,8 @@ megvii-research/mdistiller ``DKD.py`` + ``engine/cfg.py`` (DKD), hunto/image_cla
 (DIST), huawei-noah/Efficient-Computing ``Distillation/ManifoldKD/losses.py`` (manifold),
 yzd-v/cls_KD ``vitkd.py`` + configs (ViTKD), open-mmlab/mmrazor ``cwd.py`` and
 irfanICMLL/TorchDistiller ``CriterionCWD`` (CWD), microsoft/Cream ``MiniViT/Mini-Swin/main.py``
-(MiniViT relation losses), Hao840/OFAKD ``distillers/ofa.py`` + ``train.py`` (OFA).
+(MiniViT relation losses), Hao840/OFAKD ``distillers/ofa.py`` + ``train.py`` (OFA), open-mmlab/mmrazor
+``configs/distill/mmcls/byot`` + ``SelfDistill`` (BYOT).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ __all__ = ["check_logits",
     "hint_mse", "vitkd_mimic", "vitkd_generation",
     "attention_kl", "cwd",
     "minivit_attn_relation", "minivit_hidden_relation",
-    "ofa_loss",
+    "ofa_loss", "byot",
 ]
 
 
@@ -507,3 +508,45 @@ def minivit_hidden_relation(hs: Tensor, ht: Tensor, relation_heads: int = 1, mod
         r_t = nt @ nt.transpose(-1, -2)
         return (r_s - r_t).pow(2).mean() * cosine_scale
     raise ValueError(f"minivit_hidden_relation: mode must be 'softmax' or 'cosine', got {mode!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# self distillation
+# --------------------------------------------------------------------------------------------
+def byot(s_logits: Sequence[Tensor], s_feats: Sequence[Tensor], t_logits: Tensor, t_feats: Tensor, target: Tensor,
+         T: float = 3.0, ce: float = 0.7, kl: float = 0.3, feature: float = 0.03,
+         label_smoothing: float = 0.0) -> Tensor:
+    """Be Your Own Teacher (Zhang et al., ICCV 2019): the shallow classifiers learn from the labels, from the
+    deepest classifier's softened prediction and from its features:
+
+    ``sum_k [ce * CE(z_k, y) + kl * T^2 * KL(softmax(z_D/T) || softmax(z_k/T)) + feature * ||f_k - f_D||^2 / B]``
+
+    Shapes: ``s_logits`` K shallow classifiers' logits [B, C] each, ``s_feats`` their features [B, D] each;
+    ``t_logits`` [B, C] and ``t_feats`` [B, D] the deepest classifier's (pass them detached: the deepest is the
+    teacher of the shallow ones, its own CE is a separate term). ``target``: class indices [B] (CE with
+    ``label_smoothing``) or a label distribution [B, C] (soft-target CE, mixup).
+    Reduction: CE and KL batch means (KL summed over classes); the hint is the squared error summed over the
+    feature, / B (mmrazor's ``L2Loss`` with ``normalize=False``); summed over the K sections, not averaged.
+    Defaults (mmrazor's BYOT configs): ``T=3``, CE 0.7, soft KL 0.3, feature 0.03 (mmrazor passes 0.03 as the
+    ``mult`` of an un-normalised ``L2Loss``, where it has no effect; here it is the hint's weight, as BYOT's
+    lambda). Reference loss weight of the whole term: 1, beside the deepest classifier's CE at 1.
+    """
+    s_logits, s_feats = list(s_logits), list(s_feats)
+    if not s_logits or len(s_logits) != len(s_feats):
+        raise ValueError(f"byot: {len(s_logits)} shallow classifiers' logits but {len(s_feats)} features; "
+                         f"one of each per section, at least one section")
+    if T <= 0:
+        raise ValueError(f"byot: T must be > 0, got {T}")
+    log_p_t = F.log_softmax(t_logits / T, dim=-1)
+    total = t_logits.new_zeros(())
+    for z, f in zip(s_logits, s_feats):
+        check_logits(z, t_logits, "byot")
+        _check_same_shape(f, t_feats, "byot features")
+        if target.dim() == 2:
+            hard = -(target * F.log_softmax(z, dim=-1)).sum(-1).mean()
+        else:
+            hard = F.cross_entropy(z, target.long(), label_smoothing=label_smoothing)
+        soft = _kl_rows(F.log_softmax(z / T, dim=-1), log_p_t).mean() * (T * T)
+        hint = (f - t_feats).pow(2).sum() / f.shape[0]
+        total = total + ce * hard + kl * soft + feature * hint
+    return total
