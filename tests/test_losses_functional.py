@@ -539,7 +539,7 @@ def test_gradients_reach_student_only(case):
 # ---------------------------------------------------------------------------------------------
 def ref_byot(zs, fs, zt, ft, y, T, ce, kl, feature, eps=0.0):
     """sum over sections k of ce * CE_eps(z_k, y) + kl * T^2 * KL(softmax(z_t/T) || softmax(z_k/T))
-    + feature * sum_b ||f_k[b] - f_t[b]||^2 / B, with explicit loops over images and classes."""
+    + feature * sum_b ||f_k[b] - f_t[b]||^2 / (B * D), with explicit loops over images and classes."""
     zt, ft, y = npy(zt), npy(ft), y.numpy()
     B, C = zt.shape
     total = 0.0
@@ -553,7 +553,7 @@ def ref_byot(zs, fs, zt, ft, y, T, ce, kl, feature, eps=0.0):
             pt = np_softmax(zt[b] / T)
             ps = np_softmax(z[b] / T)
             total += kl * T * T * sum(pt[c] * math.log(pt[c] / ps[c]) for c in range(C)) / B
-            total += feature * ((f[b] - ft[b]) ** 2).sum() / B
+            total += feature * ((f[b] - ft[b]) ** 2).sum() / (B * f.shape[1])
     return total
 
 

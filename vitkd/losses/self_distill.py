@@ -37,7 +37,7 @@ class BYOT(LossTerm):
     """BYOT for ViTs: an auxiliary classifier (:class:`AuxClassifier`) on the ``cls`` token (``token: cls``) or the
     mean patch token (``token: pooled``) of each of ``blocks`` (intermediate blocks; negatives allowed, the last
     block is the deepest classifier's own), trained by ``functional.byot``: CE on the labels (``ce``, 0.7), ``T^2 *
-    KL`` towards the deepest classifier's prediction at ``T`` (``kl``, 0.3, T = 3) and the squared distance of its
+    KL`` towards the deepest classifier's prediction at ``T`` (``kl``, 0.3, T = 3) and the mean squared distance of its
     features to the deepest features (``feature``, 0.03), summed over the blocks. The deepest classifier is the
     model's logits (timm's forward) and its features the final normed token (``forward_features``' cls token, or
     the mean of its patch tokens), both detached: they teach and are not taught; their own CE is a separate ``ce``
