@@ -45,6 +45,14 @@ def measure_costs(raw: dict, throughput: bool = True) -> dict:
     return out
 
 
+def beside_top1(ms: List[dict]) -> str:
+    """The models a row's runs evaluate beside the student (its EMA, models trained with it and their ensemble:
+    every ``<name>_test_top1`` of the final metrics), each with its mean test top-1 over the seeds."""
+    names = sorted({k[:-len("_test_top1")] for m in ms for k in m["final"] if k.endswith("_test_top1")})
+    return "; ".join(f"{n} {sum(m['final'][f'{n}_test_top1'] for m in ms) / len(ms):.2f}" for n in names
+                     if all(f"{n}_test_top1" in m["final"] for m in ms))
+
+
 def summarize(suite: SuiteCfg, teacher_jobs: List[Job], row_jobs: List[Job], walls: Dict[str, float],
               meta: dict, out_dir: Path, log=print, overrides: Optional[Dict[str, dict]] = None) -> List[dict]:
     """The result rows (and teachers), compared with their baselines, written with the report. ``overrides``:
@@ -92,6 +100,7 @@ def summarize(suite: SuiteCfg, teacher_jobs: List[Job], row_jobs: List[Job], wal
             "img_per_s": c["img_per_s"],
             "wall_s_per_run": sum(sum(e["epoch_time_s"] for e in m["epochs"]) for m in ms) / len(ms),
             "baseline": spec.baseline or "", "curve": spec.curve or "",
+            "beside_test_top1": beside_top1(ms),
         })
         results[-1].update((overrides or {}).get(name, {}))
         if spec.sweep_of:   # a row a suite sweep made (vitkd.compare.sweep)

@@ -25,6 +25,17 @@ def write_outputs(suite, teachers, results, curves, meta, out_dir: Path):
     atomic_write_text(out_dir / "results.md", _markdown(suite, teachers, results, meta, drawn))
 
 
+def _beside_section(results) -> list:
+    """The models rows evaluate beside their student (its EMA, peers trained with it, their ensemble): the row's line
+    is its student's; these stand beside it."""
+    rows = [r for r in results if r.get("beside_test_top1")]
+    if not rows:
+        return []
+    L = ["", "Models evaluated beside the student (mean test top-1 over the same seeds; the row's line above is its "
+             "student's):", ""]
+    return L + [f"- {r['row']}: {r['beside_test_top1']}" for r in rows]
+
+
 def _fmt_delta(r) -> str:
     if r.get("delta") is None:
         return ""
@@ -67,6 +78,7 @@ def _markdown(suite, teachers, results, meta, drawn=("pareto.png", "curves.png")
                      f"{r['test_top1_mean']:.2f} ± {r['test_top1_std']:.2f} | {_fmt_delta(r)} | {_fmt_p(r)} | "
                      f"{r.get('verdict', '')} | {r['val_top1_mean']:.2f} | {r['params_m']:.3f} | {r['macs_m']:.2f} | "
                      f"{r['train_mmacs_per_image']:.2f} | {r['img_per_s']:.0f} | {r['wall_s_per_run']:.1f} |")
+    L += _beside_section(results)
     L += _per_image_section(results) + _plan_section(meta.get("seed_plan") or [], suite.alpha)
     L += ["", "## Teachers", "", "| teacher | model | test top-1 | val top-1 | params (M) | MACs (M) | img/s | "
                                    "distilled from |", "|---|---|---|---|---|---|---|---|"]
