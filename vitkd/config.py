@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import yaml
 
-__all__ = ["Section", "SECTIONS", "register_section", "section", "key_value", "has_key", "schema_keys", "ConfigError", "DataError", "vitkd_home", "PRECISIONS", "step_bf16", "ModelCfg", "DataCfg", "TrainCfg", "TeacherCfg", "DistillCfg", "RunCfg",
+__all__ = ["Section", "SECTIONS", "register_section", "section", "key_value", "has_key", "path_keys", "schema_keys", "ConfigError", "DataError", "vitkd_home", "PRECISIONS", "step_bf16", "ModelCfg", "DataCfg", "TrainCfg", "TeacherCfg", "DistillCfg", "RunCfg",
            "load_config", "parse_config", "check_paths", "config_paths", "apply_overrides", "apply_mapping", "to_dict",
            "build_dataclass", "read_yaml", "load_yaml", "yaml_dump", "check_name", "path_under", "check_seed",
            "MAX_SEED"]
@@ -134,6 +134,11 @@ def key_value(cfg, key: str):
     if key in SECTIONS.get(type(cfg), {}):
         return section(cfg, key)
     return getattr(cfg, key)
+
+
+def path_keys(cls: type) -> list:
+    """The keys of a schema class that name a file or folder (fields and declared sections)."""
+    return [key for key, _, _, path in schema_keys(cls) if path]
 
 
 def has_key(cls: type, key: str) -> bool:

@@ -33,7 +33,7 @@ from torch.utils.data import Dataset, Sampler
 from .config import ConfigError, DataCfg, DataError, section
 from .datasets import fashion_mnist
 
-__all__ = ["TRAIN_SPLITS", "TrainSplit", "register_train_split", "replaced_train_split", "DIGITS_SPLIT", "SOURCES", "Source", "register_source", "sample_seed", "seeded", "SplitDataset", "EpochSampler", "build_datasets",
+__all__ = ["TRAIN_SPLITS", "TrainSplit", "register_train_split", "DIGITS_SPLIT", "SOURCES", "Source", "register_source", "sample_seed", "seeded", "SplitDataset", "EpochSampler", "build_datasets",
            "DataSpec", "load_digits_arrays", "class_count", "MixSpec", "MixedDataset", "train_view", "mix_partners", "mix_draw"]
 
 DIGITS_SPLIT = {"train": 1197, "val": 200, "test": 400}
@@ -386,10 +386,6 @@ def register_train_split(key: str, read: Callable[[Any, int], Tuple[Any, Any]],
     """``data.<key>`` names a set that replaces the train split (see :class:`TrainSplit`)."""
     TRAIN_SPLITS[key] = TrainSplit(read, fingerprint)
 
-
-def replaced_train_split(cfg: DataCfg) -> Optional[str]:
-    """The data key whose set replaces the train split of ``cfg`` (None: the dataset's own)."""
-    return next((k for k in TRAIN_SPLITS if section(cfg, k) is not None), None)
 
 
 def register_source(name: str, num_classes: Optional[int], subset: Optional[Callable] = None, files: bool = False):

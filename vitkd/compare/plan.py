@@ -172,12 +172,12 @@ def _strip_planned_inputs(job: Job, keys) -> dict:
 def strip_checkpoints(raw: dict) -> dict:
     """Teacher checkpoints (and any other folder a teacher is read from) do not exist before the teachers are
     trained: validate everything else."""
-    from ..config import TeacherCfg, schema_keys
+    from ..config import TeacherCfg, path_keys
     raw = copy.deepcopy(raw)
-    path_keys = [key for key, _, _, path in schema_keys(TeacherCfg) if path]
+    teacher_paths = path_keys(TeacherCfg)
     for t in raw_teachers(raw).values():
         if isinstance(t, dict):
-            for key in path_keys:
+            for key in teacher_paths:
                 t.pop(key, None)
     return raw
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .. import models as model_lib
-from ..config import ConfigError, RunCfg, TeacherCfg, raw_teachers, schema_keys
+from ..config import ConfigError, RunCfg, TeacherCfg, path_keys, raw_teachers
 from ..data import DataSpec, build_datasets, class_count, seeded
 from ..distiller import Distiller, build_distiller
 from ..dist import World, resolve_device
@@ -68,9 +68,9 @@ def planned_teachers(raw: dict, planned: Dict[str, RunCfg]) -> Tuple[dict, Dict[
     config that will train it): (the raw config without their checkpoints, {teacher name: that config})."""
     raw = copy.deepcopy(raw)
     found = {}
-    path_keys = [key for key, _, _, path in schema_keys(TeacherCfg) if path]
+    teacher_paths = path_keys(TeacherCfg)
     for name, t in raw_teachers(raw).items():
-        for key in path_keys:   # a run folder, or any other folder a teacher is read from, that a planned job writes
+        for key in teacher_paths:   # a run folder, or any other folder a teacher is read from, that a planned job writes
             ck = t.get(key) if isinstance(t, dict) else None
             if isinstance(ck, str) and str(Path(ck)) in planned:
                 found[name] = planned[str(Path(ck))]
