@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import yaml
 
-__all__ = ["Section", "SECTIONS", "register_section", "section", "key_value", "has_key", "path_keys", "schema_keys", "ConfigError", "DataError", "vitkd_home", "PRECISIONS", "step_bf16", "ModelCfg", "DataCfg", "TrainCfg", "TeacherCfg", "DistillCfg", "RunCfg",
+__all__ = ["Section", "SECTIONS", "register_section", "sections_field", "section", "key_value", "has_key", "path_keys", "schema_keys", "ConfigError", "DataError", "vitkd_home", "PRECISIONS", "step_bf16", "ModelCfg", "DataCfg", "TrainCfg", "TeacherCfg", "DistillCfg", "RunCfg",
            "load_config", "parse_config", "check_paths", "config_paths", "apply_overrides", "apply_mapping", "to_dict",
            "build_dataclass", "read_yaml", "load_yaml", "yaml_dump", "check_name", "path_under", "check_seed",
            "MAX_SEED"]
@@ -84,7 +84,8 @@ def _path_field(default=None, **kw):
     return field(default=default, metadata={"path": True, **kw})
 
 
-def _sections_field():
+def sections_field():
+    """The field of a schema class that holds the keys methods declare on it (:func:`register_section`)."""
     return field(default_factory=dict, metadata={"sections": True})
 
 
@@ -112,8 +113,7 @@ def register_section(owner: type, key: str, type_: Any, default: Any = None, def
                      path: bool = False) -> None:
     """Declare ``key`` on the schema class ``owner`` (e.g. a run config's top-level section, a data key, a
     teacher's source): parsed, dumped and checked like a field; read with :func:`section`."""
-    fields_ = {f.name for f in dataclasses.fields(owner)}
-    if key in fields_ or key in SECTIONS.get(owner, {}):
+    if has_key(owner, key):
         raise ValueError(f"register_section: {owner.__name__}.{key} is already a key")
     SECTIONS.setdefault(owner, {})[key] = Section(owner, key, type_, default, default_factory, path)
 
@@ -143,8 +143,7 @@ def path_keys(cls: type) -> list:
 
 def has_key(cls: type, key: str) -> bool:
     """Whether the schema class ``cls`` has ``key``, a field or a declared section."""
-    return key in SECTIONS.get(cls, {}) or key in {f.name for f in dataclasses.fields(cls)
-                                                    if not f.metadata.get("sections")}
+    return any(k == key for k, *_ in schema_keys(cls))
 
 
 def schema_keys(cls):
@@ -197,7 +196,7 @@ class DataCfg:
     hflip: float = 0.0                   # horizontal flip probability (augment: timm or light)
     repeated_aug: int = 1                # repeated augmentation: each image appears this many times per epoch
     aug_strength: float = 1.0            # augment: light: scales its rotation, scale and shift ranges (0 = none)
-    sections: Dict[str, Any] = _sections_field()   # keys methods declare (register_section), e.g. a train-split source
+    sections: Dict[str, Any] = sections_field()   # keys methods declare (register_section), e.g. a train-split source
 
     def __post_init__(self):
         _choice("data.name", self.name, DATASET_NAMES)
@@ -275,7 +274,7 @@ class TeacherCfg:
     args: Dict[str, Any] = field(default_factory=dict)
     bf16: bool = False                         # run the frozen teacher under bf16 autocast (CPU and CUDA)
     zoo: Optional[str] = None                  # a published zoo entry (downloaded, verified) instead of a checkpoint
-    sections: Dict[str, Any] = _sections_field()   # keys methods declare (register_section): other teacher sources
+    sections: Dict[str, Any] = sections_field()   # keys methods declare (register_section): other teacher sources
 
 
 @dataclass
@@ -296,7 +295,7 @@ class RunCfg:
     train: TrainCfg = field(default_factory=TrainCfg)
     distill: Optional[DistillCfg] = None
     name: Optional[str] = None
-    sections: Dict[str, Any] = _sections_field()   # top-level sections methods declare (register_section)
+    sections: Dict[str, Any] = sections_field()   # top-level sections methods declare (register_section)
 
     def __post_init__(self):
         check_seed(self.seed, "seed")

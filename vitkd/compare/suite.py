@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 
-from ..config import ConfigError, build_dataclass, check_name, check_seed, read_yaml
+from ..config import ConfigError, build_dataclass, check_name, check_seed, read_yaml, sections_field
 
 
 @dataclass
@@ -33,7 +33,7 @@ class RowSpec:
     size: Optional[str] = None                          # student size label (for the MACs sweep)
     baseline: Optional[str] = None                      # row compared against (default: no-KD of the same size)
     curve: Optional[str] = None                         # rows sharing a curve are joined in pareto.png (size sweeps)
-    sections: Dict[str, Any] = field(default_factory=dict, metadata={"sections": True})   # keys methods declare
+    sections: Dict[str, Any] = sections_field()   # keys methods declare
     sweep_value: Optional[float] = None                 # set by a suite sweep (vitkd.compare.sweep): the value
     sweep_of: Optional[str] = None                      # ... and the row it was expanded from
 
@@ -141,7 +141,7 @@ class SuiteCfg:
     family_colors: Dict[str, str] = field(default_factory=dict)
     baseline_family: str = "none"
     reference_families: List[str] = field(default_factory=list)
-    sections: Dict[str, Any] = field(default_factory=dict, metadata={"sections": True})   # keys methods declare
+    sections: Dict[str, Any] = sections_field()   # keys methods declare
 
     @property
     def home(self) -> str:
