@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from vitkd.cli import main
-from vitkd.compare import load_suite
+from vitkd.compare.suite import load_suite
 from vitkd.compare.measure import mean_std
 
 STUDENT = {

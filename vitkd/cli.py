@@ -152,7 +152,7 @@ def _cmd_profile(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from .compare import run_suite
+    from .compare.main import run_suite
     if args.jobs is not None and args.jobs < 1:
         raise ConfigError(f"--jobs: must be >= 1, got {args.jobs}")
     out = run_suite(args.suite, out=args.out, quick=args.quick, cache=args.cache, jobs=args.jobs,
@@ -171,7 +171,7 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_tune(args) -> int:
-    from .compare import tune_suite
+    from .compare.tune import tune_suite
     if args.jobs is not None and args.jobs < 1:
         raise ConfigError(f"--jobs: must be >= 1, got {args.jobs}")
     out = tune_suite(args.suite, out=args.out, cache=args.cache, jobs=args.jobs,

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Dict, List
 
 from ...compare.jobs import Job, SuitePlan, register_kind
-from ...compare.measure import measure_costs
 from ...compare.plan import quick_rows
 from ...compare.suite import RowSpec, register_suite_check
 from ...config import ConfigError, key_value, register_section
@@ -45,9 +44,12 @@ def _images_epochs(raw: dict):
     return data.get("train_subset"), float(train.get("epochs") or 1)
 
 
-def chain_costs(suite, row_jobs: List[Job], teacher_jobs: List[Job], cost=measure_costs) -> Dict[str, dict]:
+def chain_costs(suite, row_jobs: List[Job], teacher_jobs: List[Job], cost=None) -> Dict[str, dict]:
     """{row: {own, teachers: {teacher: MACs per row image and epoch}, total}} (MACs per train image) of every row
-    that counts its generations; ``cost(raw)`` measures one run's training MACs per image."""
+    that counts its generations; ``cost(raw)`` measures one run's training MACs per image (default
+    :func:`vitkd.compare.measure.measure_costs`)."""
+    if cost is None:
+        from ...compare.measure import measure_costs as cost
     by_teacher = {j.row: j for j in teacher_jobs}
     out = {}
     for name in dict.fromkeys(j.row for j in row_jobs):
@@ -80,6 +82,7 @@ def _finish(plan: SuitePlan, walls: Dict[str, float]) -> None:
     rows = {r.name for r in quick_rows(plan.suite, plan.quick) if _counts(r)}
     if not rows:
         return
+    from ...compare.measure import measure_costs
     costs = chain_costs(plan.suite, [j for j in plan.with_role("row") if j.row in rows], plan.with_role("teacher"),
                         cost=lambda raw: measure_costs(raw, throughput=False))
     for row, c in costs.items():
