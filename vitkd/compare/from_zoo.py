@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 from typing import List
 
-from ..config import ConfigError, parse_config, to_dict
+from ..config import ConfigError, parse_config, path_under, to_dict
 from ..rundir import RunDir, config_digest
 from .jobs import Job, SuitePlan, is_done, job_config, register_kind, run_is_done, train_job
 from .publish import zoo_name
@@ -30,8 +30,26 @@ def _entry_for(index, home: str, teacher: str):
     return next((e for e in index.models if e.name == name and e.suite is not None and e.suite.row == teacher), None)
 
 
+def _plan_zoo_teachers(plan: SuitePlan) -> None:
+    """The suite teachers declared ``{zoo: ENTRY}``: restore jobs in every mode, the entry's shipped training config
+    as the run's config (so the restore never trains; its run folder reads like a finished run)."""
+    from ..zoo.load import entry_config, model_folder
+    for name, t in plan.suite.teachers.items():
+        if t.zoo is None:
+            continue
+        try:
+            entry, folder = model_folder(t.zoo, log=plan.log)
+            raw = to_dict(parse_config(entry_config(entry, folder), paths=False))
+        except ConfigError as e:
+            raise ConfigError(f"suite.teachers.{name}.zoo: {e}") from None
+        out = path_under(plan.cache / "teachers", name, key=f"suite.teachers.{name}")
+        plan.jobs.append(Job(f"teachers/{name}", raw, out, [], kind=KIND, row=name, role="teacher", source=t.zoo))
+
+
 def _plan_restores(plan: SuitePlan) -> None:
-    """Quick mode: the teacher jobs the cache lacks and the zoo publishes become restores (:func:`teachers_from_zoo`)."""
+    """Teachers declared ``{zoo: ENTRY}`` are restored from it (:func:`_plan_zoo_teachers`); in quick mode, the
+    teacher jobs the cache lacks and the zoo publishes become restores too (:func:`teachers_from_zoo`)."""
+    _plan_zoo_teachers(plan)
     if plan.quick:
         teachers = {j.key for j in plan.with_role("teacher")}
         restored = {j.key: j for j in teachers_from_zoo(plan.suite, plan.with_role("teacher"), plan.log)}
@@ -48,7 +66,7 @@ def teachers_from_zoo(suite, teacher_jobs: List[Job], log=print) -> List[Job]:
         return teacher_jobs
     out = []
     for j in teacher_jobs:
-        entry = None if j.deps or is_done(j) else _entry_for(index, suite.home, j.row)
+        entry = None if j.deps or j.kind == KIND or is_done(j) else _entry_for(index, suite.home, j.row)
         if entry is None:
             out.append(j)
             continue

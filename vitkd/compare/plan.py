@@ -71,6 +71,8 @@ def _plan_teachers(plan: SuitePlan) -> None:
     out = {name: path_under(tdir, name, key=f"suite.teachers.{name}") for name in suite.teachers}
     jobs = []
     for name, t in suite.teachers.items():
+        if t.zoo is not None:   # restored by the zoo kind (:mod:`.from_zoo`)
+            continue
         raw = read_config(t.config, base, recipe, sized, suite.teacher_set, suite.quick.teacher_set if quick else {},
                        tuned if t.tuned else {}, t.set)
         raw["seed"] = 0

@@ -51,8 +51,8 @@ def suite_selection(results_dir: Path) -> List[Dict[str, Any]]:
         suite.rows = [r for r in suite.rows if r.name in rows]
     out = []
     for tname, t in suite.teachers.items():
-        if tname not in trows:   # a teacher no row of this suite reads was not trained by it
-            continue
+        if tname not in trows or t.zoo is not None:   # not trained by this suite (none of its rows reads it, or
+            continue                                  # it is published already)
         out.append({"kind": "teacher", "key": tname, "family": t.family, "group": "teacher",
                     "teachers": dict(t.distill_from), "csv": trows[tname]})
     spec = {r.name: r for r in suite.rows}
@@ -114,7 +114,8 @@ def _publish_selection(suite, picks, runs, own, results_dir: Path, index_path, s
     entries = []
     for p, run in zip(picks, runs):
         name = zoo_name(suite.name, p["kind"], p["key"])
-        lineage = {k: zoo_name(suite.name if t in own else suite.home, "teacher", t) for k, t in p["teachers"].items()}
+        lineage = {k: suite.teachers[t].zoo or zoo_name(suite.name if t in own else suite.home, "teacher", t)
+                   for k, t in p["teachers"].items()}
         if p["kind"] == "teacher":
             ref = SuiteRef(results=f"{rel}/teachers.csv", key="teacher", row=p["key"], seed=0,
                            figures={k: p["csv"][k] for k in TEACHER_FIGURES if k in p["csv"]})

@@ -12,7 +12,8 @@ from ..config import ConfigError, build_dataclass, check_name, check_seed, read_
 
 @dataclass
 class TeacherSpec:
-    config: str                                         # a vitkd train config (relative to the suite file)
+    config: Optional[str] = None                        # a vitkd train config (relative to the suite file), or
+    zoo: Optional[str] = None                           # a published zoo entry, restored (verified), never trained
     set: Dict[str, Any] = field(default_factory=dict)   # overrides, dotted keys
     distill_from: Dict[str, str] = field(default_factory=dict)  # teacher-assistant: {teacher key in config: suite teacher}
     label: Optional[str] = None
@@ -20,6 +21,14 @@ class TeacherSpec:
     tuned: bool = False                                 # also gets the knob tuned for the no-KD student
     sweep_value: Optional[float] = None                 # set by a suite sweep: the value, and the teacher it
     sweep_of: Optional[str] = None                      # was expanded from
+
+    def __post_init__(self):
+        if (self.config is None) == (self.zoo is None):
+            raise ConfigError("suite.teachers: give a teacher either config (trained by the suite) or zoo (a published "
+                              f"entry, restored), not {'both' if self.config else 'neither'}")
+        if self.zoo is not None and (self.set or self.distill_from or self.tuned):
+            raise ConfigError(f"suite.teachers: the zoo teacher {self.zoo} is restored as published; set, distill_from "
+                              "and tuned apply to teachers the suite trains")
 
 
 @dataclass
@@ -76,12 +85,17 @@ class TuneSpec:
     reference: Optional[str] = None        # the suite row of the CNN reference (no teacher)
     max_std: float = 3.0
     min_gap: float = 10.0
+    # the warm-up across sizes: "epochs" keeps train.warmup_epochs as written; "steps" scales it like the epochs,
+    # so every size warms up for the same optimizer steps
+    size_warmup: str = "epochs"
 
     def __post_init__(self):
         if len(self.seeds) < 2:
             raise ConfigError(f"suite.tune.seeds: tune with at least 2 seeds, got {self.seeds}")
         if self.rounds < 1 or self.max_extend < 0:
             raise ConfigError("suite.tune: rounds must be >= 1 and max_extend >= 0")
+        if self.size_warmup not in ("epochs", "steps"):
+            raise ConfigError(f"suite.tune.size_warmup: must be epochs or steps, got {self.size_warmup!r}")
 
 
 @dataclass

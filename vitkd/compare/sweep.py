@@ -69,6 +69,9 @@ def expand_sweep(suite: SuiteCfg, base: Path, quick: bool, tuned: Dict[str, Any]
     for v in sw.values:
         tag = _tag(v)
         for name, t in suite.teachers.items():
+            if t.zoo is not None:   # a published teacher: the same one at every value
+                out.teachers[name] = t
+                continue
             raw = read_config(t.config, base, recipe, sized, suite.teacher_set, tuned if t.tuned else {}, t.set)
             out.teachers[f"{name}_{tag}"] = TeacherSpec(
                 config=t.config, set={**t.set, **held_settings(raw, sw.key, v, sw.hold, sw.steps)},
@@ -80,7 +83,7 @@ def expand_sweep(suite: SuiteCfg, base: Path, quick: bool, tuned: Dict[str, Any]
             row = copy.deepcopy(r)
             row.name = f"{r.name}_{tag}"
             row.set = {**r.set, **held_settings(raw, sw.key, v, sw.hold, sw.steps)}
-            row.teachers = {k: f"{t}_{tag}" for k, t in r.teachers.items()}
+            row.teachers = {k: t if suite.teachers[t].zoo else f"{t}_{tag}" for k, t in r.teachers.items()}
             row.size = f"{r.size or ''}@{tag}"
             row.baseline = f"{r.baseline}_{tag}" if r.baseline else None
             row.curve = None

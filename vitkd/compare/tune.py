@@ -13,8 +13,10 @@ The suite's ``tune:`` block names the knobs of the no-KD student's recipe and a 
 3. **Data size**: the tuned no-KD student and the suite's CNN reference row at each ``sizes`` entry
    (``size_seeds`` seeds each, the same optimizer steps at every size: epochs scale with 1 / size). The
    main size is the one where the no-KD seed std is at most ``max_std`` and the reference is at least
-   ``min_gap`` points above no-KD (both on validation), the largest gap among those; when none qualifies,
-   the closest (the least summed shortfall), and the record says so.
+   ``min_gap`` points above no-KD (both on validation), the largest gap among those (without a ``reference``
+   row: the best no-KD mean among those); when none qualifies, the closest (the least summed shortfall), and the
+   record says so. ``size_warmup: steps`` scales the warm-up with the epochs (the same warm-up steps at every
+   size).
 
 Nothing reads the test split. The record (``tuning.json``, ``tuning.csv``, ``tuning.md``, ``timing.json``)
 goes to ``results/compare/<suite>/tuning/``; ``vitkd compare`` reads the chosen values from it and freezes
@@ -63,8 +65,18 @@ def read_tuned(suite, results: Optional[str] = None) -> Tuple[Dict[str, Any], Di
     missing = [k for k in suite.tune.knobs if k not in chosen]
     if missing:
         raise ConfigError(f"{path}: the record has no value for knob '{missing[0]}' (re-run `vitkd tune`)")
-    sized = {"data.train_subset": int(size["size"]), "train.epochs": int(size["epochs"])} if size else {}
-    return {k: chosen[k] for k in suite.tune.knobs}, sized
+    sized = _sized(size)   # a knob the size sets too (the warm-up, scaled with the epochs) takes the size's value
+    return {k: chosen[k] for k in suite.tune.knobs if k not in sized}, sized
+
+
+def _sized(size: Optional[dict]) -> Dict[str, Any]:
+    """The recipe keys a chosen data size sets: the size, its epochs (and its warm-up, with ``size_warmup: steps``)."""
+    if not size:
+        return {}
+    out = {"data.train_subset": int(size["size"]), "train.epochs": int(size["epochs"])}
+    if size.get("warmup_epochs") is not None:
+        out["train.warmup_epochs"] = float(size["warmup_epochs"])
+    return out
 
 
 def _digest(raw: Dict[str, Any]) -> str:
@@ -180,9 +192,12 @@ def _size_scan(spec: TuneSpec, trials: _Trials, chosen: Dict[str, float]) -> Tup
     rows, verdicts = [], []
     for n in spec.sizes:
         over = {**chosen, "data.train_subset": int(n), "train.epochs": max(1, int(round(e0 * n0 / n)))}
+        if spec.size_warmup == "steps":   # the same warm-up steps at every size
+            over["train.warmup_epochs"] = float(f"{float(raw['train']['warmup_epochs']) * n0 / n:.4g}")
         base_vals = trials.run([trials.job(over, s) for s in spec.size_seeds])
         bm, bsd = _stats(base_vals)
-        entry = {"size": n, "epochs": over["train.epochs"], "no_kd_mean": bm, "no_kd_std": bsd}
+        entry = {"size": n, "epochs": over["train.epochs"], "no_kd_mean": bm, "no_kd_std": bsd,
+                 **({"warmup_epochs": over["train.warmup_epochs"]} if "train.warmup_epochs" in over else {})}
         rows.append({"stage": "size", "knob": "data.train_subset", "value": n, "row": "no-KD",
                      "seeds": " ".join(map(str, spec.size_seeds)), "val_top1_mean": bm, "val_top1_std": bsd,
                      "val_top1_all": " ".join(f"{x:.2f}" for x in base_vals)})
@@ -198,7 +213,8 @@ def _size_scan(spec: TuneSpec, trials: _Trials, chosen: Dict[str, float]) -> Tup
         entry["shortfall"] = max(0.0, bsd - spec.max_std) + max(0.0, spec.min_gap - gap)
         verdicts.append(entry)
     ok = [v for v in verdicts if v["std_ok"] and v["gap_ok"]]
-    pick = max(ok, key=lambda v: v["gap"]) if ok else min(verdicts, key=lambda v: v["shortfall"])
+    # the largest gap; without a reference (every gap infinite), the most accurate no-KD student
+    pick = max(ok, key=lambda v: (v["gap"], v["no_kd_mean"])) if ok else min(verdicts, key=lambda v: v["shortfall"])
     pick = {**pick, "qualifies": bool(ok), "table": verdicts}
     for r in rows:
         r["chosen"] = r["value"] == pick["size"]
@@ -235,12 +251,12 @@ def _tune(suite, base, out_dir: Path, cache_dir: Path, jobs, progress, log, exec
     finally:
         runner.close()
     final = dict(chosen)
-    if size is not None:
-        final.update({"data.train_subset": int(size["size"]), "train.epochs": int(size["epochs"])})
+    final.update(_sized(size))
     wall = time.perf_counter() - t0
     record = {"suite": suite.name, "chosen": chosen, "knobs": grids, "size": size,
               "tuned_at": {k: v for k, v in recipe_of(suite, False)[0].items()},
               "seeds": suite.tune.seeds, "selection": "mean validation top-1 (the test split is never read)",
+              "rule": _rule(suite.tune),
               "wall_s": wall, "runs": len(trials.walls),
               "runs_trained_now": sum(1 for v in trials.walls.values() if v > 0)}
     atomic_write_csv(out_dir / "tuning.csv", rows, "{:.4f}")
@@ -249,6 +265,17 @@ def _tune(suite, base, out_dir: Path, cache_dir: Path, jobs, progress, log, exec
     atomic_write_json(out_dir / TUNED_FILE, record)   # last: the record the suite reads
     log(f"tuned on val: {json.dumps(final)} ({wall:.0f}s, {record['runs_trained_now']} runs trained)")
     return out_dir
+
+
+def _rule(spec: TuneSpec) -> str:
+    """The main-size rule in words."""
+    if not spec.sizes:
+        return ""
+    seeds = len(spec.size_seeds)
+    if spec.reference:
+        return (f"no-KD seed std over {seeds} seeds <= {spec.max_std:g} points and the reference row "
+                f"{spec.reference} >= {spec.min_gap:g} points above no-KD; among those, the largest gap")
+    return f"no-KD seed std over {seeds} seeds <= {spec.max_std:g} points; among those, the best no-KD mean"
 
 
 def _markdown(record: dict, rows: List[dict]) -> str:
@@ -268,8 +295,8 @@ def _markdown(record: dict, rows: List[dict]) -> str:
     if record.get("size"):
         s = record["size"]
         L += ["", f"Main data size: {s['size']} train images ({s['epochs']} epochs): "
-                  f"{'meets' if s['qualifies'] else 'no size meets'} the rule (no-KD seed std <= max_std and the "
-                  f"reference >= min_gap above no-KD, on val)" + ("" if s["qualifies"] else "; the closest was chosen") + "."]
+                  f"{'meets' if s['qualifies'] else 'no size meets'} the rule ({record.get('rule') or 'no-KD seed std <= max_std and the reference >= min_gap above no-KD'}, on val)"
+                  + ("" if s["qualifies"] else "; the closest was chosen") + "."]
     L.append(f"\nWall: {record['wall_s']:.0f} s, {record['runs_trained_now']} runs trained now of {record['runs']}.")
     return "\n".join(L) + "\n"
 
