@@ -339,3 +339,61 @@ def test_suite_on_a_local_ray_cluster_matches_the_local_pool(tmp_path, monkeypat
     assert accuracies(remote, "results.csv", keys) == accuracies(local, "results.csv", keys)
     assert accuracies(remote, "teachers.csv", ("teacher", "test_top1", "val_top1")) == \
         accuracies(local, "teachers.csv", ("teacher", "test_top1", "val_top1"))
+
+
+def test_suite_teacher_from_the_zoo_and_a_family_knob_tuned(tmp_path, capsys):
+    """A suite teacher declared ``{zoo: ENTRY}`` is restored (verified), never trained, in tuning and in the full
+    suite; the tuning record picks the KD row's temperature on val at seed 0 (its default value's run is the
+    row's own seed-0 run), and `vitkd compare` trains the row with the chosen value."""
+    from vitkd.engine import train
+    from vitkd.config import parse_config
+    from vitkd.zoo.publish import publish_run
+    teacher = tmp_path / "teacher_run"
+    train(parse_config({**TEACHER, "seed": 0}), teacher, log=lambda m: None)
+    zoo = tmp_path / "zoo" / "zoo.yaml"
+    zoo.parent.mkdir()
+    zoo.write_text("version: 1\nmodels: []\n")
+    publish_run(teacher, "tiny-cnn-teacher", zoo, throughput=False)
+    (tmp_path / "student.yaml").write_text(yaml.safe_dump(STUDENT))
+    kd_terms = [{"type": "ce", "weight": 0.5}, {"type": "kd", "weight": 0.5, "T": 4.0}]
+    suite = {"name": "tinyzoo", "student": "student.yaml", "seeds": [0, 1], "set": {"data.train_subset": 64},
+             "tune": {"knobs": {"train.lr": {"values": [0.001, 0.002, 0.004], "scale": "log"}},
+                      "seeds": [0, 1], "epochs": [1], "max_extend": 0,
+                      "families": {"kd": {"term": "kd", "param": "T", "values": [2, 4, 8]}}},
+             "teachers": {"cnn": {"zoo": "tiny-cnn-teacher", "label": "CNN-S"}},
+             "rows": [{"name": "no_kd", "family": "none", "group": "baseline"},
+                      {"name": "kd", "family": "logit", "teachers": {"t": "cnn"}, "set": {"distill.terms": kd_terms}}],
+             "jobs": 2}
+    suite_file = tmp_path / "suite.yaml"
+    suite_file.write_text(yaml.safe_dump(suite, sort_keys=False))
+    out, cache, tuning = tmp_path / "results", tmp_path / "cache", tmp_path / "tuning"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VITKD_ZOO_MANIFEST", str(zoo))
+        mp.setenv("VITKD_HOME", str(tmp_path / "home"))
+        assert main(["tune", str(suite_file), "--out", str(tuning), "--cache", str(cache)]) == 0
+        record = json.loads((tuning / "tuning.json").read_text())
+        fam = record["families"]["kd"]
+        assert fam["default"] == 4.0 and sorted(map(float, fam["val_top1"])) == [2.0, 4.0, 8.0]
+        assert fam["val_top1"][f"{fam['chosen']:g}"] == max(fam["val_top1"].values())
+        # the default value's run is the suite row's own seed-0 run (T 4 there); the teacher was restored
+        row_cfg = yaml.safe_load((cache / "rows" / "kd" / "s0" / "config.yaml").read_text())
+        assert [t.get("T") for t in row_cfg["distill"]["terms"] if t["type"] == "kd"] == [4.0]
+        stamp = json.loads((cache / "teachers" / "cnn" / "stamp.json").read_text())
+        assert stamp["restored_from_zoo"] == "tiny-cnn-teacher"
+        trows = [r for r in csv.DictReader(open(tuning / "tuning.csv")) if r["stage"] == "family"]
+        assert len(trows) == 3 and sum(r["chosen"] == "True" for r in trows) == 1
+        assert main(["compare", str(suite_file), "--out", str(out), "--cache", str(cache), "--tuning", str(tuning)]) == 0
+    resolved = yaml.safe_load((out / "resolved_configs.yaml").read_text())
+    for s in (0, 1):
+        assert [t["T"] for t in resolved[f"rows/kd/s{s}"]["distill"]["terms"] if t["type"] == "kd"] == [fam["chosen"]]
+    timing = json.loads((out / "timing.json").read_text())
+    assert timing["per_run_s"].get("teachers/cnn", 0) == 0   # restored by the tuning, reused here
+    teachers = list(csv.DictReader(open(out / "teachers.csv")))
+    assert [t["teacher"] for t in teachers] == ["cnn"]
+    # a teacher given both ways is refused in one line
+    suite["teachers"]["cnn"]["config"] = "student.yaml"
+    suite_file.write_text(yaml.safe_dump(suite, sort_keys=False))
+    capsys.readouterr()
+    assert main(["compare", str(suite_file), "--out", str(out), "--cache", str(cache), "--tuning", str(tuning)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "either config" in err[0]

@@ -58,6 +58,8 @@ class SuitePlan:
     checked_only: List[Job] = field(default_factory=list)
     overrides: Dict[str, dict] = field(default_factory=dict)
     files: Dict[str, Any] = field(default_factory=dict)
+    # {row: [{term, param, value}]}: the family knobs the tuning record chose (applied to the row's loss terms)
+    row_knobs: Dict[str, List[dict]] = field(default_factory=dict)
     meta: Dict[str, Any] = field(default_factory=dict)   # what the results' meta.json records of the kinds' settings
 
     def with_role(self, role: str) -> List[Job]:

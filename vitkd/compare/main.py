@@ -21,7 +21,7 @@ from .report import run_walls, update_readme, write_timing
 from .runner import execute
 from .suite import load_suite
 from .sweep import expand_sweep
-from .tune import read_tuned
+from .tune import read_row_knobs, read_tuned
 
 __all__ = ["run_suite"]
 
@@ -42,6 +42,7 @@ def run_suite(path, out: Optional[str] = None, quick: bool = False, cache: Optio
     teacher is served from a store)."""
     suite, base = load_suite(path)
     tuned, sized = read_tuned(suite, tuning)
+    row_knobs = read_row_knobs(suite, tuning)
     suite = expand_sweep(suite, base, quick, tuned, sized)
     n_jobs = jobs or suite.jobs
     name = suite.name + ("-quick" if quick else "")
@@ -51,7 +52,7 @@ def run_suite(path, out: Optional[str] = None, quick: bool = False, cache: Optio
         runner = make_executor(executor, jobs if executor == "ray" else n_jobs, address, cpus_per_job)
         try:
             return _run_suite(suite, base, path, out_dir, quick, cache, n_jobs, progress, log, readme, plan_seeds,
-                              runner, tuned, sized, {"live_teachers": live_teachers})
+                              runner, tuned, sized, {"live_teachers": live_teachers}, row_knobs)
         finally:
             runner.close()
 
@@ -71,11 +72,11 @@ def _suite_text(path) -> str:
 
 
 def _run_suite(suite, base, path, out_dir: Path, quick, cache, n_jobs, progress, log, readme, plan_seeds,
-               runner: Executor, tuned: dict, sized: dict, options: dict) -> Path:
+               runner: Executor, tuned: dict, sized: dict, options: dict, row_knobs: dict) -> Path:
     name = suite.name + ("-quick" if quick else "")
     cache_dir = Path(cache) if cache else path_under(Path("runs") / "compare", suite.home, key="suite.name")
     # every kind plans its jobs, and every job is checked, before any work starts
-    plan = SuitePlan(suite, base, cache_dir, quick, tuned, sized, options, log)
+    plan = SuitePlan(suite, base, cache_dir, quick, tuned, sized, options, log, row_knobs=row_knobs)
     first = plan_suite(plan)
     check_jobs(first + plan.checked_only)
     ensure_writable(cache_dir, "--cache")
@@ -96,7 +97,7 @@ def _run_suite(suite, base, path, out_dir: Path, quick, cache, n_jobs, progress,
         if kind.finish is not None:
             kind.finish(plan, run_walls(out_dir, walls))
     recipe, seeds = recipe_of(suite, quick)
-    meta = {"recipe": {**recipe, **sized}, "seeds": seeds, "tuned": tuned, "quick": quick, "executor": runner.name,
+    meta = {"recipe": {**recipe, **sized}, "seeds": seeds, "tuned": tuned, "row_knobs": row_knobs, "quick": quick, "executor": runner.name,
             **plan.meta, "suite_file": str(path), "wall_s_total": time.perf_counter() - t0}
     results = summarize(suite, plan.with_role("teacher"), plan.with_role("row"), walls, meta, out_dir, log,
                         overrides=plan.overrides)

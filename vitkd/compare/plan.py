@@ -14,7 +14,7 @@ from .jobs import KINDS, Job, SuitePlan, is_done, kind_of, kinds_in_order, regis
 from .suite import SuiteCfg
 
 __all__ = ["Job", "SuitePlan", "recipe_of", "quick_rows", "plan_suite", "row_kind", "row_folder", "check_jobs",
-           "strip_checkpoints", "build_key"]
+           "strip_checkpoints", "build_key", "set_term_param"]
 
 
 def _set_teacher_checkpoint(raw: dict, key: str, run_dir: Path) -> None:
@@ -98,6 +98,8 @@ def _plan_rows(plan: SuitePlan) -> None:
             continue
         for seed in seeds:
             raw = read_config(r.config or suite.student, base, recipe, sized, tuned, r.set)
+            for k in plan.row_knobs.get(r.sweep_of or r.name, ()):
+                set_term_param(raw, k["term"], k["param"], k["value"], f"suite.rows.{r.name}")
             raw["seed"] = seed
             deps = []
             for key, t in r.teachers.items():
@@ -107,6 +109,15 @@ def _plan_rows(plan: SuitePlan) -> None:
             jobs.append(Job(f"rows/{r.name}/s{seed}", raw, out,
                             deps, kind="row", row=r.name, seed=seed, role="row"))
     plan.jobs.extend(jobs)
+
+
+def set_term_param(raw: dict, term: str, param: str, value, where: str) -> None:
+    """Set ``param`` of every loss term of type ``term`` in a run config (a family's tuned knob)."""
+    terms = [t for t in (raw.get("distill") or {}).get("terms") or [] if isinstance(t, dict) and t.get("type") == term]
+    if not terms:
+        raise ConfigError(f"{where}: no loss term of type '{term}' to set {param} on")
+    for t in terms:
+        t[param] = value
 
 
 def row_folder(cache: Path, row, seed: int) -> Path:

@@ -74,6 +74,20 @@ class KnobSpec:
 
 
 @dataclass
+class FamilyKnobSpec:
+    """A method family's main knob, tuned on its row: one parameter of the row's loss terms of one type (their
+    weight, a temperature), over ``values`` (the paper's default among them), one seed, validation only."""
+    term: str                             # the loss-term type whose parameter is set (every such term of the row)
+    param: str                            # weight, T, ...
+    values: List[float] = field(default_factory=list)
+
+    def __post_init__(self):
+        if len(self.values) < 3:
+            raise ConfigError(f"suite.tune.families: {self.term}.{self.param}: three values or more, got {self.values}")
+        self.values = sorted(float(v) for v in self.values)
+
+
+@dataclass
 class TuneSpec:
     knobs: Dict[str, KnobSpec] = field(default_factory=dict)   # dotted recipe key -> grid, in search order
     seeds: List[int] = field(default_factory=lambda: [0, 1])
@@ -88,6 +102,10 @@ class TuneSpec:
     # the warm-up across sizes: "epochs" keeps train.warmup_epochs as written; "steps" scales it like the epochs,
     # so every size warms up for the same optimizer steps
     size_warmup: str = "epochs"
+    # {row: its family's main knob}, tuned after the recipe and the size, at seed ``family_seed``; `vitkd compare`
+    # trains the row with the chosen value
+    families: Dict[str, FamilyKnobSpec] = field(default_factory=dict)
+    family_seed: int = 0
 
     def __post_init__(self):
         if len(self.seeds) < 2:
@@ -221,6 +239,10 @@ def load_suite(path) -> Tuple[SuiteCfg, Path]:
     check_seeds(suite.quick.seeds, "suite.quick.seeds")
     if suite.tune is not None:
         check_seeds(suite.tune.seeds, "suite.tune.seeds")
+        check_seeds([suite.tune.family_seed], "suite.tune.family_seed")
+        for r in suite.tune.families:
+            if r not in {x.name for x in suite.rows}:
+                raise ConfigError(f"suite.tune.families: unknown row '{r}'")
         check_seeds(suite.tune.size_seeds, "suite.tune.size_seeds")
     names = [r.name for r in suite.rows]
     dup = {n for n in names if names.count(n) > 1}

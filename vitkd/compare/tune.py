@@ -38,7 +38,7 @@ from .jobs import Job, register_kind
 from .plan import recipe_of
 from .suite import KnobSpec, TuneSpec
 
-__all__ = ["KnobSpec", "TuneSpec", "tune_suite", "read_tuned", "tuning_dir", "TUNED_FILE"]
+__all__ = ["KnobSpec", "TuneSpec", "tune_suite", "read_tuned", "read_row_knobs", "tuning_dir", "TUNED_FILE"]
 
 TUNED_FILE = "tuning.json"
 
@@ -237,6 +237,81 @@ def tune_suite(path, out: Optional[str] = None, cache: Optional[str] = None, job
         return _tune(suite, base, out_dir, cache_dir, jobs, progress, log, executor, address, cpus_per_job)
 
 
+def read_row_knobs(suite, results: Optional[str] = None) -> Dict[str, List[dict]]:
+    """The family knobs the tuning record chose: {row: [{term, param, value}]} ({} without any)."""
+    if suite.tune is None or not suite.tune.families:
+        return {}
+    path = tuning_dir(suite, results) / TUNED_FILE
+    try:
+        fams = json.loads(path.read_text()).get("families") or {}
+    except (OSError, ValueError):
+        raise ConfigError(f"{path}: no tuning record for suite '{suite.name}'; run `vitkd tune` on the suite first") from None
+    out = {}
+    for row, spec in suite.tune.families.items():
+        got = fams.get(row)
+        if not got or got.get("term") != spec.term or got.get("param") != spec.param:
+            raise ConfigError(f"{path}: the record has no {spec.term}.{spec.param} for row '{row}' (re-run `vitkd tune`)")
+        out[row] = [{"term": spec.term, "param": spec.param, "value": got["chosen"]}]
+    return out
+
+
+def _family_knobs(suite, base, cache: Path, trials: _Trials, chosen: Dict[str, Any], size: Optional[dict], log
+                  ) -> Tuple[List[dict], Dict[str, dict]]:
+    """Each family's main knob on its row, at the tuned recipe and size, seed ``family_seed``, on val: the row's jobs
+    as `vitkd compare` plans them (its teachers restored, its stores of logits), one variant per value."""
+    import copy
+    from .jobs import SuitePlan
+    from .plan import plan_suite, set_term_param
+    spec = suite.tune.families
+    if not spec:
+        return [], {}
+    sized = _sized(size)
+    tuned = {k: v for k, v in chosen.items() if k not in sized}
+    sub = copy.deepcopy(suite)
+    sub.seeds = [suite.tune.family_seed]
+    sub.rows = [r for r in suite.rows if r.name in spec]
+    plan = SuitePlan(sub, base, cache, False, tuned, sized, {}, log)
+    plan_suite(plan)
+    row_jobs = {j.row: j for j in plan.with_role("row") if j.row in spec}
+    missing = [r for r in spec if r not in row_jobs]
+    if missing:
+        raise ConfigError(f"suite.tune.families.{missing[0]}: the row is not trained by one run config (a pipeline "
+                          "of stages): its knob cannot be tuned here")
+    inputs = [j for j in plan.jobs if j.role != "row"]
+    variants: Dict[str, Dict[float, Job]] = {}
+    for row, ks in spec.items():
+        job = row_jobs[row]
+        terms = [t for t in job.raw.get("distill", {}).get("terms", []) if t.get("type") == ks.term]
+        default = terms[0].get(ks.param) if terms else None
+        variants[row] = {}
+        for v in ks.values:
+            if default is not None and float(default) == v:   # the row's own run, which `vitkd compare` reuses
+                variants[row][v] = job
+                continue
+            raw = copy.deepcopy(job.raw)
+            set_term_param(raw, ks.term, ks.param, v, f"suite.tune.families.{row}")
+            key = _digest(raw)
+            variants[row][v] = Job(f"tune/{key}/s{job.seed}", raw, trials.cache / "tune" / key / f"s{job.seed}",
+                                   list(job.deps), kind="tune")
+        variants[row]["default"] = default
+    flat = [j for row in spec for v, j in variants[row].items() if v != "default"]
+    from .runner import execute
+    trials.walls.update(execute(inputs + flat, trials.n_jobs, trials.progress, log, executor=trials.executor))
+    rows, record = [], {}
+    for row, ks in spec.items():
+        default = variants[row].pop("default")
+        scores = {v: float(RunDir(j.out).metrics()["final"]["val_top1"]) for v, j in variants[row].items()}
+        best = max(ks.values, key=lambda v: (scores[v], v == default))   # a tie keeps the paper's value
+        record[row] = {"term": ks.term, "param": ks.param, "grid": ks.values, "default": default, "chosen": best,
+                       "val_top1": {f"{v:g}": scores[v] for v in ks.values}, "seed": suite.tune.family_seed}
+        for v in ks.values:
+            rows.append({"stage": "family", "knob": f"{row}: {ks.term}.{ks.param}", "value": v,
+                         "seeds": str(suite.tune.family_seed), "val_top1_mean": scores[v], "val_top1_std": 0.0,
+                         "val_top1_all": f"{scores[v]:.2f}", "chosen": v == best})
+        log(f"tune {row}: {ks.term}.{ks.param} = {best:g} (val {scores[best]:.2f}; default {default})")
+    return rows, record
+
+
 def _tune(suite, base, out_dir: Path, cache_dir: Path, jobs, progress, log, executor, address, cpus_per_job) -> Path:
     from .executors import make_executor
     n_jobs = jobs or suite.jobs
@@ -248,6 +323,8 @@ def _tune(suite, base, out_dir: Path, cache_dir: Path, jobs, progress, log, exec
         rows += _epoch_check(suite.tune, trials, chosen)
         size_rows, size = _size_scan(suite.tune, trials, chosen)
         rows += size_rows
+        family_rows, families = _family_knobs(suite, base, cache_dir, trials, chosen, size, log)
+        rows += family_rows
     finally:
         runner.close()
     final = dict(chosen)
@@ -256,7 +333,7 @@ def _tune(suite, base, out_dir: Path, cache_dir: Path, jobs, progress, log, exec
     record = {"suite": suite.name, "chosen": chosen, "knobs": grids, "size": size,
               "tuned_at": {k: v for k, v in recipe_of(suite, False)[0].items()},
               "seeds": suite.tune.seeds, "selection": "mean validation top-1 (the test split is never read)",
-              "rule": _rule(suite.tune),
+              "rule": _rule(suite.tune), "families": families,
               "wall_s": wall, "runs": len(trials.walls),
               "runs_trained_now": sum(1 for v in trials.walls.values() if v > 0)}
     atomic_write_csv(out_dir / "tuning.csv", rows, "{:.4f}")
