@@ -420,3 +420,47 @@ def test_a_one_channel_student_builds_dry_runs_and_is_costed_with_one_channel():
     assert spec.input_size == (1, 28, 28) and len(spec.std) == 1
     spec3 = data_spec(create("resnet10t", 10, {"in_chans": 1}))
     assert spec3.input_size[0] == 1 and len(spec3.mean) == 1
+
+
+# ---------------------------------------------------------------------- vitkd demo: Fashion-MNIST, else the digits
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _offline(tmp_path, monkeypatch):
+    """No Debian files, no apt, and a mirror nothing listens on (connection refused, as offline)."""
+    monkeypatch.setattr(fm, "DEBIAN_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(fm, "can_install", lambda: False)
+    monkeypatch.setenv("VITKD_DATA_RETRIES", "0")
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    monkeypatch.setattr(fm, "torchvision_mirrors", lambda: [f"http://127.0.0.1:{port}/"])
+
+
+def test_demo_falls_back_to_the_digits_in_one_line_without_the_data(tmp_path, capsys, monkeypatch):
+    from vitkd.cli import DEMO_FALLBACK, DEMO_SUITE, demo_suite
+    _offline(tmp_path, monkeypatch)
+    suite, why = demo_suite(str(ROOT / DEMO_SUITE), DEMO_FALLBACK, [], install=True)
+    assert suite == DEMO_FALLBACK and why.count("\n") == 0
+    assert "no fashion_mnist here" in why and DEMO_FALLBACK in why and "apt-get install" in why
+    # through the CLI: the line, then the fallback suite's quick run (a tiny digits suite here)
+    (tmp_path / "student.yaml").write_text(yaml.safe_dump({
+        "model": {"name": "vit_digits_tiny"}, "data": {"name": "digits", "train_subset": 32, "batch_size": 16},
+        "train": {"epochs": 1, "warmup_epochs": 0, "progress": False}}))
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({
+        "name": "tinydemo", "student": "student.yaml", "seeds": [0], "jobs": 1,
+        "rows": [{"name": "no_kd", "family": "none", "group": "baseline"}]}))
+    capsys.readouterr()
+    code = main(["demo", "--suite", str(ROOT / DEMO_SUITE), "--fallback", str(tmp_path / "tiny.yaml"),
+                 "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")])
+    out = capsys.readouterr().out
+    assert code == 0 and out.splitlines()[0].startswith("vitkd demo: no fashion_mnist here")
+    assert (tmp_path / "out" / "results.csv").is_file()
+
+
+@real_files
+def test_demo_runs_fashion_mnist_when_its_files_are_here():
+    from vitkd.cli import DEMO_FALLBACK, DEMO_SUITE, demo_suite
+    assert demo_suite(str(ROOT / DEMO_SUITE), DEMO_FALLBACK, [], install=False) == (str(ROOT / DEMO_SUITE), None)

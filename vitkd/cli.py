@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from .commands import COMMANDS, EXIT_USAGE, Parser, add_overrides, default_out
 from .config import ConfigError
@@ -163,6 +163,42 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+DEMO_SUITE = "configs/compare/fmnist.yaml"
+DEMO_FALLBACK = "configs/compare/digits.yaml"
+
+
+def demo_suite(suite: str, fallback: str, mirrors: List[str], install: bool) -> Tuple[str, Optional[str]]:
+    """The suite ``vitkd demo`` runs and, when it falls back, the one line saying why: ``suite`` when its data are
+    here or can be got (``vitkd data get``: the files found, Debian's package as root, else the mirrors), else
+    ``fallback`` (the embedded digits)."""
+    from .datasets import FETCHABLE
+    from .download import check_url
+    from .compare.suite import load_suite
+    from .config import DataError, read_config
+    s, base = load_suite(suite)
+    name = read_config(s.student, base)["data"]["name"]
+    if name not in FETCHABLE:
+        return suite, None
+    try:
+        FETCHABLE[name].get(mirrors=[check_url(m, "--mirror") for m in mirrors] or None, install=install,
+                            log=lambda m: print(m, file=sys.stderr, flush=True))
+    except DataError as e:
+        return fallback, f"vitkd demo: no {name} here and no way to get it ({str(e).splitlines()[0]}); running {fallback}"
+    return suite, None
+
+
+def _cmd_demo(args) -> int:
+    from .compare.main import run_suite
+    suite, why = (args.fallback, None) if args.digits else demo_suite(args.suite, args.fallback, args.mirror,
+                                                                      not args.no_install)
+    if why:
+        print(why, flush=True)
+    out = run_suite(suite, out=args.out, quick=True, cache=args.cache, jobs=args.jobs,
+                    log=lambda m: print(m, flush=True))
+    print(json.dumps({"out": str(out), "suite": suite}))
+    return 0
+
+
 def _cmd_report(args) -> int:
     from .compare.evidence import write_readme
     write_readme(args.spec, args.readme)
@@ -266,6 +302,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run every teacher live in every row (default: rows whose terms read a teacher's logits "
                         "only read them from a store written once per teacher, seed and recipe)")
     c.set_defaults(fn=_cmd_compare)
+
+    dm = sub.add_parser("demo", help="the main job: the Fashion-MNIST quick suite (one seed of one row per family, "
+                        "teachers from the zoo), its data got first when needed; without the data and a way to get "
+                        "them, the digits quick suite")
+    dm.add_argument("--digits", action="store_true", help="run the digits quick suite (no data needed)")
+    dm.add_argument("--suite", default=DEMO_SUITE, help=f"the suite (default {DEMO_SUITE})")
+    dm.add_argument("--fallback", default=DEMO_FALLBACK,
+                    help=f"the suite run when the data cannot be got (default {DEMO_FALLBACK})")
+    dm.add_argument("--mirror", action="append", default=[], metavar="URL", help="as for `vitkd data get`")
+    dm.add_argument("--no-install", action="store_true", help="never run apt-get")
+    dm.add_argument("--out", help="as for `vitkd compare --quick`")
+    dm.add_argument("--cache", help="as for `vitkd compare`")
+    dm.add_argument("--jobs", type=int, help="as for `vitkd compare`")
+    dm.set_defaults(fn=_cmd_demo)
 
     rp = sub.add_parser("report", help="fill a README's results block from committed suite results: the paired "
                         "main table, the studies, the claims and what the evidence says of each")
