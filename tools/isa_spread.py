@@ -3,17 +3,17 @@ MKL's kernel dispatch down to AVX2 and to no vector extension at all, on one mac
 
 Three parts, each under every instruction set (``native``: what the machine picks; ``avx2``; ``default``):
 
-- ``quick``: the quick suite (``vitkd compare --quick``, teachers restored from the zoo), each instruction set
-  with its own empty run cache; per row, the test top-1 and its difference from the committed reference
-  (``results/compare/digits-quick/results.csv``). The demo's band for a row is the largest such difference
-  plus 0.5 point (written to ``results/compare/digits-quick/isa_spread.json``, read by
-  :mod:`vitkd.compare.reference`).
+- ``quick``: a suite's quick mode (``vitkd compare SUITE --quick``, teachers restored from the zoo; ``--suite``,
+  default the digits suite), each instruction set with its own empty run cache; per row, the test top-1 and its
+  difference from the committed reference (``results/compare/<suite>-quick/results.csv``). The demo's band for a
+  row is the largest such difference plus 0.5 point (written to ``results/compare/<suite>-quick/isa_spread.json``,
+  read by :mod:`vitkd.compare.reference`).
 - ``zoo``: ``vitkd zoo eval`` of every published entry: evaluation of fixed weights.
 - ``behaviour``: the per-step losses of ``tests/behaviour/step_losses.py`` against its record; the largest
   relative difference per config (written to ``tests/behaviour/isa_spread.json``, from which the behaviour
   test derives its tolerance).
 
-    python tools/isa_spread.py [--parts quick zoo behaviour] [--work runs/isa_spread]
+    python tools/isa_spread.py [--parts quick zoo behaviour] [--suite configs/compare/digits.yaml] [--work DIR]
 
 Runs are cached under ``--work`` (untracked), so an interrupted measurement continues.
 """
@@ -31,7 +31,7 @@ from pathlib import Path
 from vitkd.compare.reference import top1_by_row
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK_REF = ROOT / "results" / "compare" / "digits-quick"
+DEFAULT_SUITE = "configs/compare/digits.yaml"
 BEHAVIOUR = ROOT / "tests" / "behaviour"
 # the environment that forces each instruction set: ATen's vectorised kernels, oneDNN's and MKL's dispatch
 ISAS = {
@@ -67,15 +67,21 @@ def cpu_description(isa: str) -> dict:
     return {"aten_capability": out, "env": ISAS[isa], "cpu": model}
 
 
-def quick(work: Path) -> dict:
-    ref = top1_by_row(QUICK_REF / "results.csv")
+def quick_reference(suite: str) -> Path:
+    """The committed quick reference of a suite: ``results/compare/<name>-quick``."""
+    from vitkd.compare.suite import load_suite
+    return ROOT / "results" / "compare" / f"{load_suite(ROOT / suite)[0].name}-quick"
+
+
+def quick(work: Path, suite: str) -> dict:
+    ref = top1_by_row(quick_reference(suite) / "results.csv")
     runs = {}
     for isa in ISAS:
         out = work / isa / "results"
         if not (out / "results.csv").exists():
             t0 = time.perf_counter()
-            _run([_python(), "-m", "vitkd", "compare", "--quick", "--out", out, "--cache", work / isa / "cache"],
-                 isa)
+            _run([_python(), "-m", "vitkd", "compare", suite, "--quick", "--out", out, "--cache",
+                  work / isa / "cache"], isa)
             (work / isa / "wall_s").write_text(f"{time.perf_counter() - t0:.1f}\n")
         runs[isa] = {"top1": top1_by_row(out / "results.csv"),
                      "wall_s": float((work / isa / "wall_s").read_text()) if (work / isa / "wall_s").exists()
@@ -151,9 +157,11 @@ def markdown_table(doc: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--parts", nargs="+", default=["quick", "zoo", "behaviour"], choices=["quick", "zoo", "behaviour"])
-    ap.add_argument("--work", default=str(ROOT / "runs" / "isa_spread"))
+    ap.add_argument("--suite", default=DEFAULT_SUITE, help=f"the suite of the quick part (default {DEFAULT_SUITE})")
+    ap.add_argument("--work", help="run caches (default runs/isa_spread, or runs/isa_spread/<suite> for another suite)")
     args = ap.parse_args(argv)
-    work = Path(args.work)
+    work = Path(args.work) if args.work else ROOT / "runs" / "isa_spread" / (
+        "" if args.suite == DEFAULT_SUITE else Path(args.suite).stem)
     for isa in ISAS:
         (work / isa).mkdir(parents=True, exist_ok=True)
     machine = {isa: cpu_description(isa) for isa in ISAS}
@@ -164,12 +172,14 @@ def main(argv=None) -> int:
                 "python": platform.python_version()}
     command = "python tools/isa_spread.py --parts " + " ".join(args.parts)
     if "quick" in args.parts or "zoo" in args.parts:
-        target = QUICK_REF / "isa_spread.json"
+        target = quick_reference(args.suite) / "isa_spread.json"
         doc = json.loads(target.read_text()) if target.exists() else {}
         doc.update({"what": "the quick suite and every zoo entry under three CPU instruction sets, one machine",
-                    "command": "python tools/isa_spread.py", "machine": machine, "versions": versions})
+                    "command": "python tools/isa_spread.py" + ("" if args.suite == DEFAULT_SUITE else
+                                                               f" --suite {args.suite}"),
+                    "machine": machine, "versions": versions})
         if "quick" in args.parts:
-            doc["quick"] = quick(work)
+            doc["quick"] = quick(work, args.suite)
         if "zoo" in args.parts:
             doc["zoo_eval"] = zoo(work)
         target.write_text(json.dumps(doc, indent=1) + "\n")

@@ -240,8 +240,8 @@ def load_suite(path) -> Tuple[SuiteCfg, Path]:
     if suite.tune is not None:
         check_seeds(suite.tune.seeds, "suite.tune.seeds")
         check_seeds([suite.tune.family_seed], "suite.tune.family_seed")
-        for r in suite.tune.families:
-            if r not in {x.name for x in suite.rows}:
+        for r in suite.tune.families:   # a suite sharing another's record holds only some of its rows
+            if r not in {x.name for x in suite.rows} and not (suite.shares or suite.tuning_of):
                 raise ConfigError(f"suite.tune.families: unknown row '{r}'")
         check_seeds(suite.tune.size_seeds, "suite.tune.size_seeds")
     names = [r.name for r in suite.rows]

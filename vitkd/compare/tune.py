@@ -247,7 +247,10 @@ def read_row_knobs(suite, results: Optional[str] = None) -> Dict[str, List[dict]
     except (OSError, ValueError):
         raise ConfigError(f"{path}: no tuning record for suite '{suite.name}'; run `vitkd tune` on the suite first") from None
     out = {}
+    rows = {r.sweep_of or r.name for r in suite.rows}
     for row, spec in suite.tune.families.items():
+        if row not in rows:   # a row of the suite whose record this one shares
+            continue
         got = fams.get(row)
         if not got or got.get("term") != spec.term or got.get("param") != spec.param:
             raise ConfigError(f"{path}: the record has no {spec.term}.{spec.param} for row '{row}' (re-run `vitkd tune`)")
