@@ -238,3 +238,14 @@ def test_a_suite_synthesises_after_its_teacher_and_its_data_free_row_trains_on_t
     assert run_job(job)[2] is None and is_done(job)
     assert run_job(row)[2] is None and is_done(row)
     assert RunDir(row.out).read_config()["data"]["synthetic"] == str(job.out)
+
+
+def test_weights_from_no_file_are_identified_by_their_content():
+    """A zoo teacher's synthetic set is fingerprinted by the teacher's state: stable, and one changed weight changes it."""
+    import torch
+    from vitkd.methods.datafree.run import _weights_digest
+    m = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    a, b = _weights_digest(m), _weights_digest(m)
+    with torch.no_grad():
+        m[0].weight[0, 0, 0, 0] += 1e-6
+    assert a == b and _weights_digest(m) != a

@@ -29,9 +29,23 @@ __all__ = ["synthesize", "is_synthesized", "fingerprint", "SYNTH_VERSION"]
 SYNTH_VERSION = 1   # bump when the synthesis computes something else for the same settings
 
 
+def _weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of a model's state (names, dtypes, shapes, bytes, in name order): the identity of weights that come
+    from no file of their own (a zoo entry's, loaded through timm)."""
+    import hashlib
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        t = v.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def _model_identity(t: TeacherCfg, model: torch.nn.Module) -> dict:
     from ...models import resolve_weights
     from ...taps import model_name
+    if t.checkpoint is None:   # weights from a zoo entry: their content
+        return {"model": model_name(model), "zoo": t.zoo, "state_sha256": _weights_digest(model)}
     return {"model": model_name(model), "args": t.args, "weights_sha256": sha256_file(resolve_weights(t.checkpoint))}
 
 
