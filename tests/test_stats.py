@@ -408,3 +408,14 @@ def test_compare_rows_flat_row():
         compare_rows(row_top1, base_top1, row_correct=row_c)
     with pytest.raises(ValueError, match="seeds"):
         compare_rows(row_top1[:2], base_top1[:2], row_correct=row_c, base_correct=base_c)
+
+
+def test_smallest_delta_is_the_inverse_of_the_power_in_delta():
+    from vitkd.compare.stats import smallest_delta
+    for n, sd, m in ((3, 0.5, 1), (5, 1.2, 7), (10, 0.3, 21)):
+        d = smallest_delta(n, sd, m)
+        assert paired_t_power(n, sd, d, m) == pytest.approx(0.8, abs=1e-4)
+        assert paired_t_power(n, sd, 0.99 * d, m) < 0.8 <= paired_t_power(n, sd, 1.001 * d, m)
+    # more seeds resolve smaller differences; the seeds needed for that delta are the seeds given
+    assert smallest_delta(5, 1.0) < smallest_delta(3, 1.0)
+    assert seeds_for_power(1.0, smallest_delta(6, 1.0) * 1.0001) == 6

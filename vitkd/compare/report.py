@@ -130,6 +130,14 @@ def _plan_section(plan, alpha) -> List[str]:
     for p in plan:
         L.append(f"| {p['family']} | {p['family_size']} | {p['delta']:.1f} | {p['median_sd']:.2f} | "
                  f"{p['seeds_median_sd']} | {p['max_sd']:.2f} | {p['seeds_max_sd']} | {p['critical_t_5_seeds']:.2f} |")
+    resolved = {p["family"]: p for p in plan if "smallest_delta_median_sd" in p}
+    if resolved:
+        L += ["", "The smallest Δ each family resolves with the seeds it ran (power 0.8, same test and threshold):", "",
+              "| family | comparisons m | seeds | smallest Δ at the median paired SD | at the max paired SD |",
+              "|---|---|---|---|---|"]
+        for fam, p in resolved.items():
+            L.append(f"| {fam} | {p['family_size']} | {p['seeds']} | {p['smallest_delta_median_sd']:.2f} | "
+                     f"{p['smallest_delta_max_sd']:.2f} |")
     return L
 
 

@@ -41,7 +41,7 @@ __all__ = [
     "Bootstrap", "paired_bootstrap",
     "McNemar", "mcnemar",
     "Holm", "holm",
-    "critical_t", "paired_t_power", "seeds_for_power",
+    "critical_t", "paired_t_power", "seeds_for_power", "smallest_delta",
     "RowComparison", "compare_rows",
 ]
 
@@ -458,6 +458,26 @@ def seeds_for_power(sd: float, delta: float, family_size: int = 1, alpha: float 
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if enough(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def smallest_delta(n_seeds: int, sd: float, family_size: int = 1, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest |difference| (points) that ``n_seeds`` seeds resolve: the one at which the paired t-test at
+    ``alpha / family_size`` reaches ``power`` (:func:`paired_t_power`, increasing in |delta|), by bisection to
+    1e-6 of ``sd``. The inverse of :func:`seeds_for_power` in delta."""
+    n, m = _check_n_m(n_seeds, family_size)
+    sd = _check_sd(sd)
+    if not 0.0 < power < 1.0:
+        raise ValueError(f"power must lie in (0, 1), got {power}")
+    lo, hi = 0.0, sd
+    while paired_t_power(n, sd, hi, m, alpha) < power:
+        lo, hi = hi, 2.0 * hi
+    while hi - lo > 1e-6 * sd:
+        mid = 0.5 * (lo + hi)
+        if paired_t_power(n, sd, mid, m, alpha) >= power:
             hi = mid
         else:
             lo = mid

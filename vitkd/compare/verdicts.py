@@ -92,11 +92,16 @@ def seed_plan(results: List[dict], deltas: Sequence[float] = (2.0, 5.0), alpha: 
         if not sds or m == 0:
             continue
         med, worst = float(np.median(sds)), float(max(sds))
+        # the seeds the family's rows were paired over (their seed counts)
+        n = max(2, min((int(r["seeds"]) for r in results if r.get("family_test") == fam and r.get("seeds")),
+                       default=5))
         for d in deltas:
             plans.append({"family": fam, "family_size": m, "delta": d, "median_sd": med, "max_sd": worst,
                           "seeds_median_sd": stats.seeds_for_power(med, d, m, alpha, power),
                           "seeds_max_sd": stats.seeds_for_power(worst, d, m, alpha, power),
-                          "critical_t_5_seeds": stats.critical_t(5, m, alpha)})
+                          "critical_t_5_seeds": stats.critical_t(5, m, alpha), "seeds": n,
+                          "smallest_delta_median_sd": stats.smallest_delta(n, med, m, alpha, power),
+                          "smallest_delta_max_sd": stats.smallest_delta(n, worst, m, alpha, power)})
     return plans
 
 
