@@ -22,7 +22,7 @@ CNN_224 = {'rednet26'}
 B = 2
 FMNIST_STUDENTS = ('vit_fmnist_tiny', 'vit_fmnist_small', 'vit_fmnist_base')
 FMNIST_MODELS = (*FMNIST_STUDENTS, 'vit_fmnist_large', 'deit_fmnist_small_distilled', 'minivit_fmnist_small',
-                 'civt_fmnist_small', 'resnet_fmnist_s', 'resnet_fmnist_m', 'resnet_fmnist_l')
+                 'civt_fmnist_small', 'resnet_fmnist_s', 'resnet_fmnist_m', 'resnet_fmnist_l', 'rednet_fmnist')
 
 
 def _is_vit(m):
@@ -553,3 +553,13 @@ def test_civt_taps():
     assert set(out.prefix[-1]) == {'cls', 'conv', 'inv'}
     assert out.patches[-1].shape == (B, 16, 32) and out.grid(-1).shape == (B, 32, 4, 4)
     assert out.attn[0].shape == (B, 2, 19, 19)
+
+
+def test_fmnist_rednet_maps_at_14_7_4_2_and_odd_maps_keep_unfolds_size():
+    """The involution's kernel map (average-pooled input) has the unfold's size on odd maps too (7 px -> 4)."""
+    m = timm.create_model('rednet_fmnist').eval()
+    with torch.no_grad():
+        _, inter = m.forward_intermediates(torch.randn(2, 1, 28, 28))
+        assert [tuple(t.shape[-2:]) for t in inter] == [(14, 14), (14, 14), (7, 7), (4, 4), (2, 2)]
+        assert m(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert m.pretrained_cfg['pool_size'] == (2, 2) and m.pretrained_cfg['input_size'] == (1, 28, 28)

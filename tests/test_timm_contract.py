@@ -71,7 +71,7 @@ DATA_CFG = {
     'civt_digits_tiny': _DIGITS, 'civt_digits_small': _DIGITS, 'civt_tiny_patch16_224': _IMAGENET,
     'vit_fmnist_tiny': _FMNIST, 'vit_fmnist_small': _FMNIST, 'vit_fmnist_base': _FMNIST, 'vit_fmnist_large': _FMNIST,
     'deit_fmnist_small_distilled': _FMNIST, 'minivit_fmnist_small': _FMNIST, 'civt_fmnist_small': _FMNIST,
-    'resnet_fmnist_s': _FMNIST, 'resnet_fmnist_m': _FMNIST, 'resnet_fmnist_l': _FMNIST,
+    'resnet_fmnist_s': _FMNIST, 'resnet_fmnist_m': _FMNIST, 'resnet_fmnist_l': _FMNIST, 'rednet_fmnist': _FMNIST,
 }
 
 
