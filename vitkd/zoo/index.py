@@ -297,11 +297,11 @@ HEADINGS = {"name": "model", "architecture": "timm architecture", "method": "met
             "MB": "MB"}
 
 
-def markdown_table(entries: List[ZooEntry]) -> str:
-    lines = ["| " + " | ".join(HEADINGS[c] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+def markdown_table(entries: List[ZooEntry], columns=COLUMNS) -> str:
+    lines = ["| " + " | ".join(HEADINGS[c] for c in columns) + " |", "|" + "---|" * len(columns)]
     for e in entries:
         r = row_of(e)
-        lines.append("| " + " | ".join(r[c] for c in COLUMNS) + " |")
+        lines.append("| " + " | ".join(r[c] for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 

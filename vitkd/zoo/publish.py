@@ -27,7 +27,7 @@ from .. import models as model_lib
 from ..config import ConfigError, check_name, path_under, raw_teachers
 from ..io import atomic_save_safetensors, atomic_write_text, sha256_file
 from ..rundir import RunDir, exclusive
-from .index import (ZooEntry, ZooError, ZooFile, ZooIndex, SuiteRef, load_index, markdown_table,
+from .index import (COLUMNS, ZooEntry, ZooError, ZooFile, ZooIndex, SuiteRef, load_index, markdown_table,
                     row_of, save_index)
 
 __all__ = ["publish_run", "export_run", "index_folder", "weights_name", "card_text", "read_results_csv",
@@ -59,7 +59,8 @@ def card_text(entry: ZooEntry, root_rel: str = "models") -> str:
              "- timm", "- vitkd", "- knowledge-distillation", "---", "", f"# {entry.name}", "",
              f"`{entry.architecture}` trained on {entry.dataset} by vitkd ({entry.method or 'no distillation'}). "
              f"Top-1 of these weights on {entry.dataset}/{entry.split}: **{row['top1']}**.", "",
-             markdown_table([entry]).rstrip(), ""]
+             # the card is one of the entry's files: it cannot state their size (the index and `vitkd zoo list` do)
+             markdown_table([entry], [c for c in COLUMNS if c != "MB"]).rstrip(), ""]
     if entry.teachers:
         lines += ["## Lineage", ""] + [f"- teacher `{k}`: zoo entry `{v}`" for k, v in entry.teachers.items()] + [""]
     lines += ["## Use", "", "```python", "import vitkd.zoo", f"model = vitkd.zoo.create_model({entry.name!r})",
