@@ -359,6 +359,7 @@ def test_suite_teacher_from_the_zoo_and_a_family_knob_tuned(tmp_path, capsys):
     suite = {"name": "tinyzoo", "student": "student.yaml", "seeds": [0, 1], "set": {"data.train_subset": 64},
              "tune": {"knobs": {"train.lr": {"values": [0.001, 0.002, 0.004], "scale": "log"}},
                       "seeds": [0, 1], "epochs": [1], "max_extend": 0,
+                      "sizes": [32, 64], "size_seeds": [0, 1], "max_std": 100.0, "size_warmup": "steps",
                       "families": {"kd": {"term": "kd", "param": "T", "values": [2, 4, 8]}}},
              "teachers": {"cnn": {"zoo": "tiny-cnn-teacher", "label": "CNN-S"}},
              "rows": [{"name": "no_kd", "family": "none", "group": "baseline"},
@@ -372,6 +373,10 @@ def test_suite_teacher_from_the_zoo_and_a_family_knob_tuned(tmp_path, capsys):
         mp.setenv("VITKD_HOME", str(tmp_path / "home"))
         assert main(["tune", str(suite_file), "--out", str(tuning), "--cache", str(cache)]) == 0
         record = json.loads((tuning / "tuning.json").read_text())
+        # without a reference row, the size rule is the std alone; the best no-KD mean among the sizes that meet it
+        size = record["size"]
+        assert size["qualifies"] and size["no_kd_mean"] == max(v["no_kd_mean"] for v in size["table"])
+        assert "best no-KD mean" in record["rule"]
         fam = record["families"]["kd"]
         assert fam["default"] == 4.0 and sorted(map(float, fam["val_top1"])) == [2.0, 4.0, 8.0]
         assert fam["val_top1"][f"{fam['chosen']:g}"] == max(fam["val_top1"].values())

@@ -214,7 +214,7 @@ def _size_scan(spec: TuneSpec, trials: _Trials, chosen: Dict[str, float]) -> Tup
         verdicts.append(entry)
     ok = [v for v in verdicts if v["std_ok"] and v["gap_ok"]]
     # the largest gap; without a reference (every gap infinite), the most accurate no-KD student
-    pick = max(ok, key=lambda v: (v["gap"], v["no_kd_mean"])) if ok else min(verdicts, key=lambda v: v["shortfall"])
+    pick = max(ok, key=lambda v: (v.get("gap", math.inf), v["no_kd_mean"])) if ok else min(verdicts, key=lambda v: v["shortfall"])
     pick = {**pick, "qualifies": bool(ok), "table": verdicts}
     for r in rows:
         r["chosen"] = r["value"] == pick["size"]
