@@ -354,7 +354,8 @@ def test_a_stalling_mirror_meets_the_deadline_in_one_line(tmp_path, home, capsys
     assert not folder.exists() or not any(folder.iterdir())
 
 
-def test_offline_and_unprivileged_data_get_says_what_to_run_in_one_line(tmp_path, capsys, monkeypatch):
+def _offline(tmp_path, monkeypatch):
+    """No Debian files, no apt, and a mirror nothing listens on (connection refused, as offline)."""
     monkeypatch.setattr(fm, "DEBIAN_DIR", tmp_path / "no-debian")
     monkeypatch.setattr(fm, "can_install", lambda: False)
     monkeypatch.setenv("VITKD_DATA_RETRIES", "0")
@@ -362,8 +363,12 @@ def test_offline_and_unprivileged_data_get_says_what_to_run_in_one_line(tmp_path
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-    s.close()   # nothing listens there: connection refused, as offline
+    s.close()
     monkeypatch.setattr(fm, "torchvision_mirrors", lambda: [f"http://127.0.0.1:{port}/"])
+
+
+def test_offline_and_unprivileged_data_get_says_what_to_run_in_one_line(tmp_path, capsys, monkeypatch):
+    _offline(tmp_path, monkeypatch)
     code, err = run_cli(["data", "get", "fashion_mnist"], capsys)
     assert code == 2 and err.count("\n") == 1, err
     assert f"apt-get install {fm.DEBIAN_PACKAGE}" in err and "--mirror" in err
@@ -424,19 +429,6 @@ def test_a_one_channel_student_builds_dry_runs_and_is_costed_with_one_channel():
 
 # ---------------------------------------------------------------------- vitkd demo: Fashion-MNIST, else the digits
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _offline(tmp_path, monkeypatch):
-    """No Debian files, no apt, and a mirror nothing listens on (connection refused, as offline)."""
-    monkeypatch.setattr(fm, "DEBIAN_DIR", tmp_path / "no-debian")
-    monkeypatch.setattr(fm, "can_install", lambda: False)
-    monkeypatch.setenv("VITKD_DATA_RETRIES", "0")
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    monkeypatch.setattr(fm, "torchvision_mirrors", lambda: [f"http://127.0.0.1:{port}/"])
 
 
 def test_demo_falls_back_to_the_digits_in_one_line_without_the_data(tmp_path, capsys, monkeypatch):
