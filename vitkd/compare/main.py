@@ -97,8 +97,8 @@ def _run_suite(suite, base, path, out_dir: Path, quick, cache, n_jobs, progress,
         if kind.finish is not None:
             kind.finish(plan, run_walls(out_dir, walls))
     recipe, seeds = recipe_of(suite, quick)
-    meta = {"recipe": {**recipe, **sized}, "seeds": seeds, "tuned": tuned, "row_knobs": row_knobs, "quick": quick, "executor": runner.name,
-            **plan.meta, "suite_file": str(path), "wall_s_total": time.perf_counter() - t0}
+    meta = {"recipe": {**recipe, **sized}, "seeds": seeds, "tuned": tuned, "row_knobs": row_knobs, "quick": quick,
+            "executor": runner.name, **plan.meta, "suite_file": str(path), "wall_s_total": time.perf_counter() - t0}
     results = summarize(suite, plan.with_role("teacher"), plan.with_role("row"), walls, meta, out_dir, log,
                         overrides=plan.overrides)
     for fname, data in plan.files.items():
