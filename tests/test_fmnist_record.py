@@ -92,3 +92,19 @@ def test_the_teachers_are_in_the_zoo_two_points_above_no_kd_on_val(record, suite
         assert e["dataset"] == "fashion_mnist" and e["split"] == "test"
         val = [v for _, _, v in e["curve"] if v is not None][-1]
         assert val >= no_kd_val + 2.0, (name, val, no_kd_val)
+
+
+def test_the_readme_states_the_records_regime_knobs_and_teachers(record):
+    """The README's Fashion-MNIST section says what the record and the zoo hold (no number typed by hand)."""
+    text = (ROOT / "README.md").read_text()
+    sec = text[text.index("### Fashion-MNIST: the teachers and the tuned recipe"):text.index("## A distillation config")]
+    sec = " ".join(sec.split())   # the prose is wrapped
+    size = record["size"]
+    assert f"**{size['size']:,} images x {size['epochs']} epochs**" in sec
+    assert f"val {size['no_kd_mean']:.2f} ± {size['no_kd_std']:.2f} over 5 seeds" in sec
+    for row, f in record["families"].items():
+        assert f"| {row} | {f['term']}.{f['param']} |" in sec and f"| **{f['chosen']:g}** |" in sec
+    index = yaml.safe_load((ROOT / "models" / "zoo.yaml").read_text())
+    for e in index["models"]:
+        if e["name"].startswith("fmnist-teachers-"):
+            assert f"| `{e['name']}` |" in sec and f"| {e['top1']:.2f} |" in sec
