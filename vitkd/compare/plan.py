@@ -14,7 +14,7 @@ from .jobs import KINDS, Job, SuitePlan, is_done, kind_of, kinds_in_order, regis
 from .suite import SuiteCfg
 
 __all__ = ["Job", "SuitePlan", "recipe_of", "quick_rows", "plan_suite", "row_kind", "row_folder", "check_jobs",
-           "strip_checkpoints", "build_key", "set_term_param"]
+           "strip_checkpoints", "build_key", "set_term_param", "terms_of_type"]
 
 
 def _set_teacher_checkpoint(raw: dict, key: str, run_dir: Path) -> None:
@@ -111,9 +111,14 @@ def _plan_rows(plan: SuitePlan) -> None:
     plan.jobs.extend(jobs)
 
 
+def terms_of_type(raw: dict, term: str) -> List[dict]:
+    """The loss terms of type ``term`` in a run config, in order."""
+    return [t for t in (raw.get("distill") or {}).get("terms") or [] if isinstance(t, dict) and t.get("type") == term]
+
+
 def set_term_param(raw: dict, term: str, param: str, value, where: str) -> None:
     """Set ``param`` of every loss term of type ``term`` in a run config (a family's tuned knob)."""
-    terms = [t for t in (raw.get("distill") or {}).get("terms") or [] if isinstance(t, dict) and t.get("type") == term]
+    terms = terms_of_type(raw, term)
     if not terms:
         raise ConfigError(f"{where}: no loss term of type '{term}' to set {param} on")
     for t in terms:

@@ -264,7 +264,7 @@ def _family_knobs(suite, base, cache: Path, trials: _Trials, chosen: Dict[str, A
     as `vitkd compare` plans them (its teachers restored, its stores of logits), one variant per value."""
     import copy
     from .jobs import SuitePlan
-    from .plan import plan_suite, set_term_param
+    from .plan import plan_suite, set_term_param, terms_of_type
     spec = suite.tune.families
     if not spec:
         return [], {}
@@ -284,7 +284,7 @@ def _family_knobs(suite, base, cache: Path, trials: _Trials, chosen: Dict[str, A
     variants: Dict[str, Dict[float, Job]] = {}
     for row, ks in spec.items():
         job = row_jobs[row]
-        terms = [t for t in job.raw.get("distill", {}).get("terms", []) if t.get("type") == ks.term]
+        terms = terms_of_type(job.raw, ks.term)
         default = terms[0].get(ks.param) if terms else None
         variants[row] = {}
         for v in ks.values:
