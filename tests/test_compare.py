@@ -402,3 +402,21 @@ def test_suite_teacher_from_the_zoo_and_a_family_knob_tuned(tmp_path, capsys):
     assert main(["compare", str(suite_file), "--out", str(out), "--cache", str(cache), "--tuning", str(tuning)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "either config" in err[0]
+
+
+def test_a_sharing_suite_keeps_its_wall_time_after_the_suite_it_shares(tmp_path):
+    from vitkd.compare.report import write_timing
+    main, methods = tmp_path / "main", tmp_path / "methods"
+    main.mkdir(), methods.mkdir()
+    write_timing(main / "timing.json", {"teachers/t": 3.0, "rows/a/s0": 10.0}, 13.0)
+    assert json.loads((main / "timing.json").read_text())["empty_cache_wall_s"] == 13.0
+    # the extension reuses only the main suite's runs: its wall time is the one "right after" the main suite
+    write_timing(methods / "timing.json", {"teachers/t": 0, "rows/a/s0": 0, "rows/b/s0": 7.0}, 7.5,
+                 shared=main / "timing.json")
+    t = json.loads((methods / "timing.json").read_text())
+    assert t["empty_cache_wall_s"] is None and t["shared_cache_wall_s"] == 7.5 and t["shared_runs_reused"] == 2
+    # a later invocation that also reused one of its own runs keeps that figure, not its own wall time
+    write_timing(methods / "timing.json", {"teachers/t": 0, "rows/a/s0": 0, "rows/b/s0": 0}, 0.4,
+                 shared=main / "timing.json")
+    t = json.loads((methods / "timing.json").read_text())
+    assert t["shared_cache_wall_s"] == 7.5 and t["per_run_s"] == {"rows/b/s0": 7.0}

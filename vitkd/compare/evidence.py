@@ -118,6 +118,10 @@ class Suite:
         w = self.timing.get("empty_cache_wall_s")
         if w:
             return f"{w:.0f} s ({w / 60:.1f} min) from an empty cache"
+        w = self.timing.get("shared_cache_wall_s")
+        if w:
+            return (f"{w:.0f} s ({w / 60:.1f} min) run right after suite {self.timing['shares']}, reusing only its "
+                    f"{self.timing['shared_runs_reused']} runs")
         runs = self.timing.get("per_run_s") or {}
         env = self.folder / "environment.json"
         jobs = (json.loads(env.read_text()).get("jobs") if env.is_file() else None) or 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 
 from ..config import ConfigError
@@ -176,13 +176,22 @@ def _read_timing(path: Path) -> dict:
         return {}
 
 
-def write_timing(path: Path, walls: Dict[str, float], wall_total: float) -> None:
+def write_timing(path: Path, walls: Dict[str, float], wall_total: float, shared: Optional[Path] = None) -> None:
     """Seconds per run; runs reused from the cache keep the time measured when they were trained, and the
-    suite's wall time from an empty cache is kept from the invocation that trained every run."""
+    suite's wall time from an empty cache is kept from the invocation that trained every run. A suite that shares
+    another's runs (``shared``: that suite's ``timing.json``) also keeps ``shared_cache_wall_s``, the wall time of
+    an invocation that reused only runs the shared suite had trained (run back to back with it)."""
     prev = _read_timing(path)
     trained = {k: v for k, v in walls.items() if v > 0}
     reused = sorted(k for k, v in walls.items() if v == 0)
-    atomic_write_json(path, {
+    doc = {
         "wall_s_this_invocation": wall_total, "runs_trained_now": len(trained), "runs_reused": len(reused),
         "empty_cache_wall_s": wall_total if not reused else prev.get("empty_cache_wall_s"),
-        "per_run_s": {**prev.get("per_run_s", {}), **trained}})
+        "per_run_s": {**prev.get("per_run_s", {}), **trained}}
+    if shared is not None:
+        theirs = set(_read_timing(shared).get("per_run_s", {}))
+        after = bool(reused) and bool(theirs) and set(reused) <= theirs
+        doc["shares"] = str(shared.parent.name)
+        doc["shared_cache_wall_s"] = wall_total if after else prev.get("shared_cache_wall_s")
+        doc["shared_runs_reused"] = len(reused) if after else prev.get("shared_runs_reused")
+    atomic_write_json(path, doc)
