@@ -13,6 +13,7 @@ from ...compare.jobs import Job, SuitePlan, register_kind
 from ...compare.suite import RowSpec, SuiteCfg, register_suite_check
 from ...config import ConfigError, check_name, path_under, read_config, register_section, section
 from .config import DATA_KEY
+from ...teachers import ORIGINS
 
 __all__ = ["SynthSpec", "KIND", "SUITE_KEY", "synth_dir"]
 
@@ -51,7 +52,10 @@ def _plan(plan: SuitePlan) -> None:
     teacher_dirs = plan.teacher_dirs
     for name, sy in sets.items():
         raw = read_config(sy.config, plan.base, sy.set)
-        raw.setdefault("teacher", {})["checkpoint"] = str(teacher_dirs[sy.teacher])
+        teacher = raw.setdefault("teacher", {})
+        for key in ("model", "args", *ORIGINS):   # the suite's teacher replaces the set config's own (a zoo entry)
+            teacher.pop(key, None)
+        teacher["checkpoint"] = str(teacher_dirs[sy.teacher])
         plan.jobs.append(Job(f"{KIND}/{name}", raw, synth_dir(plan.cache, name), [f"teachers/{sy.teacher}"],
                              kind=KIND, row=name))
     rows = {r.name: r for r in plan.suite.rows}
