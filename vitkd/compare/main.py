@@ -107,7 +107,8 @@ def _run_suite(suite, base, path, out_dir: Path, quick, cache, n_jobs, progress,
     atomic_write_text(out_dir / "resolved_configs.yaml",
                       yaml.safe_dump({j.key: j.raw for j in plan.jobs}, sort_keys=False))
     meta["wall_s_total"] = time.perf_counter() - t0
-    write_timing(out_dir / "timing.json", walls, meta["wall_s_total"])
+    write_timing(out_dir / "timing.json", walls, meta["wall_s_total"],
+                 shared=out_dir.parent / suite.shares / "timing.json" if suite.shares else None)
     if readme:
         update_readme(readme, out_dir)
     if plan_seeds:
