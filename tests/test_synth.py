@@ -213,7 +213,7 @@ def test_a_suite_synthesises_after_its_teacher_and_its_data_free_row_trains_on_t
     (tmp_path / "student.yaml").write_text(yaml.safe_dump(student))
     (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(teacher))
     syn = synth_raw(images=10, batch_size=10, iterations=2)
-    syn.pop("teacher")
+    syn["teacher"] = {"zoo": "fmnist-teachers-cnn_s"}   # the set config's own teacher: the suite's replaces it
     (tmp_path / "syn.yaml").write_text(yaml.safe_dump(syn))
     (tmp_path / "suite.yaml").write_text(yaml.safe_dump({
         "name": "s", "student": "student.yaml", "seeds": [0], "teachers": {"cnn": {"config": "teacher.yaml"}},
@@ -227,7 +227,7 @@ def test_a_suite_synthesises_after_its_teacher_and_its_data_free_row_trains_on_t
     teachers, (row,) = plan.with_role("teacher"), plan.with_role("row")
     synth = [j for j in plan.jobs if j.kind == "synth"]
     (job,) = synth
-    assert job.kind == "synth" and job.deps == ["teachers/cnn"] and job.raw["teacher"]["checkpoint"] == str(teachers[0].out)
+    assert job.kind == "synth" and job.deps == ["teachers/cnn"] and job.raw["teacher"] == {"checkpoint": str(teachers[0].out)}
     assert set(row.deps) == {"synth/di", "teachers/cnn"} and row.raw["data"]["synthetic"] == str(job.out)
     check_jobs(teachers + synth + [row])   # nothing trained yet: the set and the teacher are planned
     # the fixture ResNet stands in for the trained teacher
