@@ -13,7 +13,8 @@ from vitkd.compare.reference import SPREAD_FILE, check_against_reference, format
 from vitkd.io import atomic_write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ROOT / "results" / "compare" / "digits-quick"
+# the committed quick references whose bands the demos check against (`make demo`, `make demo-digits`)
+QUICKS = [ROOT / "results" / "compare" / name for name in ("digits-quick",)]
 
 
 def _results(folder: Path, rows: dict) -> Path:
@@ -40,9 +41,10 @@ def test_without_a_measured_band_a_row_is_not_judged(tmp_path):
 
 
 @pytest.mark.isa
-def test_the_committed_bands_come_from_the_committed_spread_measurement():
-    spread = json.loads((QUICK / SPREAD_FILE).read_text())
-    committed = {r["row"]: float(r["test_top1_mean"]) for r in csv.DictReader(open(QUICK / "results.csv"))}
+@pytest.mark.parametrize("quick", QUICKS, ids=lambda p: p.name)
+def test_the_committed_bands_come_from_the_committed_spread_measurement(quick):
+    spread = json.loads((quick / SPREAD_FILE).read_text())
+    committed = {r["row"]: float(r["test_top1_mean"]) for r in csv.DictReader(open(quick / "results.csv"))}
     rows = spread["quick"]["rows"]
     assert set(rows) == set(committed)
     isas = list(spread["machine"])
@@ -53,26 +55,36 @@ def test_the_committed_bands_come_from_the_committed_spread_measurement():
         assert r["max_abs_diff_from_reference"] == pytest.approx(max(diffs), abs=1e-6)
         assert r["spread_across_isas"] == pytest.approx(max(r[i] for i in isas) - min(r[i] for i in isas), abs=1e-6)
         assert r["band"] == pytest.approx(max(diffs) + spread["quick"]["margin"], abs=1e-6)
+    if "zoo_eval" not in spread:   # measured with the digits reference (`make isa-spread`)
+        return
     # evaluation of fixed weights: the same top-1 under every instruction set, for every published entry
     zoo = spread["zoo_eval"]["entries"]
     assert zoo and spread["zoo_eval"]["all_top1_equal"]
     assert all(len(set(e["top1"].values())) == 1 and e["top1"]["native"] == e["index_top1"] for e in zoo.values())
 
 
-def test_the_readme_states_the_measured_spread():
-    spread = json.loads((QUICK / SPREAD_FILE).read_text())
+@pytest.mark.parametrize("quick", QUICKS, ids=lambda p: p.name)
+def test_the_readme_states_the_measured_spread(quick):
+    spread = json.loads((quick / SPREAD_FILE).read_text())
     text = (ROOT / "README.md").read_text()
     assert "python tools/isa_spread.py" in text
+    # the table that follows the first mention of this record
+    where = f"results/compare/{quick.name}/isa_spread.json"
+    assert where in text, where
+    after = text.split(where, 1)[1].splitlines()
+    start = next(i for i, ln in enumerate(after) if ln.startswith("| row |"))
+    table = after[start:next((i for i in range(start, len(after)) if not after[i].startswith("|")), len(after))]
     for row, r in spread["quick"]["rows"].items():
-        line = next((ln for ln in text.splitlines() if ln.startswith(f"| {row} |")), None)
+        line = next((ln for ln in table if ln.startswith(f"| {row} |")), None)
         assert line is not None, row
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[1:] == [f"{r['reference']:.2f}"] + [f"{r[i]:.2f}" for i in spread["machine"]] + \
             [f"{r['spread_across_isas']:.2f}", f"±{r['band']:.2f}"], row
 
 
-def test_the_demo_output_folder_is_untracked():
-    out = subprocess.run(["git", "check-ignore", "-q", "runs/quick/digits-quick/results.csv"], cwd=ROOT)
+@pytest.mark.parametrize("quick", QUICKS, ids=lambda p: p.name)
+def test_the_demo_output_folder_is_untracked(quick):
+    out = subprocess.run(["git", "check-ignore", "-q", f"runs/quick/{quick.name}/results.csv"], cwd=ROOT)
     assert out.returncode == 0
 
 
