@@ -1,5 +1,6 @@
 """The studies' machinery: a suite sweep (data size), per-row stored-logit options (live, K), pipeline rows'
 costs, the sweep and teacher-size plots, and the README's evidence block with its claim verdicts."""
+import copy
 import csv
 import json
 from pathlib import Path
@@ -303,3 +304,17 @@ def test_awaiting_claims_wait_for_their_suite_then_are_judged(tmp_path, monkeypa
                                             _cmp("peer", 4.0, "better")])
     text = compose(load_readme_spec(tmp_path / "readme.yaml"), tmp_path / "README.md", "vitkd report")
     assert "- **Peers help.** Verdict: supported." in text and "`peer` vs `no_kd` (new, 3 seeds)" in text
+
+
+def test_a_zoo_teacher_named_per_value_is_restored_per_value_and_a_plain_one_is_shared(tmp_path):
+    suite, base = _suite(tmp_path, sweep={"key": "data.train_subset", "values": [100, 400], "label": "images"},
+                         teachers={"cnn": {"zoo": "study-cnn-{value}", "label": "CNN"},
+                                   "big": {"zoo": "study-big", "label": "Big"}})
+    suite.rows.append(copy.deepcopy(suite.rows[1]))
+    suite.rows[-1].name, suite.rows[-1].teachers = "kd_big", {"t": "big"}
+    out = expand_sweep(suite, base, False, {}, {})
+    assert {k: t.zoo for k, t in out.teachers.items()} == \
+        {"cnn_100": "study-cnn-100", "cnn_400": "study-cnn-400", "big": "study-big"}
+    assert out.teachers["cnn_400"].sweep_of == "cnn" and out.teachers["cnn_400"].label == "CNN (400)"
+    rows = {r.name: r for r in out.rows}
+    assert rows["kd_400"].teachers == {"t": "cnn_400"} and rows["kd_big_400"].teachers == {"t": "big"}

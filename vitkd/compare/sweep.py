@@ -7,6 +7,10 @@ the whole study is one family of comparisons unless the suite names others. The 
 images of one fixed permutation of the train split (:func:`vitkd.data.digits_splits`), so the subsets are
 nested, and a row and its baseline see the same images at every seed.
 
+A zoo teacher is the same published model at every value, unless its entry name holds ``{value}``
+(``zoo: fmnist-datasize-cnn_s-{value}``): then each value restores its own entry, a teacher trained on that
+value's subset outside the suite's budget.
+
 ``hold: steps`` keeps the number of optimizer steps at every value (the recipe's, or the sweep's ``steps``):
 epochs = steps / ceil(v / batch), and the warmup keeps its share of training; ``hold: epochs`` changes nothing
 but the key.
@@ -23,7 +27,7 @@ from .jobs import kinds_in_order
 from .plan import recipe_of
 from .suite import SuiteCfg, TeacherSpec
 
-__all__ = ["expand_sweep", "held_settings"]
+__all__ = ["expand_sweep", "held_settings", "per_value", "VALUE_FIELD"]
 
 
 def _tag(value: float) -> str:
@@ -54,6 +58,15 @@ def held_settings(raw: dict, key: str, value: float, hold: str, steps: Optional[
     return out
 
 
+VALUE_FIELD = "{value}"   # in a zoo teacher's entry name: one published entry per swept value
+
+
+def per_value(teacher: TeacherSpec) -> bool:
+    """A zoo teacher whose entry name holds ``{value}``: the sweep restores ``name.replace("{value}", v)`` at each
+    value ``v`` (written as the rows' size tags write it: ``1000``, ``0.5``)."""
+    return teacher.zoo is not None and VALUE_FIELD in teacher.zoo
+
+
 def expand_sweep(suite: SuiteCfg, base: Path, quick: bool, tuned: Dict[str, Any], sized: Dict[str, Any]) -> SuiteCfg:
     """The suite with its sweep expanded (unchanged when it has none)."""
     sw = suite.sweep
@@ -69,8 +82,13 @@ def expand_sweep(suite: SuiteCfg, base: Path, quick: bool, tuned: Dict[str, Any]
     for v in sw.values:
         tag = _tag(v)
         for name, t in suite.teachers.items():
-            if t.zoo is not None:   # a published teacher: the same one at every value
+            if t.zoo is not None and not per_value(t):   # a published teacher: the same one at every value
                 out.teachers[name] = t
+                continue
+            if t.zoo is not None:   # one published teacher per value (trained outside the suite on that value)
+                out.teachers[f"{name}_{tag}"] = TeacherSpec(
+                    zoo=t.zoo.replace(VALUE_FIELD, tag), label=f"{t.label or name} ({tag})", family=t.family,
+                    sweep_value=float(v), sweep_of=name)
                 continue
             raw = read_config(t.config, base, recipe, sized, suite.teacher_set, tuned if t.tuned else {}, t.set)
             out.teachers[f"{name}_{tag}"] = TeacherSpec(
@@ -83,7 +101,8 @@ def expand_sweep(suite: SuiteCfg, base: Path, quick: bool, tuned: Dict[str, Any]
             row = copy.deepcopy(r)
             row.name = f"{r.name}_{tag}"
             row.set = {**r.set, **held_settings(raw, sw.key, v, sw.hold, sw.steps)}
-            row.teachers = {k: t if suite.teachers[t].zoo else f"{t}_{tag}" for k, t in r.teachers.items()}
+            row.teachers = {k: t if suite.teachers[t].zoo and not per_value(suite.teachers[t]) else f"{t}_{tag}"
+                            for k, t in r.teachers.items()}
             row.size = f"{r.size or ''}@{tag}"
             row.baseline = f"{r.baseline}_{tag}" if r.baseline else None
             row.curve = None
