@@ -175,13 +175,14 @@ def test_the_method_rows_are_paired_with_the_main_suites_own_runs():
     assert float(more["m2mkd"]["train_mmacs_per_image"]) > float(more["no_kd"]["train_mmacs_per_image"])
 
 
-def test_the_readme_results_block_is_the_report_commands_output():
+@pytest.mark.parametrize("spec_path", ["configs/compare/readme.yaml", "configs/compare/readme_fmnist.yaml"])
+def test_the_readme_results_block_is_the_report_commands_output(spec_path):
     from vitkd.compare.evidence import compose, load_readme_spec
-    from vitkd.compare.report import README_END, README_START
-    spec_path = "configs/compare/readme.yaml"
+    start, end = load_readme_spec(ROOT / spec_path).markers()
     readme = ROOT / "README.md"
     text = readme.read_text()
-    block = text.split(README_START, 1)[1].split(README_END, 1)[0]
+    assert text.count(start) == text.count(end) == 1, spec_path
+    block = text.split(start, 1)[1].split(end, 1)[0]
     import os
     cwd = os.getcwd()
     os.chdir(ROOT)

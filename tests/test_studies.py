@@ -241,6 +241,20 @@ def test_vitkd_report_fills_the_readme_block_and_refuses_bad_input(tmp_path, cap
     assert main(["report", "readme.yaml", "--readme", str(readme)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "kind" in err[0] and readme.read_text() == before
+    # a second spec fills its own block of the same README, the first block untouched; a block that is not there,
+    # or a bad block name, is one line and exit 2
+    spec["claims"][0]["kind"] = "direction"
+    other = {**spec, "block": "other", "heading": "Other table", "test_split": "the other test split"}
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    assert main(["report", "other.yaml", "--readme", str(readme)]) == 2
+    assert "<!-- other:start -->" in capsys.readouterr().err and readme.read_text() == before
+    readme.write_text(before + "<!-- other:start -->\n<!-- other:end -->\n")
+    assert main(["report", "other.yaml", "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith(before) and "### Other table" in text and "on the other test split" in text
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**spec, "block": "../x"}))
+    assert main(["report", "bad.yaml", "--readme", str(readme)]) == 2
+    assert "readme.block" in capsys.readouterr().err and readme.read_text() == text
 
 
 def test_the_study_plots_are_drawn_from_result_rows(tmp_path):
