@@ -111,3 +111,22 @@ def test_the_readme_states_the_main_table_as_committed(full):
         line = (f"| {name} | {r['family']} | {r['teachers'] or '-'} | {float(r['test_top1_mean']):.2f} ± "
                 f"{float(r['test_top1_std']):.2f} | {d} | {p} | {r['verdict']} | {float(r['train_mmacs_per_image']):.1f} |")
         assert line in sec, line
+
+
+def test_the_readme_states_the_methods_rows_as_committed(full):
+    methods = rows(ROOT / "results" / "compare" / "fmnist-methods" / "results.csv")
+    text = (ROOT / "README.md").read_text()
+    sec = text[text.index("4. **The methods suite**"):text.index("## A distillation config")]
+    new = [n for n in methods if n not in full]
+    assert len(new) >= 10
+    for name in new:
+        r = methods[name]
+        assert int(r["seeds"]) >= 3, name
+        d = f"{float(r['delta']):+.2f} [{float(r['ci_low']):+.1f}, {float(r['ci_high']):+.1f}]"
+        line = (f"| {name} | {r['family']} | {r['teachers'] or '-'} | {float(r['test_top1_mean']):.2f} ± "
+                f"{float(r['test_top1_std']):.2f} | {d} vs `{r['baseline'] or 'no_kd'}` | {float(r['p_holm']):.3g} | "
+                f"{r['verdict']} | {float(r['macs_m']):.2f} | {float(r['train_mmacs_per_image']):.1f} |")
+        assert line in sec, line
+    # the shared rows are the main suite's own runs (reused, not retrained): the same per-seed numbers
+    for name in set(methods) & set(full):
+        assert methods[name]["test_top1_all"] == full[name]["test_top1_all"], name
