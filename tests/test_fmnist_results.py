@@ -1,7 +1,9 @@
 """Claims over the committed Fashion-MNIST main table (results/compare/fmnist/, made by `vitkd compare
-configs/compare/fmnist.yaml`): the
-budget, the seeds, the compute-matched baseline, every teacher's accuracy beside the table, the tuned knobs in the
-runs. These read files; nothing is trained here."""
+configs/compare/fmnist.yaml`), its quick reference
+(results/compare/fmnist-quick/, `vitkd compare configs/compare/fmnist.yaml --quick --out results/compare/fmnist-quick`)
+and the methods suite's rows: the budget, the seeds, the compute-matched baseline, every teacher's accuracy beside
+the table, the tuned knobs in the runs, quick mode being the suite's seed-0 runs, and the README's copies. These read
+files; nothing is trained here."""
 import csv
 import json
 from pathlib import Path
@@ -130,3 +132,11 @@ def test_the_readme_states_the_methods_rows_as_committed(full):
     # the shared rows are the main suite's own runs (reused, not retrained): the same per-seed numbers
     for name in set(methods) & set(full):
         assert methods[name]["test_top1_all"] == full[name]["test_top1_all"], name
+
+
+def test_quick_rows_are_the_full_suites_seed_0_runs(full):
+    quick = rows(QUICK / "results.csv")
+    suite = yaml.safe_load(SUITE.read_text())
+    assert list(quick) == suite["quick"]["rows"]
+    for name, q in quick.items():
+        assert per_seed(q) == per_seed(full[name])[:1], name
