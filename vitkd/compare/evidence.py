@@ -33,6 +33,7 @@ from typing import Dict, List, Optional, Tuple
 
 from ..config import ConfigError, build_dataclass, check_name, read_yaml
 from ..io import atomic_write_text
+from .report import block_markers
 
 __all__ = ["ReadmeSpec", "load_readme_spec", "compose", "write_readme", "judge"]
 
@@ -88,7 +89,7 @@ class ReadmeSpec:
         check_name(self.block, "readme.block", "block name")
 
     def markers(self) -> Tuple[str, str]:
-        return f"<!-- {self.block}:start -->", f"<!-- {self.block}:end -->"
+        return block_markers(self.block)
 
 
 def load_readme_spec(path) -> ReadmeSpec:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 
 from ..config import ConfigError
@@ -141,7 +141,12 @@ def _plan_section(plan, alpha) -> List[str]:
     return L
 
 
-README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+def block_markers(block: str) -> Tuple[str, str]:
+    """The two comment lines that hold a README block named ``block`` (one README holds several)."""
+    return f"<!-- {block}:start -->", f"<!-- {block}:end -->"
+
+
+README_START, README_END = block_markers("results")   # the block `vitkd compare --readme` fills
 
 
 def update_readme(readme, out_dir: Path) -> None:
