@@ -1309,3 +1309,30 @@ def test_a_full_disk_ends_synthesis_in_one_line_and_the_set_continues(fx, tmp_pa
     code, err = run_cli(argv, capsys)
     assert code == 0, err
     assert {str(p.relative_to(tmp_path / "set")) for p in (tmp_path / "set").rglob("*") if p.is_file()} == set(sizes)
+
+
+def test_writability_checks_of_sibling_folders_at_once_never_fail(tmp_path):
+    """A suite's parallel jobs check their --out folders (siblings under a parent not made yet) at the same time.
+    The check makes nothing, so one job's tidy-up never removes a folder another has just made: 4 threads, each
+    round under a fresh missing parent, all pass, and nothing is left behind (CI once saw ``cannot write there
+    (No such file or directory)`` here when the check made and removed the folders)."""
+    import threading
+    from vitkd.rundir import ensure_writable
+    rounds, n = 300, 4
+    barrier, errors = threading.Barrier(n), []
+
+    def job(k):
+        for r in range(rounds):
+            barrier.wait()
+            try:
+                ensure_writable(tmp_path / f"p{r}" / "logits" / f"s{k}")
+            except Exception as e:   # noqa: BLE001 - collected and reported below
+                errors.append(f"round {r}, job {k}: {e}")
+
+    threads = [threading.Thread(target=job, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert list(tmp_path.iterdir()) == []

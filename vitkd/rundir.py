@@ -296,26 +296,29 @@ def _read_mapping(path: Path) -> dict:
 
 def ensure_writable(path: Path, option: str = "--out") -> None:
     """One line naming the folder (and the ``option`` that chose it) when it cannot be created or written. It
-    is tried for real (mode bits, read-only filesystems, a file in the way, places even root cannot write) and
-    left as it was: folders made for the test are removed again, so a run that fails later leaves nothing."""
+    is tried for real (mode bits, read-only filesystems, a file in the way, places even root cannot write) by a
+    file made and removed in the folder, or in its deepest existing ancestor when it does not exist yet: nothing
+    is created, so a run that fails later leaves nothing, and checks of sibling folders running at once (a
+    suite's parallel jobs) never remove a folder another has just made."""
     path = Path(path)
-    made, probe = [], path
-    while not probe.exists() and probe != probe.parent:   # the folders the test would create
-        made.append(probe)
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ConfigError(f"{option} {path}: cannot create the folder ({probe} is not a folder)")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=str(path))
+    for _ in range(100):   # each retry follows a folder removed in between by another process: a few at most
+        probe = path
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir():
+            raise ConfigError(f"{option} {path}: cannot create the folder ({probe} is not a folder)")
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=str(probe))
+        except FileNotFoundError as e:
+            if probe.is_dir():   # the folder is there: the filesystem refuses files in it (e.g. /proc)
+                raise ConfigError(f"{option} {path}: cannot write there ({e.strerror})") from None
+            continue
+        except OSError as e:
+            raise ConfigError(f"{option} {path}: cannot write there ({e.strerror or type(e).__name__})") from None
         os.close(fd)
         os.unlink(tmp)
-    except OSError as e:
-        raise ConfigError(f"{option} {path}: cannot write there ({e.strerror or type(e).__name__})") from None
-    finally:
-        for folder in made:   # deepest first
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        return
+    raise ConfigError(f"{option} {path}: cannot write there (its parent folders keep changing)")
 
 
 def lock_path(path: Union[str, Path]) -> Path:
