@@ -420,3 +420,32 @@ def test_a_sharing_suite_keeps_its_wall_time_after_the_suite_it_shares(tmp_path)
                  shared=main / "timing.json")
     t = json.loads((methods / "timing.json").read_text())
     assert t["shared_cache_wall_s"] == 7.5 and t["per_run_s"] == {"rows/b/s0": 7.0}
+
+
+def test_an_invocation_stopped_by_a_failed_run_keeps_its_seconds(tmp_path, capsys):
+    """A run that fails in its worker (here: a row whose data folder holds no Fashion-MNIST) stops the suite with
+    one line naming it, exit 1; ``timing.json`` still records the runs that finished and the invocation's wall under
+    ``failed_invocations``; the next invocation (row fixed) keeps that record, as it reused those runs."""
+    (tmp_path / "student.yaml").write_text(yaml.safe_dump(STUDENT))
+    suite = {"name": "tiny", "student": "student.yaml", "seeds": [0], "jobs": 1,
+             "rows": [{"name": "no_kd", "family": "none"},
+                      {"name": "broken", "family": "none", "baseline": "no_kd",
+                       "set": {"data.name": "fashion_mnist", "data.root": str(tmp_path / "nothing")}}]}
+    (tmp_path / "nothing").mkdir()
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    out, cache = tmp_path / "results", tmp_path / "cache"
+    argv = ["compare", str(path), "--out", str(out), "--cache", str(cache)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "rows/broken/s0" in err[0] and "stay in the cache" in err[0], err
+    t = json.loads((out / "timing.json").read_text())
+    assert list(t["per_run_s"]) == ["rows/no_kd/s0"] and t["per_run_s"]["rows/no_kd/s0"] > 0
+    [failed] = t["failed_invocations"]
+    assert failed["runs_trained"] == 1 and failed["wall_s"] >= t["per_run_s"]["rows/no_kd/s0"]
+    assert "rows/broken/s0" in failed["error"]
+    suite["rows"] = suite["rows"][:1]
+    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    assert main(argv) == 0
+    t = json.loads((out / "timing.json").read_text())
+    assert t["runs_reused"] == 1 and t["failed_invocations"] == [failed] and t["empty_cache_wall_s"] is None

@@ -12,6 +12,7 @@ from typing import List, Optional, Tuple
 from .commands import COMMANDS, EXIT_USAGE, Parser, add_overrides, default_out
 from .config import ConfigError
 
+EXIT_RUNS_FAILED = 1
 EXIT_NUMERICS = 3
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)   # no space, over quota, over the file-size limit
 AFTER_DISK_FULL = {   # what running the command again keeps, by command (registered commands say their own)
@@ -360,6 +361,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_USAGE
     except Exception as e:   # a non-finite loss: one line, exit 3, the last good checkpoint kept
         from .engine import NonFiniteLoss
+        from .compare.runner import RunsFailed
+        if isinstance(e, RunsFailed):   # a suite's run failed in its worker: one line, the finished runs stay
+            print(f"vitkd: error: {str(e).splitlines()[0]} (the runs that finished stay in the cache and are "
+                  f"reused when it runs again)", file=sys.stderr)
+            return EXIT_RUNS_FAILED
         if not isinstance(e, NonFiniteLoss):
             raise
         print(f"vitkd: error: {e}", file=sys.stderr)

@@ -20,8 +20,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set
 
-__all__ = ["Resources", "Executor", "LocalPool", "RayExecutor", "make_executor", "schedule", "job_device",
-           "EXECUTORS"]
+__all__ = ["Resources", "Executor", "LocalPool", "RayExecutor", "make_executor", "schedule", "chain_lengths",
+           "job_device", "EXECUTORS"]
 
 EXECUTORS = ("local", "ray")
 
@@ -213,6 +213,24 @@ def make_executor(kind: str, jobs: Optional[int], address: Optional[str] = None,
     return LocalPool(jobs or 2, threads=cpus_per_job)
 
 
+def chain_lengths(jobs: Sequence[Any]) -> Dict[str, int]:
+    """Per job, the longest chain of jobs that starts with it: 1 for a job nothing waits on, else 1 + the longest
+    among the jobs that depend on it. Started first, such heads keep a chain (a teacher, its store, the rows that
+    read it) from running alone on one worker at the end while the others sit idle."""
+    waiting: Dict[str, List[str]] = {}
+    for j in jobs:
+        for d in j.deps:
+            waiting.setdefault(d, []).append(j.key)
+    lengths: Dict[str, int] = {}
+
+    def length(key: str) -> int:
+        if key not in lengths:
+            lengths[key] = 1 + max((length(k) for k in waiting.get(key, ())), default=0)
+        return lengths[key]
+
+    return {j.key: length(j.key) for j in jobs}
+
+
 def schedule(jobs: Iterable[Any], executor: Executor, fn: Callable[[Any], Any], done: Set[str],
              on_result: Callable[[Any, Any, Optional[str]], None]) -> List[str]:
     """Run ``fn(job)`` for every job on ``executor``, each once the jobs in its ``deps`` are in ``done``.
@@ -222,10 +240,11 @@ def schedule(jobs: Iterable[Any], executor: Executor, fn: Callable[[Any], Any], 
     failure in its value). A successful job's key joins ``done``; the jobs that depend on a failed one,
     directly or not, are dropped. Returns the keys of the failed jobs."""
     pending = list(jobs)
+    chain = chain_lengths(pending)
     running: Dict[Any, Any] = {}
     failed: List[str] = []
-    while pending or running:
-        ready = [j for j in pending if all(d in done for d in j.deps)]
+    while pending or running:   # among ready jobs, the head of the longest chain first (list order breaks ties)
+        ready = sorted((j for j in pending if all(d in done for d in j.deps)), key=lambda j: -chain[j.key])
         room = len(ready) if executor.slots is None else max(0, executor.slots - len(running))
         for j in ready[:room]:
             pending.remove(j)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional
 
 import yaml
 
@@ -17,8 +17,8 @@ from .jobs import SuitePlan, kinds_in_order
 from .measure import summarize
 from .plan import check_jobs, plan_suite, recipe_of
 from .reference import QUICK_HOME, check_against_reference, format_checks, reference_dir, write_checks
-from .report import run_walls, update_readme, write_timing
-from .runner import execute
+from .report import run_walls, update_readme, write_failed_timing, write_timing
+from .runner import RunsFailed, execute
 from .suite import load_suite
 from .sweep import expand_sweep
 from .tune import read_row_knobs, read_tuned
@@ -82,17 +82,23 @@ def _run_suite(suite, base, path, out_dir: Path, quick, cache, n_jobs, progress,
     ensure_writable(cache_dir, "--cache")
     ensure_writable(out_dir, "--out")
     t0 = time.perf_counter()
-    walls = execute(first, n_jobs, progress, log, train=not plan_seeds, executor=runner)
+    walls: Dict[str, float] = {}
 
-    def run_more(jobs):
-        """A kind's jobs planned after the first ones ran (those are done by now)."""
-        walls.update(execute(jobs, n_jobs, progress, log, done_before=[j.key for j in plan.jobs],
-                             train=not plan_seeds, executor=runner))
+    def run_more(jobs, done_before=()):
+        """Jobs whose inputs are done (the first ones; then a kind's, planned after the first ones ran)."""
+        walls.update(execute(jobs, n_jobs, progress, log, done_before=done_before, train=not plan_seeds,
+                             executor=runner))
         return walls
 
-    for kind in kinds_in_order():   # kinds that plan more once the first jobs have run (a pipeline's stages)
-        if kind.after is not None:
-            kind.after(plan, run_more)
+    try:
+        run_more(first)
+        for kind in kinds_in_order():   # kinds that plan more once the first jobs have run (a pipeline's stages)
+            if kind.after is not None:
+                kind.after(plan, lambda jobs: run_more(jobs, [j.key for j in plan.jobs]))
+    except RunsFailed as e:   # the runs that did finish keep their seconds, and the invocation its wall
+        walls.update(e.walls)
+        write_failed_timing(out_dir / "timing.json", walls, time.perf_counter() - t0, str(e))
+        raise
     for kind in kinds_in_order():   # table overrides and files of the kinds' own
         if kind.finish is not None:
             kind.finish(plan, run_walls(out_dir, walls))

@@ -199,4 +199,18 @@ def write_timing(path: Path, walls: Dict[str, float], wall_total: float, shared:
         doc["shares"] = str(shared.parent.name)
         doc["shared_cache_wall_s"] = wall_total if after else prev.get("shared_cache_wall_s")
         doc["shared_runs_reused"] = len(reused) if after else prev.get("shared_runs_reused")
+    if reused and prev.get("failed_invocations"):   # the runs this one reused may be theirs: their walls stay
+        doc["failed_invocations"] = prev["failed_invocations"]
     atomic_write_json(path, doc)
+
+
+def write_failed_timing(path: Path, walls: Dict[str, float], wall_total: float, error: str) -> None:
+    """An invocation stopped by a failed run: the seconds of the runs it did finish join ``per_run_s``, and the
+    invocation joins ``failed_invocations`` (its wall, how many runs it trained, the first failure), so the time a
+    suite took over several invocations can still be summed. The record's other fields stay as they were."""
+    prev = _read_timing(path)
+    trained = {k: v for k, v in walls.items() if v > 0}
+    failed = prev.get("failed_invocations", []) + [
+        {"wall_s": wall_total, "runs_trained": len(trained), "error": error}]
+    atomic_write_json(path, {**prev, "per_run_s": {**prev.get("per_run_s", {}), **trained},
+                             "failed_invocations": failed})

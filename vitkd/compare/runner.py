@@ -11,7 +11,15 @@ from ..config import ConfigError
 from .executors import Executor, LocalPool, schedule
 from .jobs import Job, is_done, kind_of
 
-__all__ = ["execute", "run_job"]
+__all__ = ["execute", "run_job", "RunsFailed"]
+
+
+class RunsFailed(RuntimeError):
+    """Some of a suite's runs failed; ``walls``: seconds of each job that finished (0: reused from the cache)."""
+
+    def __init__(self, message: str, walls: Dict[str, float]):
+        super().__init__(message)
+        self.walls = walls
 
 
 def run_job(job: Job) -> Tuple[str, float, Optional[str]]:
@@ -51,7 +59,8 @@ def execute(jobs: List[Job], n_jobs: Optional[int] = None, progress: bool = True
         key, wall = job.key, 0.0
         if value is not None:
             key, wall, err = value
-        walls[key] = wall
+        if not err:
+            walls[key] = wall
         bar.update(1)
         finished[0] += 1
         if err:
@@ -70,5 +79,5 @@ def execute(jobs: List[Job], n_jobs: Optional[int] = None, progress: bool = True
         if own:
             executor.close()
     if failures:
-        raise RuntimeError(f"suite: {len(failures)} run(s) failed, first: {failures[0]}")
+        raise RunsFailed(f"suite: {len(failures)} run(s) failed, first: {failures[0]}", walls)
     return walls
