@@ -356,3 +356,27 @@ def test_feature_and_relation_terms_read_an_online_teacher_unchanged(kind):
     total.backward()
     assert d.requests[name].attn   # the attention of the online teacher was tapped
     d.close()
+
+
+@pytest.mark.parametrize("kind", ["peer", "ema"])
+def test_a_run_whose_teacher_it_trains_itself_publishes_without_a_zoo_teacher(kind, tmp_path):
+    """A DML or EMA run's teacher is made by the run: ``zoo publish`` asks no ``--teacher`` for it, the entry's
+    lineage is empty, and the shipped config keeps the peer (or EMA) entry, so it trains again as it did; a run
+    with a live teacher from outside is still refused until that teacher is in the zoo."""
+    from vitkd.zoo.index import ZooError
+    from vitkd.zoo.publish import publish_run
+    raw = dml() if kind == "peer" else ema()
+    train(parse_config(raw), tmp_path / "run", log=lambda m: None)
+    e = publish_run(tmp_path / "run", f"tiny-{kind}", tmp_path / "models" / "zoo.yaml", figures={"params_m": 0.0})
+    assert e.teachers == {}
+    shipped = yaml.safe_load((tmp_path / "models" / f"tiny-{kind}" / e.config).read_text())
+    [(name, entry)] = raw["distill"]["teachers"].items()
+    assert shipped["distill"]["teachers"][name][kind] == entry[kind]
+    assert shipped["distill"]["teachers"][name].get("zoo") is None
+    outside = base()
+    outside["distill"] = {"teachers": {"t": {"model": "vit_tiny_patch16_224", "args": dict(VIT),
+                                             "checkpoint": str(tmp_path / "run")}},
+                          "terms": [{"type": "ce"}, {"type": "kd", "T": 2.0}]}
+    train(parse_config(outside), tmp_path / "kd", log=lambda m: None)
+    with pytest.raises(ZooError, match="teacher 't' of the run has no zoo entry"):
+        publish_run(tmp_path / "kd", "tiny-kd", tmp_path / "models" / "zoo.yaml", figures={"params_m": 0.0})

@@ -39,7 +39,7 @@ from .config import ConfigError, TeacherCfg, has_key, key_value
 from .data import DataSpec, class_count
 from .taps import TapOutput, TapRequest, Tapped, describe
 
-__all__ = ["TeacherSource", "LiveTeacher", "TeacherOrigin", "ORIGINS", "register_origin", "teacher_origin",
+__all__ = ["TeacherSource", "LiveTeacher", "TeacherOrigin", "ORIGINS", "register_origin", "made_in_run", "teacher_origin",
            "build_teacher_source", "load_teacher_model"]
 
 
@@ -142,17 +142,24 @@ class TeacherOrigin:
     field: str
     model: Optional[Callable[[str, TeacherCfg], nn.Module]] = None
     source: Optional[Callable[..., TeacherSource]] = None
+    in_run: bool = False   # the run itself makes this teacher (a peer, the student's EMA): no weights come from outside
 
 
 # the origins, registered by the packages that own them (vitkd.zoo: 'zoo'; the methods under vitkd.methods theirs)
 ORIGINS: Dict[str, TeacherOrigin] = {}
 
 
-def register_origin(field: str, model=None, source=None) -> None:
+def register_origin(field: str, model=None, source=None, in_run: bool = False) -> None:
     """Register where a teacher comes from when its config sets ``field`` (see :class:`TeacherOrigin`)."""
     if not has_key(TeacherCfg, field):
         raise ValueError(f"register_origin: TeacherCfg has no key '{field}' (declare it with register_section)")
-    ORIGINS[field] = TeacherOrigin(field, model, source)
+    ORIGINS[field] = TeacherOrigin(field, model, source, in_run)
+
+
+def made_in_run(raw_teacher: Optional[dict]) -> bool:
+    """The raw teacher entry (a config's ``distill.teachers.<name>``) is made by the run itself (a peer trained
+    beside the student, the student's EMA): it has no weights of its own to come from anywhere else."""
+    return any(o.in_run and (raw_teacher or {}).get(o.field) is not None for o in ORIGINS.values())
 
 
 def teacher_origin(name: str, cfg: TeacherCfg, planned: Optional[Dict[str, Any]] = None, live: bool = False) -> str:

@@ -27,6 +27,7 @@ from .. import models as model_lib
 from ..config import ConfigError, check_name, path_under, raw_teachers
 from ..io import atomic_save_safetensors, atomic_write_text, sha256_file
 from ..rundir import RunDir, exclusive
+from ..teachers import made_in_run
 from .index import (COLUMNS, ZooEntry, ZooError, ZooFile, ZooIndex, SuiteRef, load_index, markdown_table,
                     row_of, save_index)
 
@@ -88,14 +89,18 @@ def _config_with_zoo_teachers(config: dict, teachers: Dict[str, str]) -> dict:
     """The run config with each teacher named by its zoo entry instead of a local run folder."""
     config = yaml.safe_load(yaml.safe_dump(config))
     for key, t in raw_teachers(config).items():
-        t.update(zoo=teachers[key], checkpoint=None, model=None, args={})
+        if key in teachers:
+            t.update(zoo=teachers[key], checkpoint=None, model=None, args={})
     return config
 
 
 def _lineage(config: dict, given: Dict[str, str], index: ZooIndex) -> Dict[str, str]:
-    """{teacher key: zoo name} for every teacher of the run: named in ``given``, or already a zoo teacher."""
+    """{teacher key: zoo name} for every teacher of the run that comes from outside it (not a peer or the EMA the
+    run trains itself): named in ``given``, or already a zoo teacher."""
     out = {}
     for key, t in raw_teachers(config).items():
+        if made_in_run(t):
+            continue
         name = given.get(key) or (t or {}).get("zoo")
         if not name:
             raise ZooError(f"zoo publish: teacher '{key}' of the run has no zoo entry: publish the teacher first and "

@@ -21,4 +21,4 @@ __all__ = ["PeerTeacher", "EmaTeacher"]
 
 for key, source in (("peer", PeerTeacher), ("ema", EmaTeacher)):
     register_section(TeacherCfg, key, Optional[Dict[str, Any]])   # the entry's settings (checked by the source)
-    register_origin(key, source=source.from_config)
+    register_origin(key, source=source.from_config, in_run=True)   # trained in the run: no weights elsewhere
