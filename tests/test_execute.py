@@ -111,13 +111,13 @@ def test_executor_choice_and_resources(monkeypatch):
     assert ray_ex.resources({}) == Resources(num_cpus=4, num_gpus=0)   # device auto by default
 
 
-def test_the_head_of_the_longest_chain_starts_first():
+def test_the_head_of_the_longest_path_starts_first():
     """With one slot, among ready jobs the one the longest chain waits on goes first (a teacher, then its store,
-    then the rows reading it), and jobs of equal chains keep the suite's order."""
-    from vitkd.compare.executors import chain_lengths
+    then the rows reading it), and jobs of equal paths keep the suite's order."""
+    from vitkd.compare.executors import longest_paths
     jobs = [FakeJob("rows/plain1"), FakeJob("rows/plain2"), FakeJob("rows/kd", ["logits/t"]),
             FakeJob("logits/t", ["teachers/t"]), FakeJob("teachers/t"), FakeJob("rows/deit", ["logits/t"])]
-    assert chain_lengths(jobs) == {"rows/plain1": 1, "rows/plain2": 1, "rows/kd": 1, "logits/t": 2,
+    assert longest_paths(jobs) == {"rows/plain1": 1, "rows/plain2": 1, "rows/kd": 1, "logits/t": 2,
                                    "teachers/t": 3, "rows/deit": 1}
     ex = Inline(slots=1)
     schedule(jobs, ex, lambda j: j.key, set(), lambda j, v, e: e)

@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set
 
-__all__ = ["Resources", "Executor", "LocalPool", "RayExecutor", "make_executor", "schedule", "chain_lengths",
+__all__ = ["Resources", "Executor", "LocalPool", "RayExecutor", "make_executor", "schedule", "longest_paths",
            "job_device", "EXECUTORS"]
 
 EXECUTORS = ("local", "ray")
@@ -213,10 +213,10 @@ def make_executor(kind: str, jobs: Optional[int], address: Optional[str] = None,
     return LocalPool(jobs or 2, threads=cpus_per_job)
 
 
-def chain_lengths(jobs: Sequence[Any]) -> Dict[str, int]:
-    """Per job, the longest chain of jobs that starts with it: 1 for a job nothing waits on, else 1 + the longest
-    among the jobs that depend on it. Started first, such heads keep a chain (a teacher, its store, the rows that
-    read it) from running alone on one worker at the end while the others sit idle."""
+def longest_paths(jobs: Sequence[Any]) -> Dict[str, int]:
+    """Per job, the longest path of dependent jobs that starts with it: 1 for a job nothing waits on, else 1 + the
+    longest among the jobs that depend on it. Started first, the heads of long paths (a teacher, its store, the rows
+    that read it) do not end up running alone on one worker at the end while the others sit idle."""
     waiting: Dict[str, List[str]] = {}
     for j in jobs:
         for d in j.deps:
@@ -240,11 +240,11 @@ def schedule(jobs: Iterable[Any], executor: Executor, fn: Callable[[Any], Any], 
     failure in its value). A successful job's key joins ``done``; the jobs that depend on a failed one,
     directly or not, are dropped. Returns the keys of the failed jobs."""
     pending = list(jobs)
-    chain = chain_lengths(pending)
+    depth = longest_paths(pending)
     running: Dict[Any, Any] = {}
     failed: List[str] = []
-    while pending or running:   # among ready jobs, the head of the longest chain first (list order breaks ties)
-        ready = sorted((j for j in pending if all(d in done for d in j.deps)), key=lambda j: -chain[j.key])
+    while pending or running:   # among ready jobs, the head of the longest path first (list order breaks ties)
+        ready = sorted((j for j in pending if all(d in done for d in j.deps)), key=lambda j: -depth[j.key])
         room = len(ready) if executor.slots is None else max(0, executor.slots - len(running))
         for j in ready[:room]:
             pending.remove(j)
