@@ -449,3 +449,22 @@ def test_an_invocation_stopped_by_a_failed_run_keeps_its_seconds(tmp_path, capsy
     assert main(argv) == 0
     t = json.loads((out / "timing.json").read_text())
     assert t["runs_reused"] == 1 and t["failed_invocations"] == [failed] and t["empty_cache_wall_s"] is None
+
+
+def test_a_cache_named_two_ways_is_one_cache(tmp_path, monkeypatch, capsys):
+    """Run configs record the cache's path (a teacher's run folder, a store), so its spelling once decided which
+    runs were reused: ``--cache cache`` then ``--cache $PWD/cache`` (and ``./cache/``) now reuse every run."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "student.yaml").write_text(yaml.safe_dump(STUDENT))
+    (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(TEACHER))
+    suite = {"name": "tiny", "student": "student.yaml", "seeds": [0], "jobs": 1,
+             "teachers": {"cnn": {"config": "teacher.yaml"}},
+             "rows": [{"name": "no_kd", "family": "none"},
+                      {"name": "kd", "family": "logit", "teachers": {"t": "cnn"},
+                       "set": {"distill.terms": [{"type": "ce", "weight": 0.5}, {"type": "kd", "weight": 0.5}]}}]}
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite, sort_keys=False))
+    for cache in ("cache", str(tmp_path / "cache"), "./cache/"):
+        assert main(["compare", "suite.yaml", "--out", "results", "--cache", cache]) == 0, capsys.readouterr().err
+        timing = json.loads((tmp_path / "results" / "timing.json").read_text())
+        if cache != "cache":
+            assert timing["runs_trained_now"] == 0 and timing["runs_reused"] >= 4, (cache, timing)

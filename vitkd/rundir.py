@@ -37,7 +37,7 @@ from .io import (LockBusy, atomic_save_safetensors, atomic_write_csv, atomic_wri
                  held_lock, json_digest)
 
 __all__ = ["RunDir", "BEHAVIOUR_VERSION", "NON_RESULT_KEYS", "config_digest", "ensure_writable", "exclusive",
-           "lock_path"]
+           "one_spelling", "lock_path"]
 
 # History of behaviour changes (bump on every default that changes what a run computes):
 #   1  the first comparison suites
@@ -319,6 +319,15 @@ def ensure_writable(path: Path, option: str = "--out") -> None:
         os.unlink(tmp)
         return
     raise ConfigError(f"{option} {path}: cannot write there (its parent folders keep changing)")
+
+
+def one_spelling(path: Union[str, Path]) -> Path:
+    """The one spelling of a folder's path that run configs (and so run stamps) record: relative to the working
+    directory when it lies inside it, else absolute, links resolved. ``--cache runs/x``, ``--cache ./runs/x`` and
+    ``--cache $PWD/runs/x`` then name the same cached runs, and a cache inside a project keeps its runs when the
+    project folder moves."""
+    real, here = os.path.realpath(path), os.path.realpath(os.getcwd())
+    return Path(os.path.relpath(real, here)) if real == here or real.startswith(here + os.sep) else Path(real)
 
 
 def lock_path(path: Union[str, Path]) -> Path:

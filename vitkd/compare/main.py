@@ -11,7 +11,7 @@ import yaml
 
 from ..config import path_under
 from ..io import atomic_write_text
-from ..rundir import ensure_writable, exclusive
+from ..rundir import ensure_writable, exclusive, one_spelling
 from .executors import Executor, make_executor
 from .jobs import SuitePlan, kinds_in_order
 from .measure import summarize
@@ -74,7 +74,7 @@ def _suite_text(path) -> str:
 def _run_suite(suite, base, path, out_dir: Path, quick, cache, n_jobs, progress, log, readme, plan_seeds,
                runner: Executor, tuned: dict, sized: dict, options: dict, row_knobs: dict) -> Path:
     name = suite.name + ("-quick" if quick else "")
-    cache_dir = Path(cache) if cache else path_under(Path("runs") / "compare", suite.home, key="suite.name")
+    cache_dir = one_spelling(cache) if cache else path_under(Path("runs") / "compare", suite.home, key="suite.name")
     # every kind plans its jobs, and every job is checked, before any work starts
     plan = SuitePlan(suite, base, cache_dir, quick, tuned, sized, options, log, row_knobs=row_knobs)
     first = plan_suite(plan)

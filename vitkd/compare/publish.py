@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from ..config import check_name
-from ..rundir import RunDir, exclusive
+from ..rundir import RunDir, exclusive, one_spelling
 from ..zoo.index import SuiteRef, ZooEntry, ZooError, load_index
 from ..zoo.publish import DEFAULT_MAX_MB, export_run, index_folder, read_results_csv
 from .plan import row_folder, row_kind
@@ -89,7 +89,7 @@ def publish_suite(results_dir, index_path, cache: Optional[str] = None, seed: in
     anything, when the weights would pass ``max_mb`` (fp32 parameter bytes)."""
     results_dir = Path(results_dir)
     suite, _ = load_suite(results_dir / "suite.yaml")
-    cache_dir = Path(cache) if cache else Path("runs") / "compare" / suite.home
+    cache_dir = one_spelling(cache) if cache else Path("runs") / "compare" / suite.home
     picks = suite_selection(results_dir)
     spec = {r.name: r for r in suite.rows}
     own = {p["key"] for p in picks if p["kind"] == "teacher"}   # the others: published with the suite it shares

@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..config import ConfigError, path_under, read_config
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text, json_digest
-from ..rundir import RunDir, ensure_writable, exclusive
+from ..rundir import RunDir, ensure_writable, exclusive, one_spelling
 from .jobs import Job, register_kind
 from .plan import recipe_of
 from .suite import KnobSpec, TuneSpec
@@ -231,7 +231,7 @@ def tune_suite(path, out: Optional[str] = None, cache: Optional[str] = None, job
     if suite.tune is None or not suite.tune.knobs:
         raise ConfigError(f"{path}: the suite has no tune.knobs to search")
     out_dir = tuning_dir(suite, out)
-    cache_dir = Path(cache) if cache else path_under(Path("runs") / "compare", suite.home, key="suite.name")
+    cache_dir = one_spelling(cache) if cache else path_under(Path("runs") / "compare", suite.home, key="suite.name")
     with exclusive(out_dir, "--out"):
         ensure_writable(cache_dir, "--cache")
         return _tune(suite, base, out_dir, cache_dir, jobs, progress, log, executor, address, cpus_per_job)
