@@ -14,7 +14,7 @@ from vitkd.io import atomic_write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 # the committed quick references whose bands the demos check against (`make demo`, `make demo-digits`)
-QUICKS = [ROOT / "results" / "compare" / name for name in ("digits-quick",)]
+QUICKS = [ROOT / "results" / "compare" / name for name in ("fmnist-quick", "digits-quick")]
 
 
 def _results(folder: Path, rows: dict) -> Path:
@@ -55,7 +55,7 @@ def test_the_committed_bands_come_from_the_committed_spread_measurement(quick):
         assert r["max_abs_diff_from_reference"] == pytest.approx(max(diffs), abs=1e-6)
         assert r["spread_across_isas"] == pytest.approx(max(r[i] for i in isas) - min(r[i] for i in isas), abs=1e-6)
         assert r["band"] == pytest.approx(max(diffs) + spread["quick"]["margin"], abs=1e-6)
-    if "zoo_eval" not in spread:   # measured with the digits reference (`make isa-spread`)
+    if "zoo_eval" not in spread:   # measured with the digits reference (`make isa-spread-digits`)
         return
     # evaluation of fixed weights: the same top-1 under every instruction set, for every published entry
     zoo = spread["zoo_eval"]["entries"]
