@@ -1,6 +1,6 @@
 """Claims over the committed Fashion-MNIST main table (results/compare/fmnist/, made by `vitkd compare
 configs/compare/fmnist.yaml`), its quick reference
-(results/compare/fmnist-quick/, `vitkd compare configs/compare/fmnist.yaml --quick --out results/compare/fmnist-quick`)
+(results/compare/fmnist-quick/: the output of `make demo` on a fresh clone, or `make quick-results`)
 and the methods suite's rows: the budget, the seeds, the compute-matched baseline, every teacher's accuracy beside
 the table, the tuned knobs in the runs, quick mode being the suite's seed-0 runs, and the README's copies. These read
 files; nothing is trained here."""
@@ -140,3 +140,14 @@ def test_quick_rows_are_the_full_suites_seed_0_runs(full):
     assert list(quick) == suite["quick"]["rows"]
     for name, q in quick.items():
         assert per_seed(q) == per_seed(full[name])[:1], name
+
+
+def test_the_demo_took_under_ten_minutes_from_an_empty_cache():
+    """The quick reference is `make demo`'s output on a fresh clone: every run trained there (teachers restored
+    from the zoo), and the whole suite within 10 minutes on 2 cores; the README says how long it took."""
+    timing = json.loads((QUICK / "timing.json").read_text())
+    env = json.loads((QUICK / "environment.json").read_text())
+    assert timing["runs_reused"] == 0 and timing["empty_cache_wall_s"] == timing["wall_s_this_invocation"]
+    assert timing["empty_cache_wall_s"] <= 10 * 60 and env["cpu_count"] == 2
+    minutes = f"{timing['empty_cache_wall_s'] / 60:.1f} min"
+    assert minutes in (ROOT / "README.md").read_text().split("## Quickstart", 1)[1].split("\n## ", 1)[0], minutes
