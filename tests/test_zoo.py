@@ -225,6 +225,39 @@ def test_publishing_is_byte_deterministic(zoo, tmp_path):
     assert e.file("config.json").sha256 == load_index().get("tiny-no_kd").file("config.json").sha256
 
 
+def test_half_precision_weights_where_the_top1_does_not_move(zoo, tmp_path, monkeypatch):
+    """``--half``: float16 weights, half the bytes, loading into float32 parameters equal to the run's rounded to
+    float16, scoring the float32 weights' top-1 (the card says so); where float16 would move the top-1, the entry
+    stays float32 and the log says why."""
+    proj, _, _ = zoo
+    run = proj / "runs/compare/tiny/teachers/inv"
+    full = publish_run(run, "full", tmp_path / "models" / "zoo.yaml", figures={"params_m": 0.0})
+    half = publish_run(run, "half", tmp_path / "models" / "zoo.yaml", figures={"params_m": 0.0}, half=True)
+    assert (full.weights_dtype, half.weights_dtype) == ("float32", "float16") and half.top1 == full.top1
+    assert half.file(WEIGHTS).size < 0.6 * full.file(WEIGHTS).size
+    assert "stored in float16" in (tmp_path / "models" / "half" / "README.md").read_text()
+    loaded = timm.create_model(f"local-dir:{tmp_path / 'models' / 'half'}", pretrained=True)
+    ref = vitkd.models.create("rednet_digits", 10, {"kernel_size": 5}, str(run))
+    for (k, a), b in zip(loaded.state_dict().items(), ref.state_dict().values()):
+        assert a.dtype == b.dtype and torch.equal(a, b.half().to(b.dtype) if b.is_floating_point() else b), k
+    import vitkd.zoo.evaluate as zoo_eval
+    real = zoo_eval.evaluate_folder
+
+    def one_image_off_in_half(folder, config, split):   # as if float16 changed one prediction
+        from safetensors import safe_open
+        with safe_open(str(Path(folder) / WEIGHTS), "pt") as f:
+            halved = any(f.get_tensor(k).dtype == torch.float16 for k in f.keys())
+        out = real(folder, config, split)
+        return {**out, "top1": out["top1"] - 0.25} if halved else out
+
+    monkeypatch.setattr(zoo_eval, "evaluate_folder", one_image_off_in_half)
+    said = []
+    kept = publish_run(run, "kept", tmp_path / "models" / "zoo.yaml", figures={"params_m": 0.0}, half=True,
+                       log=said.append)
+    assert kept.weights_dtype == "float32" and kept.file(WEIGHTS).sha256 == full.file(WEIGHTS).sha256
+    assert any("stored in float32" in m for m in said)
+
+
 def test_publish_suite_refuses_a_selection_over_the_size_limit(zoo, tmp_path):
     proj, _, _ = zoo
     with pytest.raises(ZooError, match="max-mb"):

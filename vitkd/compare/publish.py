@@ -83,10 +83,11 @@ def zoo_name(suite_name: str, kind: str, key: str) -> str:
 
 def publish_suite(results_dir, index_path, cache: Optional[str] = None, seed: int = 0,
                   max_mb: float = DEFAULT_MAX_MB, suite_file: Optional[str] = None,
-                  log: Callable[[str], None] = print) -> List[ZooEntry]:
+                  half_above_mb: Optional[float] = None, log: Callable[[str], None] = print) -> List[ZooEntry]:
     """Publish :func:`suite_selection` of the suite whose results are in ``results_dir``, from its run cache
     (default ``runs/compare/<suite>``): seed ``seed`` of each row, the teachers (seed 0). Refuses, before writing
-    anything, when the weights would pass ``max_mb`` (fp32 parameter bytes)."""
+    anything, when the weights would pass ``max_mb`` (fp32 parameter bytes). ``half_above_mb``: an entry whose
+    float32 weights pass this many MB is stored in float16 where that leaves its top-1 unchanged."""
     results_dir = Path(results_dir)
     suite, _ = load_suite(results_dir / "suite.yaml")
     cache_dir = one_spelling(cache) if cache else Path("runs") / "compare" / suite.home
@@ -102,11 +103,13 @@ def publish_suite(results_dir, index_path, cache: Optional[str] = None, seed: in
     if est > max_mb:
         raise ZooError(f"zoo publish-suite: the selection's weights are about {est:.1f} MB, over --max-mb {max_mb:g}")
     with exclusive(index_folder(index_path), "--index"):
-        return _publish_selection(suite, picks, runs, own, results_dir, index_path, seed, max_mb, suite_file, log)
+        return _publish_selection(suite, picks, runs, own, results_dir, index_path, seed, max_mb, suite_file,
+                                  half_above_mb, log)
 
 
 def _publish_selection(suite, picks, runs, own, results_dir: Path, index_path, seed: int, max_mb: float,
-                       suite_file: Optional[str], log: Callable[[str], None]) -> List[ZooEntry]:
+                       suite_file: Optional[str], half_above_mb: Optional[float],
+                       log: Callable[[str], None]) -> List[ZooEntry]:
     """:func:`publish_suite`'s entries, the index folder held by the caller."""
     project = Path(index_path).resolve().parent.parent
     rel = os.path.relpath(results_dir.resolve(), project)
@@ -123,8 +126,9 @@ def _publish_selection(suite, picks, runs, own, results_dir: Path, index_path, s
             ref = SuiteRef(results=f"{rel}/results.csv", key="row", row=p["key"], seed=seed,
                            figures={k: p["csv"][k] for k in ROW_FIGURES if k in p["csv"]})
         figs = {k: _num(p["csv"].get(k)) for k in ("params_m", "macs_m", "img_per_s")}
+        half = half_above_mb is not None and 4 * float(p["csv"]["params_m"]) > half_above_mb
         entries.append(export_run(run, name, index_path, method=p["key"], family=p["family"], group=p["group"],
-                                    teachers=lineage, suite=ref, figures=figs, log=log))
+                                    teachers=lineage, suite=ref, figures=figs, half=half, log=log))
         log(f"  (the suite itself: {suite_cmd}; run folder {run})")
     total = sum(e.total_size() for e in load_index(str(index_path)).models) / 1e6
     log(f"zoo: {len(entries)} entries published; the index's files total {total:.1f} MB")

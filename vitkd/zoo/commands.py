@@ -72,7 +72,7 @@ def _cmd_publish(args) -> int:
         teachers[k] = v
     e = publish_run(args.run_dir, args.name, args.index, method=args.method or "", family=args.family or "",
                     group=args.group or "", teachers=teachers, license=args.license, split=args.split,
-                    throughput=not args.no_throughput, log=_log)
+                    throughput=not args.no_throughput, half=args.half, log=_log)
     print(json.dumps({"name": e.name, "top1": e.top1, "bytes": e.total_size(), "index": str(args.index)}))
     return 0
 
@@ -80,7 +80,7 @@ def _cmd_publish(args) -> int:
 def _cmd_publish_suite(args) -> int:
     from ..compare.publish import publish_suite
     entries = publish_suite(args.results_dir, args.index, cache=args.cache, seed=args.seed, max_mb=args.max_mb,
-                            suite_file=args.suite_file, log=_log)
+                            suite_file=args.suite_file, half_above_mb=args.half_above, log=_log)
     if args.readme:
         update_readme(Path(args.readme), load_index(str(args.index)).models)
     print(json.dumps({"published": [e.name for e in entries], "index": str(args.index)}))
@@ -135,6 +135,8 @@ def add_zoo_parser(sub, parser_class) -> None:
     p.add_argument("--license", default="Apache-2.0")
     p.add_argument("--split", default="test", choices=["val", "test"])
     p.add_argument("--no-throughput", action="store_true", help="do not measure img/s")
+    p.add_argument("--half", action="store_true", help="store the weights in float16 when the entry's top-1 stays "
+                                                       "exactly the float32 weights' (else float32)")
     p.set_defaults(fn=_cmd_publish)
 
     s = zs.add_parser("publish-suite", help="publish a comparison suite's declared selection: its teachers, the "
@@ -146,4 +148,6 @@ def add_zoo_parser(sub, parser_class) -> None:
     s.add_argument("--max-mb", type=float, default=50.0, help="refuse a selection heavier than this (default 50)")
     s.add_argument("--suite-file", help="the suite config, for the cards (default RESULTS_DIR/suite.yaml)")
     s.add_argument("--readme", help="also fill the zoo block of this README")
+    s.add_argument("--half-above", type=float, metavar="MB", help="store an entry whose float32 weights pass MB in "
+                                                                  "float16, where its top-1 stays the same")
     s.set_defaults(fn=_cmd_publish_suite)

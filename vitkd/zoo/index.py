@@ -104,6 +104,7 @@ class ZooEntry:
     reproduce: str = ""                                      # the exact command that trains these weights
     curve: List[List[float]] = field(default_factory=list)   # [[epoch, train_loss, val_top1], ...]
     files: List[ZooFile] = field(default_factory=list)
+    weights_dtype: str = "float32"                           # as stored; loading makes float32 parameters
     license: str = "Apache-2.0"
     date: str = ""
     vitkd: str = ""

@@ -67,6 +67,10 @@ def card_text(entry: ZooEntry, root_rel: str = "models") -> str:
     lines += ["## Use", "", "```python", "import vitkd.zoo", f"model = vitkd.zoo.create_model({entry.name!r})",
               "# or, from this folder: import vitkd, timm; timm.create_model('local-dir:FOLDER', pretrained=True)", "```", "",
               f"`vitkd zoo eval {entry.name}` evaluates it on {entry.dataset}/{entry.split}.", ""]
+    if entry.weights_dtype != "float32":
+        lines += [f"The weights are stored in {entry.weights_dtype} (half the bytes) and load into float32 "
+                  f"parameters; on {entry.dataset}/{entry.split} they score exactly what the float32 weights of the "
+                  f"run scored (checked when published). Training again gives those float32 weights.", ""]
     if entry.suite is not None:
         s = entry.suite
         lines += ["## In the comparison suite", "",
@@ -113,6 +117,14 @@ def _lineage(config: dict, given: Dict[str, str], index: ZooIndex) -> Dict[str, 
     return out
 
 
+def _save_weights(model, folder: Path, dtype: str) -> None:
+    """The model's state in timm's safetensors file, its floating tensors in ``dtype``."""
+    import torch
+    cast = getattr(torch, dtype)
+    state = {k: v.to(cast) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    atomic_save_safetensors(state, folder / weights_name(), {"format": "pt"})
+
+
 def _curve(run: RunDir) -> List[List[Any]]:
     """[[epoch, train loss, val top-1]] at the epochs the run evaluated (``train.eval_every``)."""
     return [[int(r["epoch"]), round(float(r["train_loss"]), 6), round(float(r["val_top1"]), 4)]
@@ -143,7 +155,7 @@ def _replace_folder(staged: Path, final: Path) -> None:
 def publish_run(run_dir, name: str, index_path, *, method: str = "", family: str = "", group: str = "",
                 teachers: Optional[Dict[str, str]] = None, suite: Optional[SuiteRef] = None,
                 figures: Optional[Dict[str, Optional[float]]] = None, reproduce: Optional[str] = None,
-                license: str = "Apache-2.0", split: str = "test", throughput: bool = True,
+                license: str = "Apache-2.0", split: str = "test", throughput: bool = True, half: bool = False,
                 log: Callable[[str], None] = lambda m: None) -> ZooEntry:
     """Export the student of the finished run ``run_dir`` as zoo entry ``name`` beside the index at
     ``index_path`` (its folder ``<index folder>/<name>/``), evaluate the exported folder through ``local-dir:``
@@ -155,7 +167,7 @@ def publish_run(run_dir, name: str, index_path, *, method: str = "", family: str
     with exclusive(index_folder(index_path), "--index"):
         return export_run(run_dir, name, index_path, method=method, family=family, group=group, teachers=teachers,
                             suite=suite, figures=figures, reproduce=reproduce, license=license, split=split,
-                            throughput=throughput, log=log)
+                            throughput=throughput, half=half, log=log)
 
 
 def index_folder(index_path) -> Path:
@@ -166,10 +178,11 @@ def index_folder(index_path) -> Path:
 def export_run(run_dir, name: str, index_path, *, method: str = "", family: str = "", group: str = "",
                  teachers: Optional[Dict[str, str]] = None, suite: Optional[SuiteRef] = None,
                  figures: Optional[Dict[str, Optional[float]]] = None, reproduce: Optional[str] = None,
-                 license: str = "Apache-2.0", split: str = "test", throughput: bool = True,
+                 license: str = "Apache-2.0", split: str = "test", throughput: bool = True, half: bool = False,
                  log: Callable[[str], None] = lambda m: None) -> ZooEntry:
     """:func:`publish_run`, the index folder held by the caller (:func:`vitkd.rundir.exclusive` of
-    :func:`index_folder`)."""
+    :func:`index_folder`). ``half``: store the weights in float16 when they still score exactly the run's own
+    top-1 on ``split`` (else float32, said in the log)."""
     import timm
     from .._version import __version__
     from .evaluate import evaluate_folder
@@ -194,10 +207,20 @@ def export_run(run_dir, name: str, index_path, *, method: str = "", family: str 
     try:
         from timm.models._hub import save_config_for_hf
         save_config_for_hf(model, staged / HF_CONFIG_FILE, model_args=dict(args) or None)   # a Path (timm 1.0.26)
-        atomic_save_safetensors(model.state_dict(), staged / weights_name(), {"format": "pt"})
         atomic_write_text(staged / CONFIG_FILE, yaml.safe_dump(_config_with_zoo_teachers(config, lineage),
                                                                sort_keys=False))
+        dtype = "float32"
+        _save_weights(model, staged, dtype)
         measured = evaluate_folder(staged, config, split)
+        if half:   # float16 only where the evaluation does not move
+            _save_weights(model, staged, "float16")
+            halved = evaluate_folder(staged, config, split)
+            if abs(halved["top1"] - measured["top1"]) <= 1e-9:
+                dtype, measured = "float16", halved
+            else:
+                log(f"zoo publish: {name}: float16 weights score {halved['top1']:.4f} on {split}, float32 "
+                    f"{measured['top1']:.4f}: stored in float32")
+                _save_weights(model, staged, dtype)
         recorded = run.final().get(f"{split}_top1")
         if recorded is not None and abs(float(recorded) - measured["top1"]) > 1e-9:
             log(f"zoo publish: {name}: exported weights score {measured['top1']:.4f} on {split}, the run recorded "
@@ -210,7 +233,8 @@ def export_run(run_dir, name: str, index_path, *, method: str = "", family: str 
             top1=round(measured["top1"], 6), suite=suite, params_m=figs.get("params_m"), macs_m=figs.get("macs_m"),
             img_per_s=figs.get("img_per_s"), config=CONFIG_FILE,
             reproduce=reproduce or f"vitkd train {root_rel}/{name}/{CONFIG_FILE} --out runs/zoo/{name}",
-            curve=_curve(run), license=license, date=datetime.date.today().isoformat(), vitkd=__version__,
+            curve=_curve(run), weights_dtype=dtype, license=license, date=datetime.date.today().isoformat(),
+            vitkd=__version__,
             timm=timm.__version__)
         atomic_write_text(staged / CARD_FILE, card_text(entry, root_rel))
         names = (HF_CONFIG_FILE, weights_name(), CONFIG_FILE, CARD_FILE)
