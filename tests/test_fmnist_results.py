@@ -151,3 +151,24 @@ def test_the_demo_took_under_ten_minutes_from_an_empty_cache():
     assert timing["empty_cache_wall_s"] <= 10 * 60 and env["cpu_count"] == 2
     minutes = f"{timing['empty_cache_wall_s'] / 60:.1f} min"
     assert minutes in (ROOT / "README.md").read_text().split("## Quickstart", 1)[1].split("\n## ", 1)[0], minutes
+
+
+def test_the_anchor_paragraph_quotes_the_committed_figures():
+    """The README's paragraph placing vitkd against the published anchors quotes vitkd's own figures: the zoo
+    teachers' test top-1, the 50-epoch no-KD run's last epoch, the main table's no-KD and manifold rows and CiT's
+    row of the methods suite, each as committed."""
+    from vitkd.zoo.index import load_index
+    text = (ROOT / "README.md").read_text()
+    para = text.split("### Fashion-MNIST: against the published anchors", 1)[1].split("\n## ", 1)[0]
+    zoo = load_index(str(ROOT / "models" / "zoo.yaml"))
+    top = {n: f"{zoo.get(f'fmnist-teachers-{n}').top1:.2f}" for n in ("vit_b", "cnn_s", "cnn_m", "cnn_l")}
+    assert f"20 epochs, {top['vit_b']}%" in para
+    assert f"{top['cnn_s']} / {top['cnn_m']} / {top['cnn_l']}%" in para
+    last = list(csv.DictReader(open(ROOT / "results" / "fmnist" / "no_kd_50ep" / "curve.csv")))[-1]
+    assert last["epoch"] == "50" and f"50 epochs, {float(last['test_top1']):.2f}%" in para
+    main = rows(FULL / "results.csv")
+    methods = rows(ROOT / "results" / "compare" / "fmnist-methods" / "results.csv")
+    assert f"no-KD is {float(main['no_kd']['test_top1_mean']):.2f}%" in para
+    assert f"{float(main['manifold_vit']['test_top1_mean']):.2f}% (+{float(main['manifold_vit']['delta']):.2f}" in para
+    assert main["manifold_vit"]["verdict"] == "better" and "one row called better" in para
+    assert f"reaches {float(methods['cit']['test_top1_mean']):.2f}%" in para
