@@ -81,6 +81,11 @@ def zoo_name(suite_name: str, kind: str, key: str) -> str:
                       "model name")
 
 
+def _float32_mb(pick: Dict[str, Any]) -> float:
+    """The megabytes of a selected row's or teacher's weights in float32 (its table's parameter count)."""
+    return 4 * float(pick["csv"]["params_m"])
+
+
 def publish_suite(results_dir, index_path, cache: Optional[str] = None, seed: int = 0,
                   max_mb: float = DEFAULT_MAX_MB, suite_file: Optional[str] = None,
                   half_above_mb: Optional[float] = None, log: Callable[[str], None] = print) -> List[ZooEntry]:
@@ -99,7 +104,7 @@ def publish_suite(results_dir, index_path, cache: Optional[str] = None, seed: in
         run = cache_dir / "teachers" / p["key"] if p["kind"] == "teacher" else row_folder(cache_dir, spec[p["key"]], seed)
         RunDir(run).finished_weights(f"zoo publish-suite ({p['kind']} {p['key']})")
         runs.append(run)
-    est = sum(4e6 * float(p["csv"]["params_m"]) for p in picks) / 1e6
+    est = sum(_float32_mb(p) for p in picks)
     if est > max_mb:
         raise ZooError(f"zoo publish-suite: the selection's weights are about {est:.1f} MB, over --max-mb {max_mb:g}")
     with exclusive(index_folder(index_path), "--index"):
@@ -126,7 +131,7 @@ def _publish_selection(suite, picks, runs, own, results_dir: Path, index_path, s
             ref = SuiteRef(results=f"{rel}/results.csv", key="row", row=p["key"], seed=seed,
                            figures={k: p["csv"][k] for k in ROW_FIGURES if k in p["csv"]})
         figs = {k: _num(p["csv"].get(k)) for k in ("params_m", "macs_m", "img_per_s")}
-        half = half_above_mb is not None and 4 * float(p["csv"]["params_m"]) > half_above_mb
+        half = half_above_mb is not None and _float32_mb(p) > half_above_mb
         entries.append(export_run(run, name, index_path, method=p["key"], family=p["family"], group=p["group"],
                                     teachers=lineage, suite=ref, figures=figs, half=half, log=log))
         log(f"  (the suite itself: {suite_cmd}; run folder {run})")
