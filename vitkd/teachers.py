@@ -39,8 +39,8 @@ from .config import ConfigError, TeacherCfg, has_key, key_value
 from .data import DataSpec, class_count
 from .taps import TapOutput, TapRequest, Tapped, describe
 
-__all__ = ["TeacherSource", "LiveTeacher", "TeacherOrigin", "ORIGINS", "register_origin", "made_in_run", "teacher_origin",
-           "build_teacher_source", "load_teacher_model"]
+__all__ = ["TeacherSource", "LiveTeacher", "TeacherOrigin", "ORIGINS", "register_origin", "made_in_run",
+           "teacher_origin", "build_teacher_source", "load_teacher_model"]
 
 
 class TeacherSource(nn.Module):

@@ -181,8 +181,8 @@ def export_run(run_dir, name: str, index_path, *, method: str = "", family: str 
                  license: str = "Apache-2.0", split: str = "test", throughput: bool = True, half: bool = False,
                  log: Callable[[str], None] = lambda m: None) -> ZooEntry:
     """:func:`publish_run`, the index folder held by the caller (:func:`vitkd.rundir.exclusive` of
-    :func:`index_folder`). ``half``: store the weights in float16 when they still score exactly the run's own
-    top-1 on ``split`` (else float32, said in the log)."""
+    :func:`index_folder`). ``half``: store the weights in float16 when they score exactly the exported float32
+    weights' top-1 on ``split`` (else float32, said in the log)."""
     import timm
     from .._version import __version__
     from .evaluate import evaluate_folder
