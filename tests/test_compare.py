@@ -420,6 +420,12 @@ def test_a_sharing_suite_keeps_its_wall_time_after_the_suite_it_shares(tmp_path)
                  shared=main / "timing.json")
     t = json.loads((methods / "timing.json").read_text())
     assert t["shared_cache_wall_s"] == 7.5 and t["per_run_s"] == {"rows/b/s0": 7.0}
+    # a run the suite no longer plans leaves the record; the next scheduling reads both suites' seconds
+    write_timing(methods / "timing.json", {"teachers/t": 0, "rows/c/s0": 2.0}, 2.1, shared=main / "timing.json")
+    assert json.loads((methods / "timing.json").read_text())["per_run_s"] == {"rows/c/s0": 2.0}
+    from vitkd.compare.report import recorded_walls
+    assert recorded_walls(methods, "main") == {"teachers/t": 3.0, "rows/a/s0": 10.0, "rows/c/s0": 2.0}
+    assert recorded_walls(tmp_path / "nowhere") == {}
 
 
 def test_an_invocation_stopped_by_a_failed_run_keeps_its_seconds(tmp_path, capsys):

@@ -122,3 +122,18 @@ def test_the_head_of_the_longest_path_starts_first():
     ex = Inline(slots=1)
     schedule(jobs, ex, lambda j: j.key, set(), lambda j, v, e: e)
     assert ex.started == ["teachers/t", "logits/t", "rows/plain1", "rows/plain2", "rows/kd", "rows/deit"]
+
+
+def test_with_recorded_seconds_the_longest_work_starts_first():
+    """Given what each job took when the suite last ran, paths are measured in seconds: a long independent run
+    starts before a short chain, and a job without a record counts the median of the recorded ones."""
+    from vitkd.compare.executors import longest_paths
+    jobs = [FakeJob("rows/short"), FakeJob("rows/kd", ["logits/t"]), FakeJob("logits/t"), FakeJob("rows/long"),
+            FakeJob("rows/new")]
+    seconds = {"rows/short": 10.0, "rows/kd": 20.0, "logits/t": 30.0, "rows/long": 400.0}
+    paths = longest_paths(jobs, seconds)
+    assert paths == {"rows/short": 10.0, "rows/kd": 20.0, "logits/t": 50.0, "rows/long": 400.0, "rows/new": 30.0}
+    ex = Inline(slots=1)
+    schedule(jobs, ex, lambda j: j.key, set(), lambda j, v, e: e, seconds)
+    assert ex.started == ["rows/long", "logits/t", "rows/new", "rows/kd", "rows/short"]
+    assert longest_paths(jobs) == {"rows/short": 1, "rows/kd": 1, "logits/t": 2, "rows/long": 1, "rows/new": 1}

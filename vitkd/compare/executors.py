@@ -18,7 +18,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set
 
 __all__ = ["Resources", "Executor", "LocalPool", "RayExecutor", "make_executor", "schedule", "longest_paths",
            "job_device", "EXECUTORS"]
@@ -213,34 +213,42 @@ def make_executor(kind: str, jobs: Optional[int], address: Optional[str] = None,
     return LocalPool(jobs or 2, threads=cpus_per_job)
 
 
-def longest_paths(jobs: Sequence[Any]) -> Dict[str, int]:
-    """Per job, the longest path of dependent jobs that starts with it: 1 for a job nothing waits on, else 1 + the
-    longest among the jobs that depend on it. Started first, the heads of long paths (a teacher, its store, the rows
-    that read it) do not end up running alone on one worker at the end while the others sit idle."""
+def longest_paths(jobs: Sequence[Any], seconds: Optional[Mapping[str, float]] = None) -> Dict[str, float]:
+    """Per job, the longest path of dependent jobs that starts with it, each job counting its estimated seconds
+    (``seconds``: what it took when the suite last ran; a job without a record counts the median of those that
+    have one) or, with no estimates, 1: a job nothing waits on has its own length, any other its own plus the
+    longest among the jobs that depend on it. Started first, the heads of long paths (a teacher, its store, the
+    rows that read it) and the longest runs do not end up running alone on one worker at the end while the
+    others sit idle."""
+    known = sorted(v for v in (seconds or {}).values() if v > 0)
+    typical = known[len(known) // 2] if known else 1.0
+    cost = {j.key: (seconds or {}).get(j.key) or typical for j in jobs}
     waiting: Dict[str, List[str]] = {}
     for j in jobs:
         for d in j.deps:
             waiting.setdefault(d, []).append(j.key)
-    lengths: Dict[str, int] = {}
+    lengths: Dict[str, float] = {}
 
-    def length(key: str) -> int:
+    def length(key: str) -> float:
         if key not in lengths:
-            lengths[key] = 1 + max((length(k) for k in waiting.get(key, ())), default=0)
+            lengths[key] = cost.get(key, typical) + max((length(k) for k in waiting.get(key, ())), default=0)
         return lengths[key]
 
     return {j.key: length(j.key) for j in jobs}
 
 
 def schedule(jobs: Iterable[Any], executor: Executor, fn: Callable[[Any], Any], done: Set[str],
-             on_result: Callable[[Any, Any, Optional[str]], None]) -> List[str]:
+             on_result: Callable[[Any, Any, Optional[str]], None],
+             seconds: Optional[Mapping[str, float]] = None) -> List[str]:
     """Run ``fn(job)`` for every job on ``executor``, each once the jobs in its ``deps`` are in ``done``.
 
     ``on_result(job, value, error)`` is called as each finishes (``error``: what the call or its worker
     raised, ``value`` then None) and returns the job's error, None when it succeeded (``fn`` may report a
     failure in its value). A successful job's key joins ``done``; the jobs that depend on a failed one,
-    directly or not, are dropped. Returns the keys of the failed jobs."""
+    directly or not, are dropped. Among ready jobs the head of the longest path (:func:`longest_paths`, in
+    ``seconds`` where given) starts first. Returns the keys of the failed jobs."""
     pending = list(jobs)
-    depth = longest_paths(pending)
+    depth = longest_paths(pending, seconds)
     running: Dict[Any, Any] = {}
     failed: List[str] = []
     while pending or running:   # among ready jobs, the head of the longest path first (list order breaks ties)

@@ -17,7 +17,7 @@ from .jobs import SuitePlan, kinds_in_order
 from .measure import summarize
 from .plan import check_jobs, plan_suite, recipe_of
 from .reference import QUICK_HOME, check_against_reference, format_checks, reference_dir, write_checks
-from .report import run_walls, update_readme, write_failed_timing, write_timing
+from .report import recorded_walls, run_walls, update_readme, write_failed_timing, write_timing
 from .runner import RunsFailed, execute
 from .suite import load_suite
 from .sweep import expand_sweep
@@ -83,11 +83,12 @@ def _run_suite(suite, base, path, out_dir: Path, quick, cache, n_jobs, progress,
     ensure_writable(out_dir, "--out")
     t0 = time.perf_counter()
     walls: Dict[str, float] = {}
+    estimates = recorded_walls(out_dir, suite.shares)   # the longest runs start first
 
     def run_more(jobs, done_before=()):
         """Jobs whose inputs are done (the first ones; then a kind's, planned after the first ones ran)."""
         walls.update(execute(jobs, n_jobs, progress, log, done_before=done_before, train=not plan_seeds,
-                             executor=runner))
+                             executor=runner, seconds=estimates))
         return walls
 
     try:

@@ -173,6 +173,13 @@ def run_walls(out_dir: Path, walls: Dict[str, float]) -> Dict[str, float]:
     return {**prev, **{k: v for k, v in walls.items() if v > 0 or k not in prev}}
 
 
+def recorded_walls(out_dir: Path, shares: Optional[str] = None) -> Dict[str, float]:
+    """Seconds per run as the suite's ``timing.json`` recorded them when they last ran, and, for a suite that
+    shares another's runs (``shares``: its name), that suite's too ({} when neither has a record)."""
+    theirs = _read_timing(out_dir.parent / shares / "timing.json") if shares else {}
+    return {**theirs.get("per_run_s", {}), **_read_timing(out_dir / "timing.json").get("per_run_s", {})}
+
+
 def _read_timing(path: Path) -> dict:
     """A suite's timing record ({} when there is none or it cannot be read)."""
     try:
@@ -182,7 +189,8 @@ def _read_timing(path: Path) -> dict:
 
 
 def write_timing(path: Path, walls: Dict[str, float], wall_total: float, shared: Optional[Path] = None) -> None:
-    """Seconds per run; runs reused from the cache keep the time measured when they were trained, and the
+    """Seconds per run of this invocation's plan (runs no longer planned drop out); runs reused from the cache
+    keep the time measured when they were trained, and the
     suite's wall time from an empty cache is kept from the invocation that trained every run. A suite that shares
     another's runs (``shared``: that suite's ``timing.json``) also keeps ``shared_cache_wall_s``, the wall time of
     an invocation that reused only runs the shared suite had trained (run back to back with it)."""
@@ -192,7 +200,7 @@ def write_timing(path: Path, walls: Dict[str, float], wall_total: float, shared:
     doc = {
         "wall_s_this_invocation": wall_total, "runs_trained_now": len(trained), "runs_reused": len(reused),
         "empty_cache_wall_s": wall_total if not reused else prev.get("empty_cache_wall_s"),
-        "per_run_s": {**prev.get("per_run_s", {}), **trained}}
+        "per_run_s": {**{k: v for k, v in prev.get("per_run_s", {}).items() if k in walls}, **trained}}
     if shared is not None:
         theirs = set(_read_timing(shared).get("per_run_s", {}))
         after = bool(reused) and bool(theirs) and set(reused) <= theirs

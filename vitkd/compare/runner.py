@@ -33,10 +33,12 @@ def run_job(job: Job) -> Tuple[str, float, Optional[str]]:
 
 
 def execute(jobs: List[Job], n_jobs: Optional[int] = None, progress: bool = True, log=print, done_before=(),
-            train: bool = True, executor: Optional[Executor] = None) -> Dict[str, float]:
+            train: bool = True, executor: Optional[Executor] = None,
+            seconds: Optional[Dict[str, float]] = None) -> Dict[str, float]:
     """Run the jobs the cache lacks on ``executor`` (default: a local pool of ``n_jobs`` processes), each
     after the jobs it depends on. Returns wall seconds per job (0 for a job reused from the cache).
-    ``train=False``: only check that every job is already finished in the cache (report-only runs)."""
+    ``train=False``: only check that every job is already finished in the cache (report-only runs).
+    ``seconds``: what each job took when it last ran, to start the longest first (:func:`.executors.schedule`)."""
     from tqdm import tqdm
     walls: Dict[str, float] = {}
     done = set(done_before)
@@ -73,7 +75,7 @@ def execute(jobs: List[Job], n_jobs: Optional[int] = None, progress: bool = True
     own = executor is None
     executor = executor or LocalPool(n_jobs or 2)
     try:
-        schedule(pending, executor, run_job, done, on_result)
+        schedule(pending, executor, run_job, done, on_result, seconds)
     finally:
         bar.close()
         if own:
