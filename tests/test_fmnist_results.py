@@ -93,12 +93,39 @@ def test_the_compute_matched_baseline_sees_the_median_kd_rows_training_macs(full
     assert abs(mine / median - 1) <= 0.1, (mine, median)
 
 
-def test_the_live_teacher_reference_of_stored_kd_uses_kd_vits_tuned_temperature():
+def test_the_live_teacher_reference_of_stored_kd_uses_kd_vits_tuned_temperature(resolved):
+    """kd_vit_live (the main suite trains it, the methods suite reuses it) is kd_vit with its teacher live: the
+    same terms at kd_vit's tuned temperature, written by hand in both suite files."""
     record = json.loads((FULL / "tuning" / "tuning.json").read_text())
+    for suite in ("fmnist.yaml", "fmnist_methods.yaml"):
+        doc = yaml.safe_load((ROOT / "configs" / "compare" / suite).read_text())
+        live = next(r for r in doc["rows"] if r["name"] == "kd_vit_live")
+        kd = [t for t in live["set"]["distill.terms"] if t["type"] == "kd"]
+        assert [t["T"] for t in kd] == [record["families"]["kd_vit"]["chosen"]], suite
+        assert live["logits"] == {"stored": False}, suite
+    stored, live = resolved["rows/kd_vit/s0"], resolved["rows/kd_vit_live/s0"]
+    assert "logits" in str(stored["distill"]["teachers"]) and "checkpoint" in str(live["distill"]["teachers"])
+    assert stored["distill"]["terms"] == live["distill"]["terms"]
+
+
+def test_the_methods_suites_reused_rows_are_the_main_suites():
+    """The methods suite's rows that the main suite trains are declared the same in both files (so the shared
+    run cache serves them), and the two suites' hours are both kept: the main suite from an empty cache, the
+    methods suite right after it."""
+    main = {r["name"]: r for r in yaml.safe_load(SUITE.read_text())["rows"]}
     methods = yaml.safe_load((ROOT / "configs" / "compare" / "fmnist_methods.yaml").read_text())
-    live = next(r for r in methods["rows"] if r["name"] == "kd_vit_live")
-    kd = [t for t in live["set"]["distill.terms"] if t["type"] == "kd"]
-    assert [t["T"] for t in kd] == [record["families"]["kd_vit"]["chosen"]]
+    assert methods["shares"] == "fmnist"
+    shared = [r for r in methods["rows"] if r["name"] in main]
+    assert {r["name"] for r in shared} >= {"no_kd", "kd_cnn", "cnn_align", "ema_self", "byot", "kd_vit_live"}
+    for r in shared:
+        def what_trains(row):   # its baseline (what it is compared with) and plot label may differ
+            return {k: v for k, v in row.items() if k not in ("baseline", "curve")}
+        assert what_trains(r) == what_trains(main[r["name"]]), r["name"]
+    main_t = json.loads((FULL / "timing.json").read_text())
+    meth_t = json.loads((ROOT / "results" / "compare" / "fmnist-methods" / "timing.json").read_text())
+    assert main_t["empty_cache_wall_s"] <= 60 * 60
+    assert meth_t["shares"] == "fmnist" and meth_t["shared_cache_wall_s"] is not None
+    assert meth_t["shared_cache_wall_s"] <= 60 * 60 and meth_t["shared_runs_reused"] >= len(shared)
 
 
 def test_the_readme_states_the_main_table_as_committed(full):
@@ -120,7 +147,14 @@ def test_the_readme_states_the_methods_rows_as_committed(full):
     text = (ROOT / "README.md").read_text()
     sec = text[text.index("4. **The methods suite**"):text.index("## A distillation config")]
     new = [n for n in methods if n not in full]
-    assert len(new) >= 10
+    suite = yaml.safe_load((ROOT / "configs" / "compare" / "fmnist_methods.yaml").read_text())
+    main_rows = {r["name"] for r in yaml.safe_load(SUITE.read_text())["rows"]}
+    assert sorted(new) == sorted(r["name"] for r in suite["rows"] if r["name"] not in main_rows) and len(new) >= 9
+    t = json.loads((ROOT / "results" / "compare" / "fmnist-methods" / "timing.json").read_text())
+    said = (f"its own {t['runs_trained_now']} jobs", f"took {t['shared_cache_wall_s']:,.0f} s "
+            f"({t['shared_cache_wall_s'] / 60:.1f} min), reusing {t['shared_runs_reused']} of the main suite's")
+    for phrase in said:
+        assert phrase in " ".join(sec.split()), phrase
     for name in new:
         r = methods[name]
         assert int(r["seeds"]) >= 3, name
@@ -197,3 +231,25 @@ def test_the_capacity_study_ran_every_row_within_its_40_minutes():
     ta = load_index(str(ROOT / "models" / "zoo.yaml")).get("fmnist-teachers-ta_s_from_l")
     assert ta.architecture == "resnet_fmnist_s" and ta.teachers == {"t": "fmnist-teachers-cnn_l"}
     assert float(teachers["ta"]["test_top1"]) == pytest.approx(ta.top1, abs=0.005)
+
+
+def test_runs_of_the_same_config_in_two_suites_are_equal_bit_for_bit():
+    """The capacity study repeats the main table's no-KD and CNN-align (ResNet-S) configs in its own run cache:
+    on the machine that made both (same versions, same instruction set) the runs agree on every seed's top-1."""
+    main, cap = rows(FULL / "results.csv"), rows(CAPACITY / "results.csv")
+    env = [json.loads((d / "environment.json").read_text()) for d in (FULL, CAPACITY)]
+    assert env[0]["versions"] == env[1]["versions"] and env[0]["cpu_count"] == env[1]["cpu_count"]
+    for mine, theirs in (("no_kd", "no_kd"), ("cnn_align", "align_s")):
+        assert main[mine]["test_top1_all"] == cap[theirs]["test_top1_all"], mine
+        assert main[mine]["val_top1_mean"] == cap[theirs]["val_top1_mean"], mine
+
+
+def test_the_zoo_publishes_the_methods_suites_reproducible_rows_only():
+    """The methods suite's selection leaves out the rows no run config alone reproduces (m2mKD's stages, the
+    data-free row's synthetic set) and the rows the main suite trains (published with it)."""
+    from vitkd.compare.publish import suite_selection
+    picks = {p["key"] for p in suite_selection(ROOT / "results" / "compare" / "fmnist-methods")}
+    assert {"m2mkd", "datafree_kd", "byot", "ema_self", "kd_vit_live", "no_kd"}.isdisjoint(picks)
+    assert {"cit", "ofa_cnn", "dml_cnn_vit"} <= picks
+    main = {p["key"] for p in suite_selection(FULL)}
+    assert {"no_kd", "no_kd_compute", "manifold_vit", "byot"} <= main   # byot: the self family's best on val

@@ -238,6 +238,11 @@ def test_a_suite_synthesises_after_its_teacher_and_its_data_free_row_trains_on_t
     assert run_job(job)[2] is None and is_done(job)
     assert run_job(row)[2] is None and is_done(row)
     assert RunDir(row.out).read_config()["data"]["synthetic"] == str(job.out)
+    # its run config reads a set only the suite's synth job makes: the zoo does not publish it
+    from vitkd.compare.plan import publishable
+    assert not publishable(suite.rows[0])
+    suite.rows[0].sections["synthetic"] = None
+    assert publishable(suite.rows[0])
 
 
 def test_weights_from_no_file_are_identified_by_their_content():

@@ -81,8 +81,9 @@ class JobKind:
     and run more with ``execute(jobs)``; ``finish(plan, walls)``: table overrides and files, after everything ran;
     ``trains_row(row)``: the suite row is trained by this kind's jobs, not the plain row's; ``row_folder(cache, row,
     seed)``: the run folder that stands for such a row at a seed; ``touches_row(row)``: the row sets this kind's
-    keys (with ``sweeps`` false, such a row cannot be swept, :mod:`.sweep`); ``only_if_read``: its jobs run only
-    when a job that runs reads them."""
+    keys (with ``sweeps`` false, such a row cannot be swept, :mod:`.sweep`; with ``publishable`` false, it is
+    not published to the zoo, :mod:`.publish`: its run config alone does not reproduce it); ``only_if_read``: its
+    jobs run only when a job that runs reads them."""
     name: str
     run: Callable[[Job], None]
     is_done: Callable[[Job], bool]
@@ -94,6 +95,7 @@ class JobKind:
     row_folder: Optional[Callable[[Path, Any, int], Path]] = None
     touches_row: Optional[Callable[[Any], bool]] = None
     sweeps: bool = True
+    publishable: bool = True
     only_if_read: bool = False
     order: int = 100
 

@@ -13,7 +13,8 @@ from ..config import ConfigError, parse_config, path_under, raw_teachers, read_c
 from .jobs import KINDS, Job, SuitePlan, is_done, kind_of, kinds_in_order, register_kind
 from .suite import SuiteCfg
 
-__all__ = ["Job", "SuitePlan", "recipe_of", "quick_rows", "plan_suite", "row_kind", "row_folder", "check_jobs",
+__all__ = ["Job", "SuitePlan", "recipe_of", "quick_rows", "plan_suite", "row_kind", "publishable", "row_folder",
+           "check_jobs",
            "strip_checkpoints", "build_key", "set_term_param", "terms_of_type"]
 
 
@@ -59,6 +60,12 @@ def plan_suite(plan: SuitePlan) -> List[Job]:
 def row_kind(row) -> str:
     """The kind whose jobs train a suite row: a registered kind that uses it, else the plain row."""
     return next((k.name for k in kinds_in_order() if k.trains_row is not None and k.trains_row(row)), "row")
+
+
+def publishable(row) -> bool:
+    """Whether a suite row's own run config reproduces it: no registered kind that touches the row says it
+    reads what only that kind's jobs make (``JobKind.publishable``)."""
+    return all(k.publishable or k.touches_row is None or not k.touches_row(row) for k in kinds_in_order())
 
 
 def _plan_teachers(plan: SuitePlan) -> None:

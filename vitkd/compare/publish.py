@@ -11,7 +11,7 @@ from ..config import check_name
 from ..rundir import RunDir, exclusive, one_spelling
 from ..zoo.index import SuiteRef, ZooEntry, ZooError, load_index
 from ..zoo.publish import DEFAULT_MAX_MB, export_run, index_folder, read_results_csv
-from .plan import row_folder, row_kind
+from .plan import publishable, row_folder, row_kind
 from .suite import load_suite
 
 __all__ = ["suite_selection", "publish_suite", "zoo_name", "TEACHER_FIGURES", "ROW_FIGURES"]
@@ -33,7 +33,8 @@ def suite_selection(results_dir: Path) -> List[Dict[str, Any]]:
     method family (reference families left out), the row with the best mean *validation* top-1 (ties: the
     first in the suite's order). Each: {kind, key (teacher or row), family, group, teachers, csv row}.
 
-    Rows trained by another job kind (a pipeline of stages) are left out: no single run config reproduces them.
+    Rows trained by another job kind (a pipeline of stages) and rows that read what only another job of the suite
+    makes (a synthetic train set) are left out: no single run config reproduces them.
     A suite that shares another's runs (``shares:``, an extension of the main suite) publishes only the rows
     and teachers the other's results do not hold: those are the other's own runs, published with it."""
     results_dir = Path(results_dir)
@@ -61,8 +62,8 @@ def suite_selection(results_dir: Path) -> List[Dict[str, Any]]:
         raise ZooError(f"zoo publish-suite: row {missing[0]} missing from {results_dir / 'results.csv'}")
     best: Dict[str, str] = {}
     for r in suite.rows:
-        if row_kind(r) != "row":   # trained by another kind's jobs (stages), not by one run config: not published
-            continue
+        if row_kind(r) != "row" or not publishable(r):   # trained by another kind's jobs (stages), or reading
+            continue                                          # what only a suite job makes: no run config alone
         if r.family == suite.baseline_family:
             out.append({"kind": "row", "key": r.name, "family": r.family, "group": r.group,
                         "teachers": dict(r.teachers), "csv": rows[r.name]})

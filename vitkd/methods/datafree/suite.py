@@ -97,6 +97,7 @@ def _check(job: Job, planned: Dict[str, Any]) -> None:
 register_section(SuiteCfg, SUITE_KEY, Dict[str, SynthSpec], default_factory=dict)
 register_section(RowSpec, SUITE_KEY, Optional[str])
 register_suite_check(_check_suite)
-# after the rows are planned (it points them at their sets); its rows cannot be swept
+# after the rows are planned (it points them at their sets); its rows cannot be swept, nor published (their run
+# config reads a set that only the suite's synth job makes)
 register_kind(KIND, run=_run, is_done=_is_done, check=_check, plan=_plan, only_if_read=True, order=30,
-              touches_row=lambda r: section(r, SUITE_KEY) is not None, sweeps=False)
+              touches_row=lambda r: section(r, SUITE_KEY) is not None, sweeps=False, publishable=False)
