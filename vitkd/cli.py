@@ -347,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    from .engine.allocator import keep_freed_memory
+    keep_freed_memory()   # freed training buffers are reused, not faulted in again every step
     try:
         return args.fn(args)
     except ConfigError as e:

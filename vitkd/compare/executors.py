@@ -73,6 +73,8 @@ class Executor:
 
 def _init_worker(threads: int):
     import torch
+    from ..engine.allocator import keep_freed_memory
+    keep_freed_memory()
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
 
@@ -118,6 +120,8 @@ def _in_driver_dir(cwd: str, threads: int, fn, arg):
     if not os.path.isdir(cwd):
         raise RuntimeError(f"this node has no {cwd}: the suite's folders must be on a file system every node "
                            f"sees at the same path")
+    from ..engine.allocator import keep_freed_memory
+    keep_freed_memory()
     before = os.getcwd()
     os.chdir(cwd)
     torch.set_num_threads(threads)

@@ -18,7 +18,11 @@ def write_outputs(suite, teachers, results, curves, meta, out_dir: Path):
     atomic_write_csv(out_dir / "results.csv", results, "{:.4f}")
     if teachers:
         atomic_write_csv(out_dir / "teachers.csv", teachers, "{:.4f}")
+    import torch
+    # the kernels torch dispatches to on this CPU: float results repeat bit for bit only on the same versions and
+    # the same instruction set (ATEN_CPU_CAPABILITY caps it)
     atomic_write_json(out_dir / "environment.json", {"versions": versions(), "cpu_count": os.cpu_count(),
+                                                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                                                      "jobs": suite.jobs, **meta})
     atomic_write_json(out_dir / "curves.json", curves)
     drawn = plots(suite, teachers, results, curves, out_dir)
