@@ -235,7 +235,7 @@ def longest_paths(jobs: Sequence[Any], seconds: Optional[Mapping[str, float]] = 
 
     def length(key: str) -> float:
         if key not in lengths:
-            lengths[key] = cost.get(key, typical) + max((length(k) for k in waiting.get(key, ())), default=0)
+            lengths[key] = cost[key] + max((length(k) for k in waiting.get(key, ())), default=0)
         return lengths[key]
 
     return {j.key: length(j.key) for j in jobs}

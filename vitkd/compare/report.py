@@ -173,7 +173,7 @@ def update_readme(readme, out_dir: Path) -> None:
 def run_walls(out_dir: Path, walls: Dict[str, float]) -> Dict[str, float]:
     """Wall seconds per job: this invocation's, and for jobs it reused from the cache (0 here), the time they
     took when they ran, as the suite's ``timing.json`` recorded it."""
-    prev = _read_timing(out_dir / "timing.json").get("per_run_s", {})
+    prev = recorded_walls(out_dir)
     return {**prev, **{k: v for k, v in walls.items() if v > 0 or k not in prev}}
 
 
@@ -194,8 +194,8 @@ def _read_timing(path: Path) -> dict:
 
 def write_timing(path: Path, walls: Dict[str, float], wall_total: float, shared: Optional[Path] = None) -> None:
     """Seconds per run of this invocation's plan (runs no longer planned drop out); runs reused from the cache
-    keep the time measured when they were trained, and the
-    suite's wall time from an empty cache is kept from the invocation that trained every run. A suite that shares
+    keep the time measured when they were trained, and the suite's wall time from an empty cache is kept from the
+    invocation that trained every run. A suite that shares
     another's runs (``shared``: that suite's ``timing.json``) also keeps ``shared_cache_wall_s``, the wall time of
     an invocation that reused only runs the shared suite had trained (run back to back with it)."""
     prev = _read_timing(path)
