@@ -36,7 +36,7 @@ from vitkd.zoo import fetch, load_index
 from vitkd.zoo.index import ZooError, save_index, update_readme
 from vitkd.zoo import evaluate_entry, model_folder
 from vitkd.compare.publish import publish_suite
-from vitkd.zoo.publish import check_card_figures, publish_run
+from vitkd.zoo.publish import check_card_figures, halve_entry, publish_run
 
 from loopback import serve
 
@@ -256,6 +256,47 @@ def test_half_precision_weights_where_the_top1_does_not_move(zoo, tmp_path, monk
                        log=said.append)
     assert kept.weights_dtype == "float32" and kept.file(WEIGHTS).sha256 == full.file(WEIGHTS).sha256
     assert any("stored in float32" in m for m in said)
+
+
+def test_halve_turns_a_published_entry_float16_only_where_its_top1_stays(zoo, tmp_path, monkeypatch):
+    """``vitkd zoo halve``: a published float32 entry becomes float16 (card, hashes and sizes rewritten, the old
+    folder gone) when its top-1 stays exactly the index's; where it would move, nothing changes; an entry whose
+    float32 weights no longer score the index's figure is refused."""
+    proj, _, _ = zoo
+    run = proj / "runs/compare/tiny/teachers/inv"
+    index = tmp_path / "models" / "zoo.yaml"
+    full = publish_run(run, "full", index, figures={"params_m": 0.0})
+    before = (tmp_path / "models" / "full" / WEIGHTS).read_bytes()
+    import vitkd.zoo.evaluate as zoo_eval
+    real = zoo_eval.evaluate_folder
+
+    def one_image_off_in_half(folder, config, split):
+        from safetensors import safe_open
+        with safe_open(str(Path(folder) / WEIGHTS), "pt") as f:
+            halved = any(f.get_tensor(k).dtype == torch.float16 for k in f.keys())
+        out = real(folder, config, split)
+        return {**out, "top1": out["top1"] - 0.25} if halved else out
+
+    with monkeypatch.context() as m:
+        m.setattr(zoo_eval, "evaluate_folder", one_image_off_in_half)
+        said = []
+        kept = halve_entry("full", index, log=said.append)
+        assert kept.weights_dtype == "float32" and any("left in float32" in s for s in said)
+        assert (tmp_path / "models" / "full" / WEIGHTS).read_bytes() == before
+    assert main(["zoo", "halve", "full", "--index", str(index)]) == 0
+    e = load_index(str(index)).get("full")
+    assert e.weights_dtype == "float16" and e.top1 == full.top1
+    assert e.file(WEIGHTS).size < 0.6 * full.file(WEIGHTS).size
+    for f in e.files:   # the index describes the files on disk
+        assert sha256_file(tmp_path / "models" / "full" / f.name) == f.sha256, f.name
+    assert "stored in float16" in (tmp_path / "models" / "full" / "README.md").read_text()
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["full", "zoo.yaml"]
+    assert main(["zoo", "halve", "full", "--index", str(index)]) == 2   # float16 already: one line, exit 2
+    publish_run(run, "moved", index, figures={"params_m": 0.0})
+    with monkeypatch.context() as m:
+        m.setattr(zoo_eval, "evaluate_folder", lambda f, c, s: {**real(f, c, s), "top1": 0.0})
+        with pytest.raises(ZooError, match="moved: its float32 weights score"):
+            halve_entry("moved", index)
 
 
 def test_publish_suite_refuses_a_selection_over_the_size_limit(zoo, tmp_path):

@@ -14,6 +14,10 @@ computed from those verdicts, never written by hand:
   reaches past it, contradicted when a difference is significant;
 * ``sweep`` (the data-size study): per method, the sizes at which its gain is significant; supported when a
   method's gain is significant at the smallest size, not at the largest, and smaller at the largest.
+* ``grows`` (the schedule study): the rows, listed in order (e.g. one method at 1x, 2x and 4x the schedule),
+  each against its own baseline; the per-seed gain of the last minus that of the first, a paired t-test over
+  the seeds all four ran (the interaction), decides: supported when it is significantly positive, contradicted
+  when significantly negative, silent otherwise.
 
 Claims whose suite has not run yet are declared under ``awaiting`` (the same schema): each is judged like the others
 once every results folder it names holds results, and until then listed as awaiting them (the suite's folder named),
@@ -33,6 +37,7 @@ from typing import Dict, List, Optional, Tuple
 
 from ..config import ConfigError, build_dataclass, check_name, read_yaml
 from ..io import atomic_write_text
+from .landscape import PictureSpec, draw as draw_picture, points as picture_points, table as picture_table
 from .report import block_markers
 
 __all__ = ["ReadmeSpec", "load_readme_spec", "compose", "write_readme", "judge"]
@@ -50,7 +55,7 @@ class Evidence:
 @dataclass
 class ClaimSpec:
     title: str
-    kind: str                          # direction | sweep
+    kind: str                          # direction | sweep | grows
     expect: str = "better"             # direction: better | worse | same
     evidence: List[Evidence] = field(default_factory=list)
     margin: float = 5.0                # same: how far (points) the interval may reach and still count as the same
@@ -78,6 +83,10 @@ class ReadmeSpec:
     claims: List[ClaimSpec] = field(default_factory=list)
     # claims of suites that may not have run yet: judged once every results folder they name holds results
     awaiting: List[ClaimSpec] = field(default_factory=list)
+    # the cost picture (vitkd/compare/landscape.py): its heading, text, and what it draws
+    picture: Optional[PictureSpec] = None
+    picture_heading: str = "Accuracy against cost"
+    picture_text: str = ""
     # the README block it fills (between <!-- BLOCK:start --> and <!-- BLOCK:end -->), so that one README holds the
     # blocks of several specs; the headings and the test split its table states
     block: str = "results"
@@ -246,7 +255,42 @@ def _judge_sweep(claim: ClaimSpec, suites: Dict[str, Suite]) -> tuple:
     return verdict, lines
 
 
-JUDGES = {"direction": _judge_direction, "sweep": _judge_sweep}
+def _seed_tops(s: Suite, name: str) -> List[float]:
+    """A row's per-seed test top-1, in the suite's seed order (rows of one suite share it)."""
+    return [float(x) for x in s.row(name)["test_top1_all"].split()]
+
+
+def _judge_grows(claim: ClaimSpec, suites: Dict[str, Suite]) -> tuple:
+    from . import stats
+    lines = []
+    for e in claim.evidence:
+        s = suites[e.results]
+        if len(e.rows) < 2:
+            raise ConfigError(f"claims.{claim.title}: kind grows needs 2+ rows in order, got {e.rows}")
+        lines += [_evidence_line(s, s.row(n)) for n in e.rows]
+        first, last = s.row(e.rows[0]), s.row(e.rows[-1])
+        tops = [_seed_tops(s, n) for n in (first["row"], first["baseline"], last["row"], last["baseline"])]
+        seeds = range(len(tops[0]))
+        if len(seeds) < 2 or any(len(t) != len(tops[0]) for t in tops):
+            raise ConfigError(f"claims.{claim.title}: {e.rows[0]}, {e.rows[-1]} and their baselines in {s.folder} "
+                              f"do not share 2+ seeds")
+        gain_first = [tops[0][k] - tops[1][k] for k in seeds]
+        gain_last = [tops[2][k] - tops[3][k] for k in seeds]
+        t = stats.paired_t(gain_last, gain_first)
+        called = "n.s." if t.p >= 0.05 else ("grows" if t.mean_delta > 0 else "shrinks")
+        lines.append(f"gain of `{e.rows[-1]}` minus gain of `{e.rows[0]}` ({s.name}, {t.n} seeds): "
+                     f"{t.mean_delta:+.2f} [{t.ci_low:+.1f}, {t.ci_high:+.1f}], p {t.p:.3g} ({called})")
+    calls = [ln.rsplit("(", 1)[-1].rstrip(")") for ln in lines if ln.startswith("gain of")]
+    if "grows" in calls and "shrinks" not in calls:
+        verdict = "supported: the gain grows significantly from the first to the last"
+    elif "shrinks" in calls:
+        verdict = "contradicted: the gain shrinks significantly from the first to the last"
+    else:
+        verdict = "silent: the gain does not change significantly from the first to the last"
+    return verdict, lines
+
+
+JUDGES = {"direction": _judge_direction, "sweep": _judge_sweep, "grows": _judge_grows}
 
 
 def judge(claim: ClaimSpec, suites: Dict[str, Suite]) -> tuple:
@@ -323,6 +367,13 @@ def _study_table(s: Suite) -> List[str]:
     return L
 
 
+def main_colors(results: str) -> Dict[str, str]:
+    """The family colours of the suite whose results are in ``results`` (its committed ``suite.yaml``)."""
+    from .suite import load_suite
+    suite, _ = load_suite(Path(results) / "suite.yaml")
+    return dict(suite.family_colors)
+
+
 def compose(spec: ReadmeSpec, readme: Path, command: str) -> str:
     folders = [spec.main, *spec.more, *(s.results for s in spec.studies),
                *(e.results for c in spec.claims for e in c.evidence)]
@@ -347,6 +398,14 @@ def compose(spec: ReadmeSpec, readme: Path, command: str) -> str:
         L += [f"`{s.name}`: {s.wall_line()}.", ""] + _study_table(s) + [""]
         if st.plot:
             L += [f"![{Path(st.plot).stem}]({_rel(s.folder / st.plot, readme)})", ""]
+    if spec.picture is not None:
+        pic = spec.picture
+        pts = picture_points(pic)
+        draw_picture(pic, pts, main_colors(spec.main), Path(pic.file))
+        L += [f"### {spec.picture_heading}", ""]
+        if spec.picture_text:
+            L += [spec.picture_text.strip(), ""]
+        L += picture_table(pic, pts) + ["", f"![cost]({_rel(Path(pic.file), readme)})", ""]
     L += [f"### {spec.claims_heading}", ""]
     for c in spec.claims:
         verdict, lines = judge(c, suites)

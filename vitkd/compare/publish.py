@@ -13,6 +13,7 @@ from ..zoo.index import SuiteRef, ZooEntry, ZooError, load_index
 from ..zoo.publish import DEFAULT_MAX_MB, export_run, index_folder, read_results_csv
 from .plan import publishable, row_folder, row_kind
 from .suite import load_suite
+from .sweep import swept_names
 
 __all__ = ["suite_selection", "publish_suite", "zoo_name", "TEACHER_FIGURES", "ROW_FIGURES"]
 
@@ -39,6 +40,7 @@ def suite_selection(results_dir: Path) -> List[Dict[str, Any]]:
     and teachers the other's results do not hold: those are the other's own runs, published with it."""
     results_dir = Path(results_dir)
     suite, _ = load_suite(results_dir / "suite.yaml")
+    suite = swept_names(suite)
     rows = read_results_csv(results_dir / "results.csv", "row")
     trows = read_results_csv(results_dir / "teachers.csv", "teacher") if suite.teachers else {}
     if suite.shares:
@@ -95,7 +97,7 @@ def publish_suite(results_dir, index_path, cache: Optional[str] = None, seed: in
     anything, when the weights would pass ``max_mb`` (fp32 parameter bytes). ``half_above_mb``: an entry whose
     float32 weights pass this many MB is stored in float16 where that leaves its top-1 unchanged."""
     results_dir = Path(results_dir)
-    suite, _ = load_suite(results_dir / "suite.yaml")
+    suite = swept_names(load_suite(results_dir / "suite.yaml")[0])
     cache_dir = one_spelling(cache) if cache else Path("runs") / "compare" / suite.home
     picks = suite_selection(results_dir)
     spec = {r.name: r for r in suite.rows}

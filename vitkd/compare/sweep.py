@@ -27,7 +27,7 @@ from .jobs import kinds_in_order
 from .plan import recipe_of
 from .suite import SuiteCfg, TeacherSpec
 
-__all__ = ["expand_sweep", "held_settings", "per_value", "VALUE_FIELD"]
+__all__ = ["expand_sweep", "held_settings", "per_value", "swept_names", "VALUE_FIELD"]
 
 
 def _tag(value: float) -> str:
@@ -111,6 +111,27 @@ def expand_sweep(suite: SuiteCfg, base: Path, quick: bool, tuned: Dict[str, Any]
     out.quick.rows = [f"{m}_{_tag(v)}" for v in sw.values for m in suite.quick.rows]
     out.test_families = {fam: [f"{m}_{_tag(v)}" for v in sw.values for m in members]
                          for fam, members in suite.test_families.items()}
+    return out
+
+
+def swept_names(suite: SuiteCfg) -> SuiteCfg:
+    """The suite's rows as its sweep names them (``<row>_<value>``, reading the teachers of their value, their
+    family and group unchanged), without the settings a run needs: what reading a swept suite's committed results
+    needs (:mod:`.publish`). Unchanged when it has no sweep or is expanded already."""
+    sw = suite.sweep
+    if sw is None or any(r.sweep_of for r in suite.rows):
+        return suite
+    out = copy.deepcopy(suite)
+    out.rows = []
+    for v in sw.values:
+        tag = _tag(v)
+        for r in suite.rows:
+            row = copy.deepcopy(r)
+            row.name, row.sweep_value, row.sweep_of = f"{r.name}_{tag}", float(v), r.name
+            row.teachers = {k: t if suite.teachers[t].zoo and not per_value(suite.teachers[t]) else f"{t}_{tag}"
+                            for k, t in r.teachers.items()}
+            row.baseline = f"{r.baseline}_{tag}" if r.baseline else None
+            out.rows.append(row)
     return out
 
 

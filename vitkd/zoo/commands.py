@@ -1,4 +1,4 @@
-"""``vitkd zoo ...``: list, info, download, eval, publish, publish-suite (errors: one line, exit 2)."""
+"""``vitkd zoo ...``: list, info, download, eval, publish, halve, publish-suite (errors: one line, exit 2)."""
 from __future__ import annotations
 
 import json
@@ -77,6 +77,13 @@ def _cmd_publish(args) -> int:
     return 0
 
 
+def _cmd_halve(args) -> int:
+    from .publish import halve_entry
+    entries = [halve_entry(n, args.index, log=_log) for n in args.names]
+    print(json.dumps([{"name": e.name, "weights_dtype": e.weights_dtype, "bytes": e.total_size()} for e in entries]))
+    return 0
+
+
 def _cmd_publish_suite(args) -> int:
     from ..compare.publish import publish_suite
     entries = publish_suite(args.results_dir, args.index, cache=args.cache, seed=args.seed, max_mb=args.max_mb,
@@ -138,6 +145,12 @@ def add_zoo_parser(sub, parser_class) -> None:
     p.add_argument("--half", action="store_true", help="store the weights in float16 when the entry's top-1 stays "
                                                        "exactly the float32 weights' (else float32)")
     p.set_defaults(fn=_cmd_publish)
+
+    h = zs.add_parser("halve", help="store published float32 entries in float16 where their top-1 on their split "
+                                     "stays exactly the index's (else leave them)")
+    h.add_argument("names", nargs="+", metavar="NAME")
+    h.add_argument("--index", default="models/zoo.yaml")
+    h.set_defaults(fn=_cmd_halve)
 
     s = zs.add_parser("publish-suite", help="publish a comparison suite's declared selection: its teachers, the "
                                             "no-KD baselines and each family's best row on validation (seed 0)")

@@ -31,7 +31,7 @@ from ..teachers import made_in_run
 from .index import (COLUMNS, ZooEntry, ZooError, ZooFile, ZooIndex, SuiteRef, load_index, markdown_table,
                     row_of, save_index)
 
-__all__ = ["publish_run", "export_run", "index_folder", "weights_name", "card_text", "read_results_csv",
+__all__ = ["publish_run", "export_run", "halve_entry", "index_folder", "weights_name", "card_text", "read_results_csv",
            "CONFIG_FILE", "CARD_FILE", "DEFAULT_MAX_MB", "check_card_figures"]
 
 CONFIG_FILE = "train.yaml"
@@ -246,6 +246,53 @@ def export_run(run_dir, name: str, index_path, *, method: str = "", family: str 
     index.put(entry)
     save_index(index)
     log(f"published {name}: {entry.split} top-1 {entry.top1:.2f}, {entry.total_size() / 1e6:.2f} MB -> {folder / name}")
+    return entry
+
+
+def halve_entry(name: str, index_path, log: Callable[[str], None] = lambda m: None) -> ZooEntry:
+    """Store the published float32 entry ``name`` in float16 where that leaves its top-1 on its split exactly as
+    the index records it (the float32 weights are evaluated first and must score that figure); else leave it
+    as it is and say so. The folder is staged and swapped in by renames, the index rewritten after it. An entry
+    other suites read as their teacher changes those suites' inputs: halve leaves only."""
+    import torch
+    from safetensors.torch import load_file
+    from .evaluate import evaluate_folder
+    with exclusive(index_folder(index_path), "--index"):
+        index = open_index(Path(index_path))
+        entry = index.get(name)
+        if entry.weights_dtype != "float32":
+            raise ZooError(f"zoo halve: {name}: its weights are {entry.weights_dtype} already")
+        folder = index_folder(index_path)
+        current = path_under(folder, name, key="zoo halve NAME")
+        config = yaml.safe_load((current / CONFIG_FILE).read_text())
+        measured = evaluate_folder(current, config, entry.split)
+        if abs(measured["top1"] - entry.top1) > 5e-6:   # the index rounds to 6 decimals
+            raise ZooError(f"zoo halve: {name}: its float32 weights score {measured['top1']:.4f} on "
+                           f"{entry.dataset}/{entry.split} here, the index records {entry.top1:.4f}")
+        staged = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=str(folder)))
+        try:
+            for f in entry.files:
+                shutil.copy2(current / f.name, staged / f.name)
+            state = load_file(str(staged / weights_name()))
+            state = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in state.items()}
+            atomic_save_safetensors(state, staged / weights_name(), {"format": "pt"})
+            halved = evaluate_folder(staged, config, entry.split)
+            if abs(halved["top1"] - measured["top1"]) > 1e-9:
+                log(f"zoo halve: {name}: float16 weights score {halved['top1']:.4f} on {entry.split}, float32 "
+                    f"{measured['top1']:.4f}: left in float32")
+                shutil.rmtree(staged, ignore_errors=True)
+                return entry
+            entry.weights_dtype = "float16"
+            atomic_write_text(staged / CARD_FILE, card_text(entry, os.path.relpath(folder, folder.parent)))
+            entry.files = [ZooFile(f.name, f.url, sha256_file(staged / f.name), (staged / f.name).stat().st_size)
+                           for f in entry.files]
+            _replace_folder(staged, current)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        index.put(entry)
+        save_index(index)
+    log(f"halved {name}: {entry.split} top-1 {entry.top1:.2f} unchanged, {entry.total_size() / 1e6:.2f} MB")
     return entry
 
 
