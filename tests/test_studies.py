@@ -142,7 +142,7 @@ def test_a_pipeline_row_is_charged_for_all_its_stages():
 # ------------------------------------------------------------------------------------------------ evidence
 ROW_KEYS = ["row", "group", "family", "teachers", "seeds", "test_top1_mean", "test_top1_std", "test_top1_all", "baseline", "delta",
             "ci_low", "ci_high", "p_raw", "p_holm", "verdict", "paired_seeds", "train_mmacs_per_image",
-            "wall_s_per_run", "sweep_of", "sweep_value"]
+            "wall_s_per_run", "sweep_of", "sweep_value", "size", "student", "macs_m", "curve"]
 
 
 def _results(folder: Path, rows, teachers=(), wall=600.0):
@@ -208,6 +208,66 @@ def test_sweep_claims_ask_where_a_gain_stops_being_significant(tmp_path):
     assert lines[0].startswith("`kd` (significant at 100 images)") and "significant at no size" in lines[1]
     verdict, _ = judge(ClaimSpec("c", "sweep", evidence=[Evidence(str(tmp_path / "s"), ["fit"])]), suites)
     assert verdict.startswith("silent")
+
+
+def test_grows_claims_test_the_gain_at_the_last_step_against_the_first_paired_by_seed(tmp_path):
+    """``grows``: per seed, (last row - its baseline) - (first row - its baseline), a paired t-test: written out
+    here with scipy on the same numbers."""
+    from scipy import stats as sps
+    from vitkd.compare.evidence import ClaimSpec, Evidence, Suite, judge
+    base1, kd1 = [80.0, 81.0, 82.0], [80.5, 81.2, 82.6]            # gains +0.5 +0.2 +0.6
+    base4, kd4 = [84.0, 84.5, 85.0], [86.1, 86.4, 87.3]            # gains +2.1 +1.9 +2.3
+    fmt = lambda v: " ".join(f"{x:.2f}" for x in v)   # noqa: E731
+    _results(tmp_path / "s", [{"row": "no_kd", "baseline": "", "test_top1_all": fmt(base1)},
+                              {"row": "no_kd_4x", "baseline": "no_kd", "test_top1_all": fmt(base4)},
+                              _cmp("kd", 0.43, "n.s.", test_top1_all=fmt(kd1)),
+                              _cmp("kd_4x", 2.1, "better", base="no_kd_4x", test_top1_all=fmt(kd4))])
+    suites = {str(tmp_path / "s"): Suite(tmp_path / "s")}
+    verdict, lines = judge(ClaimSpec("c", "grows", evidence=[Evidence(str(tmp_path / "s"), ["kd", "kd_4x"])]), suites)
+    diff = [(b - a) - (d - c) for a, b, c, d in zip(base4, kd4, base1, kd1)]
+    want = sps.ttest_1samp(diff, 0.0).pvalue
+    assert verdict.startswith("supported")
+    assert lines[-1].startswith(f"gain of `kd_4x` minus gain of `kd` (s, 3 seeds): {sum(diff) / 3:+.2f}")
+    assert f"p {want:.3g} (grows)" in lines[-1]
+    # the other way round: it shrinks; one row alone is refused
+    verdict, _ = judge(ClaimSpec("c", "grows", evidence=[Evidence(str(tmp_path / "s"), ["kd_4x", "kd"])]), suites)
+    assert verdict.startswith("contradicted")
+    with pytest.raises(ConfigError, match="2\\+ rows"):
+        judge(ClaimSpec("c", "grows", evidence=[Evidence(str(tmp_path / "s"), ["kd"])]), suites)
+
+
+def test_the_cost_picture_charges_each_row_its_images_seen_and_its_teachers_training(tmp_path, monkeypatch):
+    """Training MACs = the row's MACs per image seen x (train subset, else the split) x epochs; the second figure
+    adds each teacher's own run (its suite's row of the same architecture); anchors count 3x forward per image."""
+    from vitkd.compare.landscape import Anchor, PictureSpec, points, table, draw
+    monkeypatch.chdir(tmp_path)
+    _results(tmp_path / "t", [{"row": "big", "baseline": "", "family": "cnn", "student": "resnet_x", "size": "L",
+                               "test_top1_mean": 90, "macs_m": 50.0, "train_mmacs_per_image": 150.0}])
+    (tmp_path / "t" / "resolved_configs.yaml").write_text(yaml.safe_dump(
+        {"rows/big/s0": {"data": {}, "train": {"epochs": 4}}}))
+    _results(tmp_path / "s", [{"row": "no_kd", "baseline": "", "family": "none", "teachers": "", "size": "S",
+                               "test_top1_mean": 80, "macs_m": 5.0, "train_mmacs_per_image": 15.0},
+                              _cmp("kd", 2.0, "better", size="S", macs_m=5.0, train_mmacs_per_image=65.0,
+                                   teachers="Big")])
+    with open(tmp_path / "s" / "teachers.csv", "w") as f:
+        f.write("teacher,label,model\nbig,Big,resnet_x\n")
+    (tmp_path / "s" / "resolved_configs.yaml").write_text(yaml.safe_dump(
+        {"rows/no_kd/s0": {"data": {"train_subset": 1000}, "train": {"epochs": 2}},
+         "rows/kd/s0": {"data": {"train_subset": 1000}, "train": {"epochs": 2}}}))
+    spec = PictureSpec(file="pic.png", suites=["s"], teachers="t", train_images=500,
+                       anchors=[Anchor("paper", 91.0, macs_m=10.0, epochs=100, images=60000), Anchor("level", 95.0)])
+    pts = {p.row: p for p in points(spec)}
+    assert pts["no_kd"].train_tmacs == pytest.approx(15e6 * 1000 * 2 / 1e12) and pts["no_kd"].teacher_tmacs == 0
+    assert pts["kd"].train_tmacs == pytest.approx(65e6 * 2000 / 1e12)
+    assert pts["kd"].teacher_tmacs == pytest.approx(150e6 * 500 * 4 / 1e12)   # the split's 500 images x 4 epochs
+    assert spec.anchors[0].train_tmacs() == pytest.approx(3 * 10e6 * 60000 * 100 / 1e12)
+    lines = table(spec, list(pts.values()))
+    assert any(line.startswith("| s | kd | S | logit | Big | 82.00 ± 1.00 | 5.00 | 0.13 | 0.43 |") for line in lines)
+    assert any("| published | level |" in line for line in lines)
+    draw(spec, list(pts.values()), {"none": "k", "logit": "b"}, tmp_path / "pic.png")
+    assert (tmp_path / "pic.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ConfigError, match="train_images"):
+        PictureSpec(file="x.png")
 
 
 def test_vitkd_report_fills_the_readme_block_and_refuses_bad_input(tmp_path, capsys, monkeypatch):
