@@ -370,14 +370,20 @@ def test_awaiting_claims_wait_for_their_suite_then_are_judged(tmp_path, monkeypa
     _results(tmp_path / "results" / "main", [{"row": "no_kd", "baseline": "", "test_top1_mean": 80}], wall=100.0)
     spec = {"main": "results/main",
             "awaiting": [{"title": "Peers help", "kind": "direction", "expect": "better",
-                          "evidence": [{"results": "results/new", "rows": ["peer"]}]}]}
+                          "evidence": [{"results": "results/new", "rows": ["peer"]}]}],
+            "studies": [{"results": "results/new", "title": "Peers"}],
+            "picture": {"file": "cost.png", "suites": ["results/main", "results/new"], "train_images": 100}}
     (tmp_path / "readme.yaml").write_text(yaml.safe_dump(spec))
     text = compose(load_readme_spec(tmp_path / "readme.yaml"), tmp_path / "README.md", "vitkd report")
     assert "- **Peers help.** Verdict: awaiting results (`results/new` has none yet)." in text
+    assert "### Peers\n\nAwaiting results: `results/new` has none yet." in text   # a study, and the picture
+    assert "### Accuracy against cost\n\nAwaiting results: `results/new` has none yet." in text
     _results(tmp_path / "results" / "new", [{"row": "no_kd", "baseline": "", "test_top1_mean": 80},
                                             _cmp("peer", 4.0, "better")])
+    del spec["picture"]   # drawn from resolved configs, which these hand-written results lack
+    (tmp_path / "readme.yaml").write_text(yaml.safe_dump(spec))
     text = compose(load_readme_spec(tmp_path / "readme.yaml"), tmp_path / "README.md", "vitkd report")
-    assert "- **Peers help.** Verdict: supported." in text and "`peer` vs `no_kd` (new, 3 seeds)" in text
+    assert "- **Peers help.** Verdict: supported." in text and "| peer | CNN |" in text and "`peer` vs `no_kd` (new, 3 seeds)" in text
 
 
 def test_a_zoo_teacher_named_per_value_is_restored_per_value_and_a_plain_one_is_shared(tmp_path):

@@ -19,7 +19,8 @@ computed from those verdicts, never written by hand:
   the seeds all four ran (the interaction), decides: supported when it is significantly positive, contradicted
   when significantly negative, silent otherwise.
 
-Claims whose suite has not run yet are declared under ``awaiting`` (the same schema): each is judged like the others
+A study or the cost picture whose suite has not run yet is listed as awaiting its results. Claims whose suite
+has not run yet are declared under ``awaiting`` (the same schema): each is judged like the others
 once every results folder it names holds results, and until then listed as awaiting them (the suite's folder named),
 so a new suite's claims are written down before it runs and ``vitkd report`` still works from what is committed.
 
@@ -375,7 +376,8 @@ def main_colors(results: str) -> Dict[str, str]:
 
 
 def compose(spec: ReadmeSpec, readme: Path, command: str) -> str:
-    folders = [spec.main, *spec.more, *(s.results for s in spec.studies),
+    ran = lambda f: (Path(f) / "results.csv").is_file()   # noqa: E731  (a study may be declared before it runs)
+    folders = [spec.main, *spec.more, *(s.results for s in spec.studies if ran(s.results)),
                *(e.results for c in spec.claims for e in c.evidence)]
     suites = {f: Suite(f) for f in dict.fromkeys(folders)}
     main = suites[spec.main]
@@ -391,14 +393,21 @@ def compose(spec: ReadmeSpec, readme: Path, command: str) -> str:
     L += ["", _teachers_line([main] + more)]
     L += ["", f"![pareto]({_rel(main.folder / 'pareto.png', readme)})", ""]
     for st in spec.studies:
-        s = suites[st.results]
         L += [f"### {st.title}", ""]
+        if not ran(st.results):
+            L += [f"Awaiting results: `{st.results}` has none yet.", ""]
+            continue
+        s = suites[st.results]
         if st.text:
             L += [st.text.strip(), ""]
         L += [f"`{s.name}`: {s.wall_line()}.", ""] + _study_table(s) + [""]
         if st.plot:
             L += [f"![{Path(st.plot).stem}]({_rel(s.folder / st.plot, readme)})", ""]
-    if spec.picture is not None:
+    if spec.picture is not None and not all(ran(f) for f in spec.picture.suites):
+        L += [f"### {spec.picture_heading}", "", "Awaiting results: "
+              + ", ".join(f"`{f}`" for f in spec.picture.suites if not ran(f))
+              + (" have" if sum(not ran(f) for f in spec.picture.suites) > 1 else " has") + " none yet.", ""]
+    elif spec.picture is not None:
         pic = spec.picture
         pts = picture_points(pic)
         draw_picture(pic, pts, main_colors(spec.main), Path(pic.file))
