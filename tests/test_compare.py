@@ -103,6 +103,8 @@ def test_suite_end_to_end_and_cache(tmp_path, suite_file, capsys):
     assert env["tuned"]["train.lr"] == knob["chosen"] and "timm" in env["versions"]
     import torch
     assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()   # where its figures repeat
+    from vitkd.compare.report import cpu_model
+    assert env["cpu_model"] == cpu_model() and env["cpu_model"]   # two AVX512 CPUs can still differ in kernels
     # every row trains with the tuned value; no teacher reads it unless marked `tuned` (none here is read)
     resolved = yaml.safe_load((out / "resolved_configs.yaml").read_text())
     assert resolved["rows/kd/s0"]["train"]["lr"] == knob["chosen"]

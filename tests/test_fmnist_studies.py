@@ -22,6 +22,10 @@ SIZES = RESULTS / "fmnist-sizes"
 SIZES_VALUES = (1000, 5000, 20000, 55000)
 
 
+def per_seed(r) -> list:
+    return [float(x) for x in r["test_top1_all"].split()]
+
+
 def rows(path: Path) -> dict:
     return {r["row"]: r for r in csv.DictReader(open(path))}
 
@@ -74,16 +78,31 @@ def test_the_data_size_study_holds_steps_on_each_subset_with_that_subsets_teache
 
 def test_the_schedule_study_pairs_each_length_with_no_kd_of_that_length():
     """1x, 2x and 4x the main regime's epochs (2, 4, 8 of 55,000 images), each KD row against no-KD of its own
-    length; the 1x rows are the main suite's own runs (the same per-seed top-1 as its committed table)."""
+    length, the main suite's 1x configs exactly (their resolved configs equal)."""
     table, runs, main = rows(SCHEDULE / "results.csv"), resolved(SCHEDULE), rows(MAIN / "results.csv")
+    for name in ("no_kd", "kd_vit_live"):
+        assert runs[f"rows/{name}/s0"] == resolved(MAIN)[f"rows/{name}/s0"], name
     epochs = {k.split("/")[1]: r["train"]["epochs"] for k, r in runs.items() if k.startswith("rows/")}
     assert epochs == {"no_kd": 2, "kd_vit_live": 2, "no_kd_2x": 4, "kd_vit_live_2x": 4, "no_kd_4x": 8,
                       "kd_vit_live_4x": 8}
     assert {r["train"]["warmup_epochs"] for k, r in runs.items() if k.startswith("rows/")} == \
         {main_warmup(MAIN)}
     assert table["kd_vit_live_2x"]["baseline"] == "no_kd_2x" and table["kd_vit_live_4x"]["baseline"] == "no_kd_4x"
+    assert set(main) >= {"no_kd", "kd_vit_live"}
+
+
+def test_the_studies_made_in_one_cache_share_their_runs_and_the_readme_states_the_cross_cpu_spread():
+    """The schedule and sizes studies ran back to back in one run cache, so their 1x ViT-S rows are the same runs.
+    The main table's rows of the same configs were made on another CPU (the same AVX512 label, another vendor's
+    kernels): the README states the largest per-seed difference, computed here from the committed tables."""
+    sched, sizes, main = (rows(f / "results.csv") for f in (SCHEDULE, SIZES, MAIN))
+    spread = 0.0
     for name in ("no_kd", "kd_vit_live"):
-        assert table[name]["test_top1_all"] == main[name]["test_top1_all"], name
+        assert sched[name]["test_top1_all"] == sizes[name]["test_top1_all"], name
+        a, b = (per_seed(t[name]) for t in (sched, main))
+        spread = max(spread, max(abs(x - y) for x, y in zip(a, b)))
+    text = " ".join((ROOT / "README.md").read_text().split())
+    assert f"differ by up to {spread:.2f} points per seed" in text
 
 
 def main_warmup(folder: Path) -> float:
@@ -93,14 +112,14 @@ def main_warmup(folder: Path) -> float:
 def test_the_sizes_study_trains_three_students_at_the_main_regime():
     table, runs, main = rows(SIZES / "results.csv"), resolved(SIZES), rows(MAIN / "results.csv")
     models = {k.split("/")[1]: r["model"]["name"] for k, r in runs.items() if k.startswith("rows/")}
+    assert set(table) == set(models)
     assert models == {"no_kd_ti": "vit_fmnist_tiny", "kd_vit_live_ti": "vit_fmnist_tiny",
                       "no_kd": "vit_fmnist_small", "kd_vit_live": "vit_fmnist_small",
                       "no_kd_b": "vit_fmnist_base", "kd_vit_live_b": "vit_fmnist_base"}
     macs = [float(table[n]["macs_m"]) for n in ("no_kd_ti", "no_kd", "no_kd_b")]
     assert macs == sorted(macs) and len(set(macs)) == 3
-    assert all(steps(r) == steps(runs["rows/no_kd/s0"]) for k, r in runs.items() if k.startswith("rows/"))
-    for name in ("no_kd", "kd_vit_live"):
-        assert table[name]["test_top1_all"] == main[name]["test_top1_all"], name
+    assert all(steps(r) == steps(resolved(MAIN)["rows/no_kd/s0"]) for k, r in runs.items() if k.startswith("rows/"))
+    assert main["no_kd"]["student"] == table["no_kd"]["student"]
 
 
 def test_the_zoo_lists_at_least_five_fashion_mnist_entries(capsys):
@@ -117,3 +136,17 @@ def test_the_readme_says_how_far_the_held_step_budget_leaves_the_largest_size_be
     main, ds = rows(MAIN / "results.csv"), rows(DATASIZE / "results.csv")
     gap = float(main["no_kd"]["test_top1_mean"]) - float(ds["no_kd_55000"]["test_top1_mean"])
     assert f"no-KD at 55,000 is {gap:.1f} points below the main table's 2-epoch no-KD" in text
+
+
+def test_the_anchor_paragraph_quotes_the_schedule_and_sizes_studies():
+    text = (ROOT / "README.md").read_text()
+    para = " ".join(text.split("### Fashion-MNIST: against the published anchors", 1)[1].split("\n## ", 1)[0].split())
+    sched, sizes = rows(SCHEDULE / "results.csv"), rows(SIZES / "results.csv")
+    top = lambda r: f"{float(r['test_top1_mean']):.2f}%"   # noqa: E731
+    kd4 = sched["kd_vit_live_4x"]
+    assert f"no-KD reaches {top(sched['no_kd_4x'])} and KD from ViT-B {top(kd4)} ({float(kd4['delta']):+.2f}," in para
+    assert kd4["verdict"] == "n.s." and "not significant after Holm" in para
+    assert f"still {92.3 - float(kd4['test_top1_mean']):.1f} points below the anchor ViT" in para
+    assert f"reaches {top(sizes['no_kd_b'])} alone and {top(sizes['kd_vit_live_b'])} with KD" in para
+    seen = 55000 * yaml.safe_load((SCHEDULE / "resolved_configs.yaml").read_text())["rows/kd_vit_live_4x/s0"]["train"]["epochs"]
+    assert f"{seen:,} images seen" in para and f"{200 * 60000 / seen:.0f} times as many images" in para

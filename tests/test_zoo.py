@@ -529,6 +529,13 @@ def test_the_clone_default_base_is_the_index_folder(zoo, monkeypatch):
     assert not state.requests and (folder / WEIGHTS).is_file()
 
 
+def test_the_committed_zoo_stays_under_50_mb_and_its_files_are_what_the_index_says():
+    index = load_index(str(ROOT / "models" / "zoo.yaml"))
+    assert sum(e.total_size() for e in index.models) < 50e6
+    on_disk = sum(p.stat().st_size for p in (ROOT / "models").rglob("*") if p.is_file() and p.name != "zoo.yaml")
+    assert on_disk == sum(e.total_size() for e in index.models)   # no file left behind that the index omits
+
+
 def test_readme_zoo_block_matches_the_committed_index(tmp_path):
     readme = tmp_path / "README.md"
     shutil.copy(ROOT / "README.md", readme)

@@ -131,7 +131,7 @@ def points(spec: PictureSpec) -> List[Point]:
 
 def table(spec: PictureSpec, pts: List[Point]) -> List[str]:
     L = ["| suite | row | size | family | teachers | test top-1 | inference MMACs | training TMACs | "
-         "+ teachers' training | ", "|---|---|---|---|---|---|---|---|---|"]
+         "+ teachers' training |", "|---|---|---|---|---|---|---|---|---|"]
     for p in sorted(pts, key=lambda p: (p.macs_m, p.train_tmacs)):
         L.append(f"| {p.suite} | {p.row} | {p.size} | {p.family} | {p.teachers or '-'} | {p.top1:.2f} ± {p.std:.2f} | "
                  f"{p.macs_m:.2f} | {p.train_tmacs:.2f} | {p.train_tmacs + p.teacher_tmacs:.2f} |")

@@ -23,10 +23,25 @@ def write_outputs(suite, teachers, results, curves, meta, out_dir: Path):
     # the same instruction set (ATEN_CPU_CAPABILITY caps it)
     atomic_write_json(out_dir / "environment.json", {"versions": versions(), "cpu_count": os.cpu_count(),
                                                      "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                                                     "jobs": suite.jobs, **meta})
+                                                     "cpu_model": cpu_model(), "jobs": suite.jobs, **meta})
     atomic_write_json(out_dir / "curves.json", curves)
     drawn = plots(suite, teachers, results, curves, out_dir)
     atomic_write_text(out_dir / "results.md", _markdown(suite, teachers, results, meta, drawn))
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo; else what the platform says): two CPUs that both report AVX512
+    can still dispatch to different kernels (oneDNN and MKL pick per vendor and extension), so a suite's runs
+    repeat bit for bit only on the CPU model that made them."""
+    import platform
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def _beside_section(results) -> list:
