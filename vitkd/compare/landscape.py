@@ -149,8 +149,8 @@ def draw(spec: PictureSpec, pts: List[Point], colors: Dict[str, str], path: Path
     """Two panels: top-1 against inference MACs; against training MACs, each row filled at its own training and
     hollow at its own plus its teachers' (a line joins the two); teachers as stars, anchors as diamonds (an
     anchor without MACs as a dotted level)."""
-    from .plots import _pyplot, _save
-    plt = _pyplot()
+    from .plots import pyplot, save_png
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(15, 6.5), sharey=True)
     teachers = teacher_points(spec)
     for ax, x_of, label in ((axes[0], lambda p: p.macs_m, "inference MACs per image (M, log)"),
@@ -198,4 +198,4 @@ def draw(spec: PictureSpec, pts: List[Point], colors: Dict[str, str], path: Path
     fig.suptitle("Accuracy against inference and training cost: vitkd's Fashion-MNIST students, teachers and the "
                  "published anchors")
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)

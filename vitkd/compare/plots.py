@@ -8,18 +8,20 @@ from pathlib import Path
 from typing import Dict, List
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
 
 
-def _save(fig, path: Path, dpi: int = 120) -> None:
+def save_png(fig, path: Path, dpi: int = 120) -> None:
+    """``fig`` written to ``path`` as PNG (a temp file renamed into place), then closed."""
     from ..io import atomic_write_bytes
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -32,7 +34,7 @@ def _finish_log_x(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plots(suite, teachers, results, curves, out_dir: Path) -> List[str]:
@@ -48,7 +50,7 @@ def plots(suite, teachers, results, curves, out_dir: Path) -> List[str]:
 def pareto(suite, teachers, results, curves, path: Path):
     colors = suite.family_colors
     not_methods = {suite.baseline_family, *suite.reference_families}
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 6.5))
     seen = set()
     # rows at the same MACs are spread a little sideways so their error bars stay readable
@@ -87,7 +89,7 @@ def pareto(suite, teachers, results, curves, path: Path):
 
 def epoch_curves(suite, teachers, results, curves, path: Path):
     colors = suite.family_colors
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
     for name, cv in curves.items():
         c = colors.get(cv["family"], "gray")
@@ -102,7 +104,7 @@ def epoch_curves(suite, teachers, results, curves, path: Path):
                if any(cv["family"] == f for cv in curves.values())]
     axes[1].legend(handles=handles, fontsize=8, loc="lower right")
     fig.tight_layout()
-    _save(fig, path, dpi=110)
+    save_png(fig, path, dpi=110)
 
 
 def _delta_bar(r):
@@ -122,7 +124,7 @@ def sweep(suite, teachers, results, curves, path: Path):
     """The gain of each method over its baseline at every value of the sweep (the data-size study), with
     95% intervals; filled markers where the study's Holm-corrected test calls it; the accuracies below."""
     from .sweep import sweep_points
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(9, 8.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     points = sweep_points(results)
     methods = {k: v for k, v in points.items() if all(r.get("delta") is not None for r in v)}
@@ -164,14 +166,14 @@ def sweep(suite, teachers, results, curves, path: Path):
     ax2.set_xticks(xs)
     ax2.set_xticklabels([f"{x:g}" for x in xs])
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def teacher_sizes(suite, teachers, results, curves, path: Path):
     """Student accuracy against its teacher's MACs for the rows of one method with one teacher each (the
     capacity study); a teacher-assistant chain (a teacher distilled from another) is drawn at its
     assistant's MACs, joined to the teacher it was distilled from."""
-    plt = _pyplot()
+    plt = pyplot()
     by_label = {t["label"]: t for t in teachers}
     rows = [r for r in results if r["group"] == "capacity" and r["teachers"] in by_label]
     base = next((r for r in results if r["family"] == suite.baseline_family), None)

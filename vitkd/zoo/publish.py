@@ -152,6 +152,17 @@ def _replace_folder(staged: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _finish_entry(entry: ZooEntry, staged: Path, final: Path, index: ZooIndex, root_rel: str, names) -> None:
+    """Write the entry's card into the staged folder, hash the staged files ``names`` into the entry, swap the
+    folder in at ``final`` by renames and save the index with the entry."""
+    atomic_write_text(staged / CARD_FILE, card_text(entry, root_rel))
+    entry.files = [ZooFile(n, f"{entry.name}/{n}", sha256_file(staged / n), (staged / n).stat().st_size)
+                   for n in names]
+    _replace_folder(staged, final)
+    index.put(entry)
+    save_index(index)
+
+
 def publish_run(run_dir, name: str, index_path, *, method: str = "", family: str = "", group: str = "",
                 teachers: Optional[Dict[str, str]] = None, suite: Optional[SuiteRef] = None,
                 figures: Optional[Dict[str, Optional[float]]] = None, reproduce: Optional[str] = None,
@@ -236,15 +247,11 @@ def export_run(run_dir, name: str, index_path, *, method: str = "", family: str 
             curve=_curve(run), weights_dtype=dtype, license=license, date=datetime.date.today().isoformat(),
             vitkd=__version__,
             timm=timm.__version__)
-        atomic_write_text(staged / CARD_FILE, card_text(entry, root_rel))
-        names = (HF_CONFIG_FILE, weights_name(), CONFIG_FILE, CARD_FILE)
-        entry.files = [ZooFile(n, f"{name}/{n}", sha256_file(staged / n), (staged / n).stat().st_size) for n in names]
-        _replace_folder(staged, path_under(folder, name, key="zoo publish --name"))
+        _finish_entry(entry, staged, path_under(folder, name, key="zoo publish --name"), index, root_rel,
+                      (HF_CONFIG_FILE, weights_name(), CONFIG_FILE, CARD_FILE))
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
-    index.put(entry)
-    save_index(index)
     log(f"published {name}: {entry.split} top-1 {entry.top1:.2f}, {entry.total_size() / 1e6:.2f} MB -> {folder / name}")
     return entry
 
@@ -283,15 +290,11 @@ def halve_entry(name: str, index_path, log: Callable[[str], None] = lambda m: No
                 shutil.rmtree(staged, ignore_errors=True)
                 return entry
             entry.weights_dtype = "float16"
-            atomic_write_text(staged / CARD_FILE, card_text(entry, os.path.relpath(folder, folder.parent)))
-            entry.files = [ZooFile(f.name, f.url, sha256_file(staged / f.name), (staged / f.name).stat().st_size)
-                           for f in entry.files]
-            _replace_folder(staged, current)
+            _finish_entry(entry, staged, current, index, os.path.relpath(folder, folder.parent),
+                          [f.name for f in entry.files])
         except BaseException:
             shutil.rmtree(staged, ignore_errors=True)
             raise
-        index.put(entry)
-        save_index(index)
     log(f"halved {name}: {entry.split} top-1 {entry.top1:.2f} unchanged, {entry.total_size() / 1e6:.2f} MB")
     return entry
 
