@@ -176,7 +176,7 @@ def test_the_method_rows_are_paired_with_the_main_suites_own_runs():
 
 
 @pytest.mark.parametrize("spec_path", ["configs/compare/readme.yaml", "configs/compare/readme_fmnist.yaml"])
-def test_the_readme_results_block_is_the_report_commands_output(spec_path):
+def test_the_readme_results_block_is_the_report_commands_output(spec_path, tmp_path):
     from vitkd.compare.evidence import compose, load_readme_spec
     start, end = load_readme_spec(ROOT / spec_path).markers()
     readme = ROOT / "README.md"
@@ -187,10 +187,14 @@ def test_the_readme_results_block_is_the_report_commands_output(spec_path):
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
-        want = compose(load_readme_spec(spec_path), Path("README.md"), f"vitkd report {spec_path} --readme README.md")
+        want = compose(load_readme_spec(spec_path), Path("README.md"), f"vitkd report {spec_path} --readme README.md",
+                       draw_to=tmp_path / "cost.png")   # the committed figure is left alone
     finally:
         os.chdir(cwd)
     assert block == "\n" + want
+    pic = load_readme_spec(ROOT / spec_path).picture
+    if pic is not None:   # drawn from the same committed results; the block links the committed figure
+        assert (tmp_path / "cost.png").stat().st_size > 0 and (ROOT / pic.file).is_file()
 
 
 def test_the_quick_suite_on_ray_gives_the_local_pools_numbers():
@@ -216,3 +220,15 @@ def test_the_quick_suite_was_timed_with_and_without_stored_logits():
     for t in (stored, live):
         assert f"| {t['wall_s_this_invocation']:.0f} s |" in doc
     assert f"{stored['wall_s_this_invocation']:.0f} s against {live['wall_s_this_invocation']:.0f} s" in readme
+
+
+def test_the_readme_digits_section_quotes_the_main_tables_wall_and_seed_spread():
+    """The short digits section ("the embedded smoke benchmark") quotes the committed main table: its wall time
+    from an empty cache and no-KD's seed std."""
+    text = (ROOT / "README.md").read_text()
+    sec = " ".join(text.split("## Digits: the embedded smoke benchmark", 1)[1].split("<details>", 1)[0].split())
+    wall = json.loads((FULL / "timing.json").read_text())["empty_cache_wall_s"]
+    assert f"5 seeds, {wall:.0f} s from an empty cache on 2 cores" in sec
+    no_kd = {r["row"]: r for r in csv.DictReader(open(FULL / "results.csv"))}["no_kd"]
+    assert f"no-KD's seed std is {float(no_kd['test_top1_std']):.1f} points" in sec
+    assert "<summary>" in text.split("## Digits: the embedded smoke benchmark", 1)[1].split("<!-- results:start", 1)[0]

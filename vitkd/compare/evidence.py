@@ -375,7 +375,9 @@ def main_colors(results: str) -> Dict[str, str]:
     return dict(suite.family_colors)
 
 
-def compose(spec: ReadmeSpec, readme: Path, command: str) -> str:
+def compose(spec: ReadmeSpec, readme: Path, command: str, draw_to: Optional[Path] = None) -> str:
+    """The block's text. The cost picture is drawn to its ``file`` (the block links there), or to ``draw_to``
+    (a check that the block is current draws elsewhere, leaving the committed figure alone)."""
     ran = lambda f: (Path(f) / "results.csv").is_file()   # noqa: E731  (a study may be declared before it runs)
     folders = [spec.main, *spec.more, *(s.results for s in spec.studies if ran(s.results)),
                *(e.results for c in spec.claims for e in c.evidence)]
@@ -410,7 +412,7 @@ def compose(spec: ReadmeSpec, readme: Path, command: str) -> str:
     elif spec.picture is not None:
         pic = spec.picture
         pts = picture_points(pic)
-        draw_picture(pic, pts, main_colors(spec.main), Path(pic.file))
+        draw_picture(pic, pts, main_colors(spec.main), Path(draw_to) if draw_to is not None else Path(pic.file))
         L += [f"### {spec.picture_heading}", ""]
         if spec.picture_text:
             L += [spec.picture_text.strip(), ""]
