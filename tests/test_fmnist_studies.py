@@ -150,3 +150,28 @@ def test_the_anchor_paragraph_quotes_the_schedule_and_sizes_studies():
     assert f"reaches {top(sizes['no_kd_b'])} alone and {top(sizes['kd_vit_live_b'])} with KD" in para
     seen = 55000 * yaml.safe_load((SCHEDULE / "resolved_configs.yaml").read_text())["rows/kd_vit_live_4x/s0"]["train"]["epochs"]
     assert f"{seen:,} images seen" in para and f"{200 * 60000 / seen:.0f} times as many images" in para
+
+
+def test_the_cost_pictures_reading_is_what_its_points_say():
+    """The sentence under the cost picture names the distilled rows no no-KD run matches at equal or lower training
+    MACs (computed here from the committed results), and says every distilled row, its teachers' training counted,
+    costs more than every no-KD run."""
+    import os
+    from vitkd.compare.evidence import load_readme_spec
+    from vitkd.compare.landscape import points
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        pts = points(load_readme_spec(ROOT / "configs" / "compare" / "readme_fmnist.yaml").picture)
+    finally:
+        os.chdir(cwd)
+    plain = [p for p in pts if p.family == "none"]
+    distilled = [p for p in pts if p.family != "none" and p.family != "self"]
+    unmatched = {p.row for p in distilled
+                 if not any(q.train_tmacs <= p.train_tmacs and q.top1 >= p.top1 for q in plain)}
+    assert unmatched == {"kd_vit_live", "kd_vit", "manifold_vit", "minivit", "kd_vit_live_4x"}
+    assert min(p.train_tmacs + p.teacher_tmacs for p in distilled) > max(p.train_tmacs for p in plain)
+    text = " ".join((ROOT / "README.md").read_text().split())
+    assert ("only logit KD from ViT-B (live and stored), manifold distillation, MiniViT and the 4x KD row are not "
+            "matched by a no-KD run at equal or lower cost") in text
+    assert "every distilled row costs more than every no-KD run in the picture" in text
