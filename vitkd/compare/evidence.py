@@ -263,7 +263,7 @@ def _seed_tops(s: Suite, name: str) -> List[float]:
 
 def _judge_grows(claim: ClaimSpec, suites: Dict[str, Suite]) -> tuple:
     from . import stats
-    lines = []
+    lines, calls = [], []
     for e in claim.evidence:
         s = suites[e.results]
         if len(e.rows) < 2:
@@ -279,9 +279,9 @@ def _judge_grows(claim: ClaimSpec, suites: Dict[str, Suite]) -> tuple:
         gain_last = [tops[2][k] - tops[3][k] for k in seeds]
         t = stats.paired_t(gain_last, gain_first)
         called = "n.s." if t.p >= 0.05 else ("grows" if t.mean_delta > 0 else "shrinks")
+        calls.append(called)
         lines.append(f"gain of `{e.rows[-1]}` minus gain of `{e.rows[0]}` ({s.name}, {t.n} seeds): "
                      f"{t.mean_delta:+.2f} [{t.ci_low:+.1f}, {t.ci_high:+.1f}], p {t.p:.3g} ({called})")
-    calls = [ln.rsplit("(", 1)[-1].rstrip(")") for ln in lines if ln.startswith("gain of")]
     if "grows" in calls and "shrinks" not in calls:
         verdict = "supported: the gain grows significantly from the first to the last"
     elif "shrinks" in calls:
