@@ -63,7 +63,8 @@ class Point:
     macs_m: float
     train_tmacs: float
     teacher_tmacs: float               # the teachers' own training (0: none, or none trained for it)
-    teachers: str
+    teachers: str                      # the labels of the teachers it reads
+    arch: str = ""                     # the model's architecture (how a row's teacher finds its own training)
 
 
 def _read_csv(path: Path) -> List[dict]:
@@ -101,14 +102,14 @@ def teacher_points(spec: PictureSpec) -> List[Point]:
         out.append(Point(suite=folder.name, row=r["row"], family=r["family"], size=r["size"], curve="",
                          top1=float(r["test_top1_mean"]), std=float(r["test_top1_std"]), macs_m=float(r["macs_m"]),
                          train_tmacs=float(r["train_mmacs_per_image"]) * 1e6 * seen / 1e12, teacher_tmacs=0.0,
-                         teachers=r["student"]))   # teachers: here the architecture, the key rows look it up by
+                         teachers="", arch=r["student"]))
     return out
 
 
 def points(spec: PictureSpec) -> List[Point]:
     """Every row of the picture's suites (a row two suites share is drawn once, from the first listed: list the
     suite whose curves should join it first)."""
-    own = {p.teachers: p.train_tmacs for p in teacher_points(spec)}
+    own = {p.arch: p.train_tmacs for p in teacher_points(spec)}
     out, seen = [], set()
     for f in spec.suites:
         folder = Path(f)
@@ -125,7 +126,8 @@ def points(spec: PictureSpec) -> List[Point]:
                 suite=folder.name, row=r["row"], family=r["family"], size=r["size"], curve=r.get("curve") or "",
                 top1=float(r["test_top1_mean"]), std=float(r["test_top1_std"]), macs_m=float(r["macs_m"]),
                 train_tmacs=float(r["train_mmacs_per_image"]) * 1e6 * seen_imgs / 1e12,
-                teacher_tmacs=sum(own.get(arch.get(t, ""), 0.0) for t in labels), teachers=", ".join(labels)))
+                teacher_tmacs=sum(own.get(arch.get(t, ""), 0.0) for t in labels), teachers=", ".join(labels),
+                arch=r.get("student") or ""))
     return out
 
 
