@@ -225,6 +225,17 @@ def test_publishing_is_byte_deterministic(zoo, tmp_path):
     assert e.file("config.json").sha256 == load_index().get("tiny-no_kd").file("config.json").sha256
 
 
+def _one_image_off_in_half(real):
+    """``evaluate_folder`` as if float16 weights changed one prediction (a quarter point on the tiny test split)."""
+    def evaluate(folder, config, split):
+        from safetensors import safe_open
+        with safe_open(str(Path(folder) / WEIGHTS), "pt") as f:
+            halved = any(f.get_tensor(k).dtype == torch.float16 for k in f.keys())
+        out = real(folder, config, split)
+        return {**out, "top1": out["top1"] - 0.25} if halved else out
+    return evaluate
+
+
 def test_half_precision_weights_where_the_top1_does_not_move(zoo, tmp_path, monkeypatch):
     """``--half``: float16 weights, half the bytes, loading into float32 parameters equal to the run's rounded to
     float16, scoring the float32 weights' top-1 (the card says so); where float16 would move the top-1, the entry
@@ -241,16 +252,7 @@ def test_half_precision_weights_where_the_top1_does_not_move(zoo, tmp_path, monk
     for (k, a), b in zip(loaded.state_dict().items(), ref.state_dict().values()):
         assert a.dtype == b.dtype and torch.equal(a, b.half().to(b.dtype) if b.is_floating_point() else b), k
     import vitkd.zoo.evaluate as zoo_eval
-    real = zoo_eval.evaluate_folder
-
-    def one_image_off_in_half(folder, config, split):   # as if float16 changed one prediction
-        from safetensors import safe_open
-        with safe_open(str(Path(folder) / WEIGHTS), "pt") as f:
-            halved = any(f.get_tensor(k).dtype == torch.float16 for k in f.keys())
-        out = real(folder, config, split)
-        return {**out, "top1": out["top1"] - 0.25} if halved else out
-
-    monkeypatch.setattr(zoo_eval, "evaluate_folder", one_image_off_in_half)
+    monkeypatch.setattr(zoo_eval, "evaluate_folder", _one_image_off_in_half(zoo_eval.evaluate_folder))
     said = []
     kept = publish_run(run, "kept", tmp_path / "models" / "zoo.yaml", figures={"params_m": 0.0}, half=True,
                        log=said.append)
@@ -269,16 +271,8 @@ def test_halve_turns_a_published_entry_float16_only_where_its_top1_stays(zoo, tm
     before = (tmp_path / "models" / "full" / WEIGHTS).read_bytes()
     import vitkd.zoo.evaluate as zoo_eval
     real = zoo_eval.evaluate_folder
-
-    def one_image_off_in_half(folder, config, split):
-        from safetensors import safe_open
-        with safe_open(str(Path(folder) / WEIGHTS), "pt") as f:
-            halved = any(f.get_tensor(k).dtype == torch.float16 for k in f.keys())
-        out = real(folder, config, split)
-        return {**out, "top1": out["top1"] - 0.25} if halved else out
-
     with monkeypatch.context() as m:
-        m.setattr(zoo_eval, "evaluate_folder", one_image_off_in_half)
+        m.setattr(zoo_eval, "evaluate_folder", _one_image_off_in_half(real))
         said = []
         kept = halve_entry("full", index, log=said.append)
         assert kept.weights_dtype == "float32" and any("left in float32" in s for s in said)

@@ -67,6 +67,22 @@ def per_value(teacher: TeacherSpec) -> bool:
     return teacher.zoo is not None and VALUE_FIELD in teacher.zoo
 
 
+def _row_at(suite: SuiteCfg, r, value: float):
+    """Row ``r`` as the sweep makes it at ``value`` (its settings unchanged): named ``<row>_<value>``, reading the
+    teachers of that value (a published teacher shared by every value stays as it is), compared with the baseline
+    of that value, its size label tagged, off the plot's curves."""
+    tag = _tag(value)
+    row = copy.deepcopy(r)
+    row.name = f"{r.name}_{tag}"
+    row.teachers = {k: t if suite.teachers[t].zoo and not per_value(suite.teachers[t]) else f"{t}_{tag}"
+                    for k, t in r.teachers.items()}
+    row.size = f"{r.size or ''}@{tag}"
+    row.baseline = f"{r.baseline}_{tag}" if r.baseline else None
+    row.curve = None
+    row.sweep_value, row.sweep_of = float(value), r.name
+    return row
+
+
 def expand_sweep(suite: SuiteCfg, base: Path, quick: bool, tuned: Dict[str, Any], sized: Dict[str, Any]) -> SuiteCfg:
     """The suite with its sweep expanded (unchanged when it has none)."""
     sw = suite.sweep
@@ -98,15 +114,8 @@ def expand_sweep(suite: SuiteCfg, base: Path, quick: bool, tuned: Dict[str, Any]
                 sweep_value=float(v), sweep_of=name)
         for r in suite.rows:
             raw = read_config(r.config or suite.student, base, recipe, sized, tuned, r.set)
-            row = copy.deepcopy(r)
-            row.name = f"{r.name}_{tag}"
+            row = _row_at(suite, r, v)
             row.set = {**r.set, **held_settings(raw, sw.key, v, sw.hold, sw.steps)}
-            row.teachers = {k: t if suite.teachers[t].zoo and not per_value(suite.teachers[t]) else f"{t}_{tag}"
-                            for k, t in r.teachers.items()}
-            row.size = f"{r.size or ''}@{tag}"
-            row.baseline = f"{r.baseline}_{tag}" if r.baseline else None
-            row.curve = None
-            row.sweep_value, row.sweep_of = float(v), r.name
             out.rows.append(row)
     out.quick.rows = [f"{m}_{_tag(v)}" for v in sw.values for m in suite.quick.rows]
     out.test_families = {fam: [f"{m}_{_tag(v)}" for v in sw.values for m in members]
@@ -115,23 +124,13 @@ def expand_sweep(suite: SuiteCfg, base: Path, quick: bool, tuned: Dict[str, Any]
 
 
 def swept_names(suite: SuiteCfg) -> SuiteCfg:
-    """The suite's rows as its sweep names them (``<row>_<value>``, reading the teachers of their value, their
-    family and group unchanged), without the settings a run needs: what reading a swept suite's committed results
+    """The suite's rows as its sweep names them (:func:`_row_at`), without the settings a run needs: what reading a swept suite's committed results
     needs (:mod:`.publish`). Unchanged when it has no sweep or is expanded already."""
     sw = suite.sweep
     if sw is None or any(r.sweep_of for r in suite.rows):
         return suite
     out = copy.deepcopy(suite)
-    out.rows = []
-    for v in sw.values:
-        tag = _tag(v)
-        for r in suite.rows:
-            row = copy.deepcopy(r)
-            row.name, row.sweep_value, row.sweep_of = f"{r.name}_{tag}", float(v), r.name
-            row.teachers = {k: t if suite.teachers[t].zoo and not per_value(suite.teachers[t]) else f"{t}_{tag}"
-                            for k, t in r.teachers.items()}
-            row.baseline = f"{r.baseline}_{tag}" if r.baseline else None
-            out.rows.append(row)
+    out.rows = [_row_at(suite, r, v) for v in sw.values for r in suite.rows]
     return out
 
 
